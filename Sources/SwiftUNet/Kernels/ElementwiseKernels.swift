@@ -1,0 +1,44 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Sinusoidal timestep encoding.
+/// t [B] → e [B, dim]: sin(t·freq) then cos(t·freq), freq[i] = exp(-ln(10000)·i/(dim/2 - 1)).
+/// Computed in float64 and rounded once, as the SPEC fixes.
+func sinusoidalEmbedding(_ t: UnsafePointer<Int64>, batch: Int, dim: Int, e: UnsafeMutablePointer<Float>) {
+    let half = dim / 2
+    let logBase = log(10000.0)
+    for b in 0..<batch {
+        let tb = Double(t[b])
+        for i in 0..<half {
+            let freq = exp(-logBase * Double(i) / Double(half - 1))
+            let a = tb * freq
+            e[b * dim + i] = Float(sin(a))
+            e[b * dim + half + i] = Float(cos(a))
+        }
+    }
+}
+
+/// x [B, in] → y [B, out]: y = x · Wᵀ + bias, W [out, in] (nn.Linear).
+func linearForward(_ x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFeatures: Int,
+                   weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    for b in 0..<batch {
+        let xb = x + b * inFeatures
+        for o in 0..<outFeatures {
+            let w = weight + o * inFeatures
+            var s: Float = 0
+            for i in 0..<inFeatures { s += w[i] * xb[i] }
+            y[b * outFeatures + o] = s + bias[o]
+        }
+    }
+}
+
+/// In place: x ← GELU(x) = x·Φ(x), the exact (erf) form.
+func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count {
+        let v = Double(x[i])
+        x[i] = Float(0.5 * v * (1 + erf(v / 2.0.squareRoot())))
+    }
+}

@@ -1,0 +1,64 @@
+/// An encoder level: `s = res(x, temb)`, `y = down(s)` with a 4×4 stride-2 Conv2d.
+/// `s` is kept as the skip for the matching decoder level.
+final class DownBlock {
+    let res: ResBlock
+    let down: Conv2d
+
+    init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int, timeDim: Int) throws {
+        res = try ResBlock(registry, prefix + ".res", inChannels: inChannels, outChannels: outChannels, timeDim: timeDim)
+        down = try Conv2d(registry, prefix + ".down", inChannels: outChannels, outChannels: outChannels,
+                          kernel: 4, stride: 2, padding: 1)
+    }
+
+    func prepare() throws {
+        try res.prepare()
+        try down.prepare()
+    }
+
+    /// x [B, Cin, H, W] → skip [B, Cout, H, W], y [B, Cout, H/2, W/2]
+    func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int, temb: UnsafePointer<Float>,
+                 skip: UnsafeMutablePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                 workspace: Workspace) throws {
+        try res.forward(x, batch: batch, height: height, width: width, temb: temb, into: skip, workspace: workspace)
+        try down.forward(skip, batch: batch, height: height, width: width, into: y, workspace: workspace)
+    }
+}
+
+/// A decoder level: `u = up(x)` with a 4×4 stride-2 ConvTranspose2d, then
+/// `y = res(concat([u, skip]), temb)` (upsampled channels first).
+final class UpBlock {
+    let channels: Int
+    let up: ConvTranspose2d
+    let res: ResBlock
+
+    init(_ registry: ParameterRegistry, _ prefix: String, channels: Int, outChannels: Int, timeDim: Int) throws {
+        self.channels = channels
+        up = try ConvTranspose2d(registry, prefix + ".up", inChannels: channels, outChannels: channels,
+                                 kernel: 4, stride: 2, padding: 1)
+        res = try ResBlock(registry, prefix + ".res", inChannels: 2 * channels, outChannels: outChannels, timeDim: timeDim)
+    }
+
+    func prepare() throws {
+        try up.prepare()
+        try res.prepare()
+    }
+
+    /// x [B, C, H, W], skip [B, C, 2H, 2W] → y [B, Cout, 2H, 2W]
+    func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int, temb: UnsafePointer<Float>,
+                 skip: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                 workspace: Workspace) throws {
+        let outSpatial = 4 * height * width
+        let plane = channels * outSpatial
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let upsampled = try workspace.floats(batch * plane)
+        try up.forward(x, batch: batch, height: height, width: width, into: upsampled, workspace: workspace)
+        let joined = try workspace.floats(batch * 2 * plane)
+        for b in 0..<batch {
+            (joined + 2 * b * plane).update(from: upsampled + b * plane, count: plane)
+            (joined + (2 * b + 1) * plane).update(from: skip + b * plane, count: plane)
+        }
+        try res.forward(joined, batch: batch, height: 2 * height, width: 2 * width, temb: temb,
+                        into: y, workspace: workspace)
+    }
+}

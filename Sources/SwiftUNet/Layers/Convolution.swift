@@ -1,0 +1,90 @@
+/// A square-kernel 2-D convolution: PyTorch's
+/// `nn.Conv2d(inChannels, outChannels, kernel, stride, padding)`.
+final class Conv2d {
+    let inChannels: Int
+    let outChannels: Int
+    let kernel: Int
+    let stride: Int
+    let padding: Int
+    let weight: Parameter
+    let bias: Parameter
+    private(set) var packed: PackedMatrix?
+
+    init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
+         kernel: Int, stride: Int = 1, padding: Int = 0) throws {
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+        let fanIn = inChannels * kernel * kernel
+        weight = try registry.make(prefix + ".weight", [outChannels, inChannels, kernel, kernel], .uniform(fanIn: fanIn))
+        bias = try registry.make(prefix + ".bias", [outChannels], .uniform(fanIn: fanIn))
+    }
+
+    /// Rebuilds the packed weights; call after the weights change.
+    func prepare() throws {
+        let k = inChannels * kernel * kernel
+        packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k)
+    }
+
+    func geometry(height: Int, width: Int) -> ConvGeometry {
+        ConvGeometry(inChannels: inChannels, outChannels: outChannels, height: height, width: width,
+                     kernel: kernel, stride: stride, padding: padding)
+    }
+
+    /// x [B, Cin, H, W] → y [B, Cout, Hout, Wout]. With `accumulate`, y's contents are added
+    /// (a fused residual). `extraBias` [B, Cout] replaces the layer's own bias when given
+    /// (callers fold a per-image term such as a time embedding into it).
+    func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                 into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                 perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        try conv2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
+                          weights: packed!, bias: perImageBias ?? UnsafePointer(bias.data),
+                          biasBatchStride: perImageBias == nil ? 0 : outChannels,
+                          y: y, accumulate: accumulate, workspace: workspace)
+    }
+}
+
+/// A square-kernel transposed convolution: PyTorch's
+/// `nn.ConvTranspose2d(inChannels, outChannels, kernel, stride, padding)`, weight [in, out, k, k].
+final class ConvTranspose2d {
+    let inChannels: Int
+    let outChannels: Int
+    let kernel: Int
+    let stride: Int
+    let padding: Int
+    let weight: Parameter
+    let bias: Parameter
+    private(set) var packed: PackedMatrix?
+
+    init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
+         kernel: Int, stride: Int, padding: Int) throws {
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+        // PyTorch takes fan-in from dim 1 of the [in, out, k, k] weight.
+        let fanIn = outChannels * kernel * kernel
+        weight = try registry.make(prefix + ".weight", [inChannels, outChannels, kernel, kernel], .uniform(fanIn: fanIn))
+        bias = try registry.make(prefix + ".bias", [outChannels], .uniform(fanIn: fanIn))
+    }
+
+    func prepare() throws {
+        packed = try packTransposedConvWeights(weight.data, inChannels: inChannels,
+                                               outChannels: outChannels, kernel: kernel)
+    }
+
+    func geometry(height: Int, width: Int) -> ConvGeometry {
+        ConvGeometry(inChannels: inChannels, outChannels: outChannels, height: height, width: width,
+                     kernel: kernel, stride: stride, padding: padding)
+    }
+
+    /// x [B, Cin, H, W] → y [B, Cout, (H-1)s-2p+k, (W-1)s-2p+k]
+    func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                 into y: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+        try convTranspose2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
+                                   weights: packed!, bias: bias.data, y: y, workspace: workspace)
+    }
+}

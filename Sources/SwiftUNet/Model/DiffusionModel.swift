@@ -1,0 +1,228 @@
+/// The diffusion U-Net of the SPEC: predicts the noise in images `x` [B, C, H, W]
+/// at integer timesteps `t` [B].
+///
+/// PyTorch equivalent: the `DiffusionModel` module whose state_dict has the
+/// names and shapes of `parameters` (time_mlp, init_conv, down_blocks,
+/// bottleneck, up_blocks, out_norm, out_conv). Forward calls may run on any
+/// number of threads at once; weight updates wait for them.
+public final class DiffusionModel {
+    public let config: ModelConfig
+    /// Every weight, in state_dict order.
+    public let parameters: [Parameter]
+
+    let timeEmbedding: TimeEmbedding
+    let initConv: Conv2d
+    let downBlocks: [DownBlock]
+    let middleIn: ResBlock
+    let attention: SelfAttention
+    let middleOut: ResBlock
+    let upBlocks: [UpBlock]
+    let outNorm: GroupNorm
+    let outConv: Conv2d
+
+    private let weightsLock = ReadWriteLock()
+    private let workspacesLock = Mutex()
+    private var idleWorkspaces: [Workspace] = []
+
+    /// Builds the model with PyTorch's default initialisation drawn from SplitMix64(seed).
+    public init(imageSize: Int, channels: Int, hiddenDims: [Int] = [32, 64, 128], timeDim: Int = 128,
+                seed: UInt64 = 0) throws {
+        let config = ModelConfig(imageSize: imageSize, channels: channels, hiddenDims: hiddenDims, timeDim: timeDim)
+        try config.validate()
+        self.config = config
+        let d = hiddenDims, levels = config.levels, t = timeDim
+        let registry = ParameterRegistry()
+        timeEmbedding = try TimeEmbedding(registry, "time_mlp", dim: t)
+        initConv = try Conv2d(registry, "init_conv", inChannels: channels, outChannels: d[0], kernel: 3, padding: 1)
+        downBlocks = try (0..<levels).map {
+            try DownBlock(registry, "down_blocks.\($0)", inChannels: d[$0], outChannels: d[$0 + 1], timeDim: t)
+        }
+        middleIn = try ResBlock(registry, "bottleneck.res1", inChannels: d[levels], outChannels: d[levels], timeDim: t)
+        attention = try SelfAttention(registry, "bottleneck.attn", channels: d[levels], heads: 4)
+        middleOut = try ResBlock(registry, "bottleneck.res2", inChannels: d[levels], outChannels: d[levels], timeDim: t)
+        upBlocks = try (0..<levels).map { j in
+            let i = levels - 1 - j
+            return try UpBlock(registry, "up_blocks.\(j)", channels: d[i + 1], outChannels: d[i], timeDim: t)
+        }
+        outNorm = try GroupNorm(registry, "out_norm", channels: d[0])
+        outConv = try Conv2d(registry, "out_conv", inChannels: d[0], outChannels: channels, kernel: 3, padding: 1)
+        parameters = registry.parameters
+
+        var rng = SplitMix64(seed: seed)
+        for p in parameters { p.initialize(using: &rng) }
+        try prepare()
+    }
+
+    /// Total number of weights.
+    public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
+
+    public func parameter(named name: String) -> Parameter? {
+        parameters.first { $0.name == name }
+    }
+
+    /// Repacks every layer's weights for the kernels.
+    private func prepare() throws {
+        try initConv.prepare()
+        for b in downBlocks { try b.prepare() }
+        try middleIn.prepare()
+        try attention.prepare()
+        try middleOut.prepare()
+        for b in upBlocks { try b.prepare() }
+        try outConv.prepare()
+    }
+
+    /// Replaces all weights at once from `sources[i]` (parameter i's values, state_dict
+    /// order). Values must be finite; on any error the model keeps its previous weights.
+    public func setParameters(_ sources: [UnsafePointer<Float>]) throws {
+        guard sources.count == parameters.count else {
+            throw SwiftUNetError.invalidArgument("expected \(parameters.count) parameter tensors, got \(sources.count)")
+        }
+        for (p, src) in zip(parameters, sources) {
+            for i in 0..<p.count where !src[i].isFinite {
+                throw SwiftUNetError.invalidArgument("parameter \(p.name) has a non-finite value at flat index \(i)")
+            }
+        }
+        try weightsLock.withWriteLock {
+            let previous = parameters.map { $0.values }
+            for (p, src) in zip(parameters, sources) { p.data.update(from: src, count: p.count) }
+            do {
+                try prepare()
+            } catch {
+                for (p, old) in zip(parameters, previous) {
+                    old.withUnsafeBufferPointer { p.data.update(from: $0.baseAddress!, count: p.count) }
+                }
+                try? prepare()
+                throw error
+            }
+        }
+    }
+
+    /// Checks a forward's shapes and timesteps against the configuration.
+    public func validateInput(batch: Int, channels: Int, height: Int, width: Int,
+                              timesteps: UnsafePointer<Int64>?) throws {
+        let m = config.sizeMultiple
+        if batch < 0 { throw SwiftUNetError.invalidArgument("batch must be >= 0, got \(batch)") }
+        if channels != config.channels {
+            throw SwiftUNetError.invalidArgument("x must have \(config.channels) channels, got \(channels)")
+        }
+        if height <= 0 || height % m != 0 || height > ModelConfig.maximumDimension {
+            throw SwiftUNetError.invalidArgument("x height must be a positive multiple of \(m), got \(height)")
+        }
+        if width <= 0 || width % m != 0 || width > ModelConfig.maximumDimension {
+            throw SwiftUNetError.invalidArgument("x width must be a positive multiple of \(m), got \(width)")
+        }
+        if batch > 0 {
+            guard let t = timesteps else { throw SwiftUNetError.invalidArgument("timesteps must not be NULL") }
+            for i in 0..<batch where t[i] < 0 || t[i] > DiffusionModel.maximumTimestep {
+                throw SwiftUNetError.invalidArgument("timesteps[\(i)] must be in [0, 2**53], got \(t[i])")
+            }
+        }
+    }
+
+    /// An upper estimate of the activation memory of a forward, in bytes, used to
+    /// refuse absurd inputs before anything is allocated.
+    public func estimatedWorkspaceBytes(batch: Int, height: Int, width: Int) -> Double {
+        let d = config.hiddenDims.map { Double($0) }
+        var spatial = Double(height) * Double(width)
+        var perImage = 0.0, scratch = 0.0
+        for i in 0..<d.count {
+            let widest = max(d[i], i + 1 < d.count ? d[i + 1] : d[i])
+            perImage += 40 * widest * spatial
+            scratch = max(scratch, 18 * widest * spatial)
+            spatial /= 4
+        }
+        let n = spatial * 4
+        scratch = max(scratch, n * n + n * d.last!)
+        return 4 * (Double(batch) * perImage + scratch) + 4 * Double(batch) * Double(config.timeDim) * 16
+    }
+
+    /// Timesteps up to 2^53 convert to float64 exactly.
+    public static let maximumTimestep: Int64 = 1 << 53
+
+    /// eps = model(x, t): x [batch, C, height, width], timesteps [batch] → out, same shape as x.
+    public func forward(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
+                        timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>) throws {
+        try validateInput(batch: batch, channels: channels, height: height, width: width, timesteps: timesteps)
+        if batch == 0 { return }
+        let workspace = takeWorkspace()
+        defer { giveBack(workspace) }
+        try weightsLock.withReadLock {
+            defer { try? workspace.reset() }
+            try run(x, batch: batch, height: height, width: width, timesteps: timesteps, out: out, workspace: workspace)
+        }
+    }
+
+    /// Convenience forward on tensors: x [B, C, H, W], one timestep per image.
+    public func forward(_ x: Tensor, timesteps: [Int]) throws -> Tensor {
+        guard x.shape.count == 4 else {
+            throw SwiftUNetError.invalidArgument("x must have 4 dimensions [B, C, H, W], got \(x.shape)")
+        }
+        guard timesteps.count == x.shape[0] else {
+            throw SwiftUNetError.invalidArgument("timesteps must have \(x.shape[0]) entries, got \(timesteps.count)")
+        }
+        let out = try Tensor(zeros: x.shape)
+        let t = timesteps.map { Int64($0) }
+        try t.withUnsafeBufferPointer { tp in
+            try forward(x.data, batch: x.shape[0], channels: x.shape[1], height: x.shape[2], width: x.shape[3],
+                        timesteps: tp.baseAddress ?? UnsafePointer(bitPattern: 8)!, out: out.data)
+        }
+        return out
+    }
+
+    private func takeWorkspace() -> Workspace {
+        workspacesLock.withLock { idleWorkspaces.popLast() } ?? Workspace()
+    }
+
+    private func giveBack(_ w: Workspace) {
+        workspacesLock.withLock { idleWorkspaces.append(w) }
+    }
+
+    /// Bytes held by idle activation arenas (for memory reports).
+    public var arenaBytes: Int {
+        workspacesLock.withLock { idleWorkspaces.reduce(0) { $0 + $1.reservedBytes } }
+    }
+
+    private func run(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                     timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>,
+                     workspace ws: Workspace) throws {
+        let d = config.hiddenDims, levels = config.levels
+        let temb = try ws.floats(batch * config.timeDim)
+        try timeEmbedding.forward(timesteps, batch: batch, into: temb, workspace: ws)
+
+        var h = try ws.floats(batch * d[0] * height * width)
+        try initConv.forward(x, batch: batch, height: height, width: width, into: h, workspace: ws)
+
+        var skips: [UnsafeMutablePointer<Float>] = []
+        var hh = height, ww = width
+        for (i, block) in downBlocks.enumerated() {
+            let skip = try ws.floats(batch * d[i + 1] * hh * ww)
+            let next = try ws.floats(batch * d[i + 1] * (hh / 2) * (ww / 2))
+            try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skip, into: next, workspace: ws)
+            skips.append(skip)
+            h = next
+            hh /= 2
+            ww /= 2
+        }
+
+        let dl = d[levels]
+        let mid1 = try ws.floats(batch * dl * hh * ww)
+        try middleIn.forward(h, batch: batch, height: hh, width: ww, temb: temb, into: mid1, workspace: ws)
+        let mid2 = try ws.floats(batch * dl * hh * ww)
+        try attention.forward(mid1, batch: batch, height: hh, width: ww, into: mid2, workspace: ws)
+        h = try ws.floats(batch * dl * hh * ww)
+        try middleOut.forward(mid2, batch: batch, height: hh, width: ww, temb: temb, into: h, workspace: ws)
+
+        for (j, block) in upBlocks.enumerated() {
+            let i = levels - 1 - j
+            let next = try ws.floats(batch * d[i] * (hh * 2) * (ww * 2))
+            try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skips[i], into: next, workspace: ws)
+            h = next
+            hh *= 2
+            ww *= 2
+        }
+
+        let normed = try ws.floats(batch * d[0] * height * width)
+        outNorm.forward(h, batch: batch, spatial: height * width, silu: true, into: normed)
+        try outConv.forward(normed, batch: batch, height: height, width: width, into: out, workspace: ws)
+    }
+}

@@ -1,0 +1,69 @@
+/// A bump allocator for the activations of one forward pass.
+///
+/// Buffers are taken with `floats(_:)` and given back in stack order with
+/// `mark()` / `release(to:)`. The first pass at a new shape may overflow the
+/// block into side chunks; `reset()` then grows the block to the high-water
+/// mark, so later passes at that shape allocate nothing.
+final class Workspace {
+    private var block: UnsafeMutablePointer<Float>? = nil
+    private var capacity = 0
+    private var top = 0
+    private var highWater = 0
+    private var overflow: [UnsafeMutablePointer<Float>] = []
+    private var overflowFloats = 0
+
+    init() {}
+
+    deinit {
+        freeFloats(block)
+        for p in overflow { freeFloats(p) }
+    }
+
+    /// Bytes currently reserved by this workspace.
+    var reservedBytes: Int { (capacity + overflowFloats) * MemoryLayout<Float>.stride }
+
+    /// Round every buffer to whole cache lines so each starts 64-byte aligned.
+    @inline(__always) private static func rounded(_ n: Int) -> Int { (n + 15) & ~15 }
+
+    /// An uninitialised buffer of `count` floats, valid until released.
+    func floats(_ count: Int) throws -> UnsafeMutablePointer<Float> {
+        let n = Workspace.rounded(max(count, 1))
+        let newTop = top + n
+        highWater = max(highWater, newTop)
+        if newTop <= capacity, let b = block {
+            top = newTop
+            return b + (newTop - n)
+        }
+        // Past the block: serve from a side chunk and remember the need.
+        top = newTop
+        let p = try allocateFloatsOrThrow(n, "activations")
+        overflow.append(p)
+        overflowFloats += n
+        return p
+    }
+
+    /// A workspace tensor of the given shape (uninitialised).
+    func tensor(_ shape: [Int]) throws -> Tensor {
+        let n = shape.reduce(1, *)
+        return Tensor(viewing: try floats(n), shape: shape)
+    }
+
+    func mark() -> Int { top }
+
+    func release(to mark: Int) { top = mark }
+
+    /// Ends a pass: frees side chunks and grows the block to what the pass needed.
+    func reset() throws {
+        top = 0
+        if !overflow.isEmpty {
+            for p in overflow { freeFloats(p) }
+            overflow.removeAll(keepingCapacity: true)
+            overflowFloats = 0
+            freeFloats(block)
+            block = nil
+            capacity = 0
+            block = try allocateFloatsOrThrow(highWater, "the activation arena")
+            capacity = highWater
+        }
+    }
+}

@@ -1,0 +1,110 @@
+/*
+ * swiftunet.h — the C interface of libSwiftUNetC, the SwiftUNet diffusion U-Net.
+ *
+ * Conventions
+ *   - Every function that can fail returns an int32_t status: SWIFTUNET_OK (0)
+ *     or one of the error codes below. On failure, swiftunet_last_error()
+ *     returns a message for the calling thread that names the bad argument.
+ *     No input reachable through this interface makes the library abort.
+ *   - Tensors are float32, C-contiguous, NCHW. The library never keeps a
+ *     pointer that the caller passed in beyond the call.
+ *   - Models are reference counted. swiftunet_model_create returns a handle
+ *     holding one reference; swiftunet_model_release drops one and frees the
+ *     model when none remain. A thread that uses a handle while another may
+ *     release it should hold its own reference (swiftunet_model_retain).
+ *   - All functions may be called from any thread. Calls on one model from
+ *     several threads at once are safe and give the results of sequential
+ *     calls; parameter updates wait for running forwards to finish.
+ */
+#ifndef SWIFTUNET_H
+#define SWIFTUNET_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SWIFTUNET_ABI_VERSION 1
+
+enum {
+    SWIFTUNET_OK = 0,
+    SWIFTUNET_ERR_ARGUMENT = 1,    /* an argument is invalid; the message says which */
+    SWIFTUNET_ERR_MEMORY = 2,      /* memory could not be allocated (or would be absurdly large) */
+    SWIFTUNET_ERR_INTERRUPTED = 3, /* a long call was stopped by its callback */
+    SWIFTUNET_ERR_INTERNAL = 4     /* a bug: please report it with the message */
+};
+
+typedef struct swiftunet_model swiftunet_model;
+
+/* The message of the last failed call on this thread ("" when none). The
+ * pointer stays valid until the next call into the library on this thread. */
+const char *swiftunet_last_error(void);
+
+/* SWIFTUNET_ABI_VERSION of the compiled library. */
+int32_t swiftunet_abi_version(void);
+
+/* A static description of the build, e.g. "isa=avx512 simd=16 portable=0". */
+const char *swiftunet_build_info(void);
+
+/* Worker threads used by every model (>= 1). The default is the number of CPUs
+ * available to the process, or SWIFTUNET_NUM_THREADS when that is set. */
+int32_t swiftunet_set_num_threads(int64_t n);
+int64_t swiftunet_get_num_threads(void);
+
+/* --- models ------------------------------------------------------------- */
+
+/* Creates DiffusionModel(image_size, channels, hidden_dims, time_dim) with
+ * PyTorch's default initialisation drawn from the seeded SplitMix64 stream
+ * described in the project's docs. *out_model receives one reference. */
+int32_t swiftunet_model_create(int64_t image_size, int64_t channels,
+                               const int64_t *hidden_dims, int64_t n_hidden_dims,
+                               int64_t time_dim, uint64_t seed,
+                               swiftunet_model **out_model);
+
+void swiftunet_model_retain(swiftunet_model *model);
+void swiftunet_model_release(swiftunet_model *model);
+
+/* The configuration. hidden_dims receives at most hidden_dims_capacity values;
+ * *n_hidden_dims always receives the true count. Any output may be NULL. */
+int32_t swiftunet_model_config(const swiftunet_model *model, int64_t *image_size,
+                               int64_t *channels, int64_t *time_dim,
+                               int64_t *hidden_dims, int64_t hidden_dims_capacity,
+                               int64_t *n_hidden_dims);
+
+/* Number of named parameter tensors (the state_dict's length). */
+int64_t swiftunet_model_param_count(const swiftunet_model *model);
+
+/* Name, rank (1, 2 or 4), shape and element count of parameter `index`, in
+ * state_dict order. *name points into the model and lives as long as it. */
+int32_t swiftunet_model_param_info(const swiftunet_model *model, int64_t index,
+                                   const char **name, int64_t *ndim,
+                                   int64_t shape[4], int64_t *numel);
+
+/* Copies parameter `index` into dst, which holds `numel` floats. */
+int32_t swiftunet_model_get_param(const swiftunet_model *model, int64_t index,
+                                  float *dst, int64_t numel);
+
+/* Replaces every parameter at once: sources[i] points at the numel(i) floats
+ * of parameter i (state_dict order); n must equal param_count. Values must be
+ * finite. Either all parameters change or none do. */
+int32_t swiftunet_model_set_params(swiftunet_model *model,
+                                   const float *const *sources, int64_t n);
+
+/* eps = model(x, t): x [batch, channels, height, width], timesteps [batch]
+ * (each in [0, 2^53]), out has the shape of x. height and width must be
+ * positive multiples of 2^L. batch may be 0. x and out must not overlap. */
+int32_t swiftunet_model_forward(swiftunet_model *model, const float *x,
+                                int64_t batch, int64_t channels,
+                                int64_t height, int64_t width,
+                                const int64_t *timesteps, float *out);
+
+/* Address of the x buffer that the last forward on this thread read, for
+ * tests that check nothing was copied on the way in. */
+const void *swiftunet_debug_last_input(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SWIFTUNET_H */

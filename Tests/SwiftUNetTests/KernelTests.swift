@@ -1,0 +1,129 @@
+import XCTest
+@testable import SwiftUNet
+
+/// Each fast kernel against its plain twin, over shapes that are not multiples
+/// of the vector width, batch 1 and 1×1 images.
+final class KernelTests: XCTestCase {
+    func testGemmMatchesPlainLoops() throws {
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (6, 32, 16), (13, 17, 29), (64, 100, 9), (3, 257, 70)] {
+            let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2)
+            let bias = randomValues(m, seed: 3)
+            let packed = try a.withUnsafeBufferPointer { try PackedMatrix(rows: m, cols: k, source: $0.baseAddress!, ld: k) }
+            for accumulate in [false, true] {
+                var fast = randomValues(m * n, seed: 4), plain = fast
+                b.withUnsafeBufferPointer { bp in
+                    bias.withUnsafeBufferPointer { biasp in
+                        gemm(packed, b: bp.baseAddress!, ldb: n, n: n, c: &fast, ldc: n,
+                             rowBias: biasp.baseAddress!, accumulate: accumulate)
+                    }
+                }
+                // Independent definition: C = A·B (+ C) + bias.
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var s: Double = accumulate ? Double(plain[i * n + j]) : 0
+                        for p in 0..<k { s += Double(a[i * k + p]) * Double(b[p * n + j]) }
+                        plain[i * n + j] = Float(s) + bias[i]
+                    }
+                }
+                assertClose(fast, plain, tolerance: 1e-5, "gemm \(m)x\(n)x\(k) accumulate=\(accumulate)")
+            }
+        }
+    }
+
+    func testConv2dMatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, s: Int, p: Int)] = [
+            (1, 1, 1, 1, 1, 1, 1, 0), (1, 3, 8, 1, 1, 3, 1, 1), (2, 3, 5, 7, 9, 3, 1, 1),
+            (1, 8, 8, 6, 10, 4, 2, 1), (3, 5, 7, 2, 2, 4, 2, 1), (2, 16, 24, 5, 3, 1, 1, 0),
+            (1, 9, 17, 11, 13, 3, 1, 1),
+        ]
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: c.k, stride: c.s, padding: c.p)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 5)
+            let w = randomValues(c.cout * c.cin * c.k * c.k, seed: 6)
+            let bias = randomValues(c.b * c.cout, seed: 7)
+            let outCount = c.b * c.cout * g.outHeight * g.outWidth
+            let packed = try w.withUnsafeBufferPointer {
+                try PackedMatrix(rows: c.cout, cols: c.cin * c.k * c.k, source: $0.baseAddress!, ld: c.cin * c.k * c.k)
+            }
+            for accumulate in [false, true] {
+                for perImage in [false, true] {
+                    var fast = randomValues(outCount, seed: 8), plain = fast
+                    let ws = Workspace()
+                    try conv2dForward(x, batch: c.b, geometry: g, weights: packed, bias: bias,
+                                      biasBatchStride: perImage ? c.cout : 0, y: &fast,
+                                      accumulate: accumulate, workspace: ws)
+                    conv2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias,
+                                biasBatchStride: perImage ? c.cout : 0, y: &plain, accumulate: accumulate)
+                    assertClose(fast, plain, tolerance: 1e-5, "conv \(c) acc=\(accumulate) perImage=\(perImage)")
+                }
+            }
+        }
+    }
+
+    func testConvTransposeMatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+            (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2),
+        ]
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: 4, stride: 2, padding: 1)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 9)
+            let w = randomValues(c.cin * c.cout * 16, seed: 10)
+            let bias = randomValues(c.cout, seed: 11)
+            let outCount = c.b * c.cout * g.transposedHeight * g.transposedWidth
+            XCTAssertEqual(g.transposedHeight, 2 * c.h)
+            var fast = [Float](repeating: .nan, count: outCount), plain = fast
+            let packed = try packTransposedConvWeights(w, inChannels: c.cin, outChannels: c.cout, kernel: 4)
+            try convTranspose2dForward(x, batch: c.b, geometry: g, weights: packed, bias: bias,
+                                       y: &fast, workspace: Workspace())
+            convTranspose2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias, y: &plain)
+            assertClose(fast, plain, tolerance: 1e-5, "convT \(c)")
+        }
+    }
+
+    func testGroupNormMatchesNaive() {
+        for (b, c, hw, groups) in [(1, 8, 1, 8), (2, 16, 7, 8), (3, 24, 33, 8), (1, 64, 64, 8), (2, 8, 5, 2)] {
+            let x = randomValues(b * c * hw, seed: 12).map { $0 * 3 + 0.5 }
+            let gamma = randomValues(c, seed: 13), beta = randomValues(c, seed: 14)
+            for silu in [false, true] {
+                var fast = [Float](repeating: .nan, count: x.count), plain = fast
+                groupNormForward(x, batch: b, channels: c, spatial: hw, groups: groups, gamma: gamma, beta: beta,
+                                 eps: 1e-5, silu: silu, y: &fast)
+                groupNormNaive(x, batch: b, channels: c, spatial: hw, groups: groups, gamma: gamma, beta: beta,
+                               eps: 1e-5, silu: silu, y: &plain)
+                assertClose(fast, plain, tolerance: 1e-5, "groupnorm b=\(b) c=\(c) hw=\(hw) silu=\(silu)")
+            }
+        }
+    }
+
+    func testAttentionMatchesNaive() {
+        for (c, n, heads) in [(8, 1, 4), (16, 7, 4), (32, 64, 4), (24, 33, 4), (12, 5, 1)] {
+            let qkv = randomValues(3 * c * n, seed: 15).map { $0 * 4 }
+            var fast = [Float](repeating: .nan, count: c * n), plain = fast
+            var scratch = [Float](repeating: 0, count: attentionScratchCount(channels: c, positions: n, heads: heads))
+            attentionForward(qkv: qkv, channels: c, positions: n, heads: heads, o: &fast, scratch: &scratch)
+            attentionNaive(qkv: qkv, channels: c, positions: n, heads: heads, o: &plain)
+            assertClose(fast, plain, tolerance: 1e-5, "attention c=\(c) n=\(n)")
+        }
+    }
+
+    func testSinusoidalEmbeddingIsSinesThenCosines() {
+        let t: [Int64] = [0, 7, 999]
+        var e = [Float](repeating: 0, count: 3 * 8)
+        sinusoidalEmbedding(t, batch: 3, dim: 8, e: &e)
+        // t = 0: sin = 0, cos = 1.
+        XCTAssertEqual(Array(e[0..<8]), [0, 0, 0, 0, 1, 1, 1, 1])
+        // freq[0] = 1 and freq[half-1] = 1e-4.
+        XCTAssertEqual(e[8], Float(sin(7.0)))
+        XCTAssertEqual(e[8 + 4], Float(cos(7.0)))
+        XCTAssertEqual(e[16 + 3], Float(sin(999.0 * 1e-4)), accuracy: 1e-7)
+    }
+
+    func testSplitMix64KnownOutputs() {
+        var rng = SplitMix64(seed: 0)
+        XCTAssertEqual(rng.next(), 0xE220_A839_7B1D_CDAF)
+        XCTAssertEqual(rng.next(), 0x6E78_9E6A_A1B9_65F4)
+        XCTAssertEqual(rng.next(), 0x06C4_5D18_8009_454F)
+    }
+}
