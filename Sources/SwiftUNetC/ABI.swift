@@ -42,7 +42,7 @@ private func clearLastError() {
 }
 
 /// Runs `body`, mapping thrown errors to status codes with a message.
-private func guarded(_ body: () throws -> Void) -> Int32 {
+func guarded(_ body: () throws -> Void) -> Int32 {
     clearLastError()
     do {
         try body()
@@ -60,7 +60,7 @@ private func guarded(_ body: () throws -> Void) -> Int32 {
     }
 }
 
-private func argumentError(_ message: String) -> SwiftUNetError { .invalidArgument(message) }
+func argumentError(_ message: String) -> SwiftUNetError { .invalidArgument(message) }
 
 // MARK: handles
 
@@ -78,7 +78,7 @@ final class ModelHandle {
     deinit { for n in names { free(n) } }
 }
 
-private func handle(_ p: UnsafeRawPointer?) throws -> ModelHandle {
+func handle(_ p: UnsafeRawPointer?) throws -> ModelHandle {
     guard let p = p else { throw argumentError("model must not be NULL") }
     return Unmanaged<ModelHandle>.fromOpaque(p).takeUnretainedValue()
 }
@@ -156,7 +156,7 @@ private func checkParameterMemory(_ c: ModelConfig) throws {
     }
 }
 
-private func physicalMemoryBytes() -> Double {
+func physicalMemoryBytes() -> Double {
     Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
 }
 

@@ -103,6 +103,66 @@ int32_t swiftunet_model_forward(swiftunet_model *model, const float *x,
  * tests that check nothing was copied on the way in. */
 const void *swiftunet_debug_last_input(void);
 
+/* --- sampling ------------------------------------------------------------
+ * Noise schedules, q_sample, the seeded Gaussian generator and the DDIM /
+ * DDPM loops of SPEC section 3; docs/sampling.md gives every formula. A
+ * schedule is passed as its betas (num_timesteps doubles, each in (0, 1));
+ * alphas_cumprod is always their running product in float64. */
+
+/* Cosine (Nichol & Dhariwal) and linear schedules: fills betas and
+ * alphas_cumprod (num_timesteps doubles each; either may be NULL). */
+int32_t swiftunet_schedule_cosine(int64_t num_timesteps, double *betas,
+                                  double *alphas_cumprod);
+int32_t swiftunet_schedule_linear(int64_t num_timesteps, double beta_start,
+                                  double beta_end, double *betas,
+                                  double *alphas_cumprod);
+
+/* Validates betas and writes alphas_cumprod (may be NULL: validation only). */
+int32_t swiftunet_schedule_from_betas(const double *betas, int64_t num_timesteps,
+                                      double *alphas_cumprod);
+
+/* The `steps` timesteps a DDIM run visits, in order (descending):
+ * round(i*(T-1)/(S-1)) for i = S-1 .. 0, exact, ties to even; steps = 1 gives
+ * the single timestep T-1. 1 <= steps <= num_timesteps. */
+int32_t swiftunet_ddim_timesteps(int64_t num_timesteps, int64_t steps, int64_t *out);
+
+/* out = sqrt(ab[t_b]) * x0 + sqrt(1 - ab[t_b]) * noise, image b of `batch`
+ * having per_image values and timestep t[b] in [0, num_timesteps); float64
+ * arithmetic, one rounding to float32. out may alias x0 or noise. */
+int32_t swiftunet_q_sample(const double *betas, int64_t num_timesteps,
+                           const float *x0, const int64_t *t, const float *noise,
+                           int64_t batch, int64_t per_image, float *out);
+
+/* `count` standard normals from the seeded generator (SplitMix64 + Box-Muller,
+ * docs/sampling.md), in the order a sampling run uses them. */
+int32_t swiftunet_randn(uint64_t seed, float *out, int64_t count);
+
+enum {
+    SWIFTUNET_SAMPLER_DDIM = 0,
+    SWIFTUNET_SAMPLER_DDPM = 1
+};
+
+/* Called by long loops between steps: before the first (done = 0) and after
+ * each one (done = 1 .. total), on the thread that made the call. A nonzero
+ * return stops the loop and the call returns SWIFTUNET_ERR_INTERRUPTED. */
+typedef int32_t (*swiftunet_progress_fn)(void *context, int64_t done, int64_t total);
+
+/* Generates n images [n, channels, height, width] into out. sampler is
+ * SWIFTUNET_SAMPLER_DDIM (steps in [1, num_timesteps], eta in [0, 1]) or
+ * SWIFTUNET_SAMPLER_DDPM (all num_timesteps steps; steps and eta ignored).
+ * clip != 0 clips the predicted x0 to [-1, 1]. x_T, when not NULL, is the
+ * start (same shape as out; it may be out itself); otherwise x_T is drawn from
+ * the generator seeded with `seed`, which then also gives each step's noise.
+ * height and width must be positive multiples of 2^L. progress may be NULL.
+ * After SWIFTUNET_ERR_INTERRUPTED, out holds a partly denoised state and the
+ * model is unchanged and usable. */
+int32_t swiftunet_model_sample(swiftunet_model *model, const double *betas,
+                               int64_t num_timesteps, int32_t sampler,
+                               int64_t steps, double eta, int32_t clip,
+                               uint64_t seed, const float *x_T, int64_t n,
+                               int64_t height, int64_t width, float *out,
+                               swiftunet_progress_fn progress, void *context);
+
 #ifdef __cplusplus
 }
 #endif
