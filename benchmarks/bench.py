@@ -1,0 +1,634 @@
+#!/usr/bin/env python3
+"""swiftunet forward-pass benchmark, against the numpy reference and peers.
+
+    python3 benchmarks/bench.py                 # everything (about 10-20 minutes on 2 cores)
+    python3 benchmarks/bench.py --quick         # fewer repeats, no scaling section
+    python3 benchmarks/bench.py --threads 1 --cases rgb32-small --batches 1
+    python3 benchmarks/bench.py --json results.json
+
+What it measures (see docs/benchmarks.md for a full run and how to read it):
+
+- Cases: {32x32x3 [32,64,128], 32x32x3 [64,128,256], 28x28x1 [32,64,128]}
+  x batch {1, 8}, each at 1 and 2 threads (time_dim 128, seed-0 weights).
+- Every (case, threads, engine) runs in a fresh subprocess, so each reports
+  its own peak RSS (ru_maxrss) and nothing is shared between engines.
+  All engines get the same weights (swiftunet's seed-0 state_dict, saved to
+  an .npz) and the same inputs, and the same thread count:
+    swiftunet     swiftunet.set_num_threads(n), forward(x, t, out=buf)
+    reference     swiftunet.reference.forward (float64 numpy), BLAS threads = n
+                  (OPENBLAS/OMP_NUM_THREADS); fewer repeats, it is slow.
+                  OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from this
+                  subprocess's environment only (they slow current numpy).
+    onnxruntime   the graph from swiftunet.onnx_export.export_onnx,
+                  intra_op_num_threads = n, inter_op 1, sequential execution
+    torch         benchmarks/torch_model.py, torch.set_num_threads(n),
+                  set_num_interop_threads(1), torch.inference_mode()
+  Peers that are not installed are left out (shown as "-").
+- Time: median of >= 10 timed calls after warm-up (2 calls, then until 0.3 s
+  have passed); timed calls continue past 10 until 2 s have passed (max 100).
+- GFLOP/s: count_flops() below / median time. FLOPs = 2 x the multiply-adds
+  of direct convolution and matmul: Conv2d Ho*Wo*Cout*Cin*kh*kw,
+  ConvTranspose2d Hin*Win*Cin*Cout*kh*kw (every tap, as the scatter form does),
+  Linear in*out, attention 2*N*N*C (q.k and attn.v); per sample. Norms,
+  activations, softmax, bias adds and the sinusoid are not counted (< 1%).
+- % of peak: GFLOP/s / FMA peak at that many threads. The peak is measured
+  by a small C program (independent FMA chains of the widest vector ISA the
+  compiler targets with -march=native, best of several trials); when no C
+  compiler is found the constant 165 GFLOP/s/core is used. The header says
+  which.
+- "swift/best peer" = swiftunet time / fastest of (onnxruntime, torch) time:
+  below 1 means swiftunet is faster.
+- Scaling: swiftunet alone on the [32,64,128] RGB model, batch 1,2,4,8,16 at
+  32x32 and image size 16, 32, 64 at batch 1, at the highest thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PEAK_PER_CORE = 165.0  # GFLOP/s, fp32 FMA, used only when the probe cannot run
+
+# name -> (image_size, channels, hidden_dims)
+MODELS = {
+    "rgb32-small": (32, 3, [32, 64, 128]),
+    "rgb32-large": (32, 3, [64, 128, 256]),
+    "gray28-small": (28, 1, [32, 64, 128]),
+}
+TIME_DIM = 128
+ENGINES = ("swiftunet", "reference", "onnxruntime", "torch")
+
+
+# --------------------------------------------------------------------------
+# FLOP counting
+
+
+def count_flops(channels, hidden_dims, time_dim, batch, height, width, breakdown=False):
+    """FLOPs of one forward pass = 2 x direct multiply-adds (see module doc)."""
+    d = [int(v) for v in hidden_dims]
+    L = len(d) - 1
+    T = int(time_dim)
+    macs = {}
+
+    def add(kind, n):
+        macs[kind] = macs.get(kind, 0) + n
+
+    def conv(cin, cout, k, ho, wo):
+        add("conv", ho * wo * cout * cin * k * k)
+
+    def res(cin, cout, h, w):
+        conv(cin, cout, 3, h, w)
+        add("linear", T * cout)
+        conv(cout, cout, 3, h, w)
+        if cin != cout:
+            conv(cin, cout, 1, h, w)
+
+    add("linear", T * 4 * T + 4 * T * T)              # time MLP
+    h, w = height, width
+    conv(channels, d[0], 3, h, w)                      # init_conv
+    for i in range(L):
+        res(d[i], d[i + 1], h, w)
+        h, w = h // 2, w // 2
+        conv(d[i + 1], d[i + 1], 4, h, w)              # down, output size
+    c = d[L]
+    res(c, c, h, w)
+    conv(c, 3 * c, 1, h, w)                            # qkv
+    n = h * w
+    add("attention", 2 * n * n * c)                    # q.k and attn.v over all heads
+    conv(c, c, 1, h, w)                                # proj
+    res(c, c, h, w)
+    for j in range(L):
+        i = L - 1 - j
+        add("conv_transpose", h * w * d[i + 1] * d[i + 1] * 16)   # input size
+        h, w = h * 2, w * 2
+        res(2 * d[i + 1], d[i], h, w)
+    conv(d[0], channels, 3, h, w)                      # out_conv
+    flops = {k: 2 * v * batch for k, v in macs.items()}
+    total = sum(flops.values())
+    return (total, flops) if breakdown else total
+
+
+# --------------------------------------------------------------------------
+# FMA peak probe
+
+_PEAK_C = r"""
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#if defined(__AVX512F__)
+typedef __m512 V;
+#define LANES 16
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ISA "avx512"
+static float sum(V v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__FMA__)
+typedef __m256 V;
+#define LANES 8
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ISA "avx2-fma"
+static float sum(V v) { float t[8]; _mm256_storeu_ps(t, v); float s = 0; for (int i = 0; i < 8; i++) s += t[i]; return s; }
+#else
+#error "no FMA"
+#endif
+#define CHAINS 12
+static long ITERS;
+static volatile float sink;
+static void *work(void *arg) {
+    V a[CHAINS];
+    for (int k = 0; k < CHAINS; k++) a[k] = SET1(1.0f + k * 1e-3f);
+    V b = SET1(0.999999f), c = SET1(1e-6f);
+    V a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5];
+    V a6 = a[6], a7 = a[7], a8 = a[8], a9 = a[9], a10 = a[10], a11 = a[11];
+    for (long i = 0; i < ITERS; i++) {   /* 12 independent chains, written out */
+        a0 = FMA(a0, b, c); a1 = FMA(a1, b, c); a2 = FMA(a2, b, c); a3 = FMA(a3, b, c);
+        a4 = FMA(a4, b, c); a5 = FMA(a5, b, c); a6 = FMA(a6, b, c); a7 = FMA(a7, b, c);
+        a8 = FMA(a8, b, c); a9 = FMA(a9, b, c); a10 = FMA(a10, b, c); a11 = FMA(a11, b, c);
+    }
+    float s = sum(a0) + sum(a1) + sum(a2) + sum(a3) + sum(a4) + sum(a5)
+            + sum(a6) + sum(a7) + sum(a8) + sum(a9) + sum(a10) + sum(a11);
+    sink = s;
+    return NULL;
+}
+static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    ITERS = argc > 2 ? atol(argv[2]) : 20000000L;
+    pthread_t th[64];
+    double t0 = now();
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, work, NULL);
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    double dt = now() - t0;
+    printf("%s %.3f\n", ISA, (double)n * ITERS * CHAINS * LANES * 2 / dt / 1e9);
+    return 0;
+}
+"""
+
+
+def measure_peak(max_threads, trials=15):
+    """{'source', 'isa', 'per_core', 'by_threads': {n: GFLOP/s}}."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    fallback = {
+        "source": f"constant {DEFAULT_PEAK_PER_CORE:g} GFLOP/s/core (no C compiler to measure it)",
+        "isa": "?",
+        "per_core": DEFAULT_PEAK_PER_CORE,
+        "by_threads": {n: DEFAULT_PEAK_PER_CORE * n for n in range(1, max_threads + 1)},
+    }
+    if cc is None:
+        return fallback
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+        src.write_text(_PEAK_C)
+        try:
+            subprocess.run([cc, "-O2", "-march=native", "-pthread", str(src), "-o", str(exe)],
+                           check=True, capture_output=True, timeout=60)
+            by_threads, isa = {}, "?"
+            for n in range(1, max_threads + 1):
+                best = 0.0
+                for _ in range(trials):
+                    out = subprocess.run([str(exe), str(n), "10000000"], check=True,
+                                         capture_output=True, text=True, timeout=60).stdout.split()
+                    isa, best = out[0], max(best, float(out[1]))
+                by_threads[n] = best
+        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+            fallback["source"] = f"constant {DEFAULT_PEAK_PER_CORE:g} GFLOP/s/core (probe failed: {exc})"
+            return fallback
+    return {
+        "source": f"measured ({isa} FMA chains, best of {trials})",
+        "isa": isa,
+        "per_core": by_threads[1],
+        "by_threads": by_threads,
+    }
+
+
+# --------------------------------------------------------------------------
+# worker: one engine, one case, one thread count, in a fresh process
+
+
+def _maxrss_mib():
+    # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_calls(fn, min_reps, min_time, max_reps, warmup_calls=2, warmup_time=0.3):
+    start = time.perf_counter()
+    n = 0
+    while n < warmup_calls or time.perf_counter() - start < warmup_time:
+        fn()
+        n += 1
+        if n >= 50:
+            break
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker(spec):
+    import numpy as np
+
+    engine, n = spec["engine"], int(spec["threads"])
+    data = np.load(spec["inputs"])
+    x, t = np.ascontiguousarray(data["x"]), np.ascontiguousarray(data["t"])
+    weights = dict(np.load(spec["weights"]))
+    image_size, channels, dims = spec["image_size"], spec["channels"], spec["hidden_dims"]
+    info = {}
+
+    if engine == "swiftunet":
+        import swiftunet
+
+        swiftunet.set_num_threads(n)
+        m = swiftunet.DiffusionModel(image_size, channels, hidden_dims=dims, time_dim=spec["time_dim"])
+        m.load_state_dict(weights)
+        out = np.empty_like(x)
+
+        def run():
+            return m.forward(x, t, out=out)
+
+        info["build_info"] = swiftunet.build_info()
+        info["threads_reported"] = swiftunet.get_num_threads()
+    elif engine == "reference":
+        from swiftunet import reference
+
+        try:
+            import threadpoolctl
+
+            threadpoolctl.threadpool_limits(n)
+            info["blas"] = [
+                {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                for p in threadpoolctl.threadpool_info()
+            ]
+        except ImportError:
+            pass
+
+        def run():
+            return reference.forward(weights, x, t)
+    elif engine == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(spec["onnx"], sess_options=opts, providers=["CPUExecutionProvider"])
+        feeds = {"x": x, "t": t.astype(np.int64)}
+        info["version"] = ort.__version__
+
+        def run():
+            return sess.run(["eps"], feeds)[0]
+    elif engine == "torch":
+        import torch
+
+        sys.path.insert(0, str(HERE))
+        from torch_model import TorchDiffusionModel
+
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        tm = TorchDiffusionModel(channels, dims, spec["time_dim"]).eval()
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+        info["version"] = torch.__version__
+
+        def run():
+            with torch.inference_mode():
+                return tm(xt, tt).numpy()
+    else:
+        raise ValueError(engine)
+
+    rss_before = _maxrss_mib()
+    y = run()  # first call, kept for the correctness check
+    np.save(spec["output"], np.asarray(y, dtype=np.float32))
+    times = _time_calls(run, spec["min_reps"], spec["min_time"], spec["max_reps"],
+                        warmup_calls=spec.get("warmup_calls", 2), warmup_time=spec.get("warmup_time", 0.3))
+    rss_after = _maxrss_mib()
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "min_ms": min(times) * 1e3,
+        "reps": len(times),
+        "peak_rss_mib": rss_after,
+        "rss_before_forward_mib": rss_before,
+        "info": info,
+    }
+
+
+def run_worker(spec, timeout, env=None):
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": "no result: " + proc.stdout[-300:]}
+
+
+def engine_env(engine, threads):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    if engine == "reference":
+        # Only here, for the reference's timing: these slow a current numpy.
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    return env
+
+
+# --------------------------------------------------------------------------
+# driver
+
+
+def available_engines(wanted):
+    import importlib.util
+
+    have = []
+    for e in wanted:
+        if e in ("swiftunet", "reference"):
+            have.append(e)
+        elif e == "onnxruntime":
+            if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+                have.append(e)
+        elif e == "torch":
+            if importlib.util.find_spec("torch"):
+                have.append(e)
+    return have
+
+
+def prepare_case(tmp, name, batch, height=None, width=None, with_onnx=False):
+    """Writes weights / inputs (and the ONNX graph) for one case; returns the base spec."""
+    import numpy as np
+    import swiftunet
+
+    image_size, channels, dims = MODELS[name]
+    h = height or image_size
+    w = width or image_size
+    key = f"{name}"
+    wpath = Path(tmp) / f"{key}.weights.npz"
+    if not wpath.exists():
+        m = swiftunet.DiffusionModel(image_size, channels, hidden_dims=dims, time_dim=TIME_DIM, seed=0)
+        np.savez(wpath, **m.state_dict())
+        if with_onnx:
+            from swiftunet.onnx_export import export_onnx
+
+            export_onnx(m, str(Path(tmp) / f"{key}.onnx"))
+    ipath = Path(tmp) / f"{key}.b{batch}.{h}x{w}.inputs.npz"
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((batch, channels, h, w)).astype(np.float32)
+    t = rng.integers(0, 1000, size=batch).astype(np.int64)
+    np.savez(ipath, x=x, t=t)
+    return {
+        "case": name,
+        "batch": batch,
+        "height": h,
+        "width": w,
+        "image_size": image_size,
+        "channels": channels,
+        "hidden_dims": dims,
+        "time_dim": TIME_DIM,
+        "weights": str(wpath),
+        "inputs": str(ipath),
+        "onnx": str(Path(tmp) / f"{key}.onnx"),
+        "flops": count_flops(channels, dims, TIME_DIM, batch, h, w),
+    }
+
+
+def rel_err(a, ref):
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
+
+
+def fmt(v, spec=".1f", none="-"):
+    return none if v is None else format(v, spec)
+
+
+def machine_facts():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="5 timed calls (reference 1), no scaling section: a smoke run, not for the record")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--cases", default=",".join(MODELS),
+                    help=f"comma-separated models (default all: {','.join(MODELS)})")
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    ap.add_argument("--engines", default=",".join(ENGINES),
+                    help=f"comma-separated engines (default all installed: {','.join(ENGINES)})")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the batch / image-size scaling section")
+    ap.add_argument("--ref-reps", type=int, default=3, help="timed calls of the numpy reference (default 3)")
+    ap.add_argument("--json", help="also write all raw results to this file")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per subprocess (default 900)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    threads = [int(v) for v in args.threads.split(",") if v]
+    cases = [c for c in args.cases.split(",") if c]
+    for c in cases:
+        if c not in MODELS:
+            ap.error(f"unknown case {c!r}; choose from {', '.join(MODELS)}")
+    batches = [int(v) for v in args.batches.split(",") if v]
+    engines = available_engines([e for e in args.engines.split(",") if e])
+    min_reps, min_time, max_reps = (5, 0.5, 20) if args.quick else (10, 2.0, 100)
+    ref_reps = 1 if args.quick else max(1, args.ref_reps)
+
+    import swiftunet
+
+    facts = machine_facts()
+    facts["swiftunet_build"] = swiftunet.build_info()
+    facts["engines"] = engines
+    log(f"engines: {', '.join(engines)}; measuring FMA peak ...")
+    peak = measure_peak(max(threads))
+    results = {"facts": facts, "peak": peak, "cases": [], "scaling": []}
+
+    with tempfile.TemporaryDirectory(prefix="swiftunet-bench-") as tmp:
+        for name in cases:
+            for batch in batches:
+                base = prepare_case(tmp, name, batch, with_onnx="onnxruntime" in engines)
+                for n in threads:
+                    row = {k: base[k] for k in ("case", "batch", "height", "width", "channels",
+                                                "hidden_dims", "flops")}
+                    row["threads"] = n
+                    row["engines"] = {}
+                    outputs = {}
+                    for engine in engines:
+                        spec = dict(base, engine=engine, threads=n,
+                                    output=str(Path(tmp) / f"out.{engine}.npy"))
+                        if engine == "reference":
+                            spec.update(min_reps=ref_reps, min_time=0.0, max_reps=ref_reps,
+                                        warmup_calls=0, warmup_time=0.0)
+                        else:
+                            spec.update(min_reps=min_reps, min_time=min_time, max_reps=max_reps)
+                        log(f"{name} B={batch} threads={n} {engine} ...")
+                        res = run_worker(spec, args.timeout, env=engine_env(engine, n))
+                        if "error" in res:
+                            log(f"  {engine} failed: {res['error']}")
+                        else:
+                            outputs[engine] = spec["output"]
+                            log(f"  {res['median_ms']:.2f} ms (median of {res['reps']}), "
+                                f"peak RSS {res['peak_rss_mib']:.0f} MiB")
+                        row["engines"][engine] = res
+                    # correctness of this very run: every engine vs the reference (or swiftunet)
+                    import numpy as np
+
+                    oracle = "reference" if "reference" in outputs else "swiftunet"
+                    if oracle in outputs:
+                        ref_out = np.load(outputs[oracle])
+                        for engine, path in outputs.items():
+                            if engine != oracle:
+                                row["engines"][engine]["rel_err_vs_" + oracle] = rel_err(np.load(path), ref_out)
+                    results["cases"].append(row)
+
+        if not args.quick and not args.no_scaling and "swiftunet" in engines:
+            n = max(threads)
+            points = [(b, 32) for b in (1, 2, 4, 8, 16)] + [(1, s) for s in (16, 64)]
+            for batch, size in points:
+                base = prepare_case(tmp, "rgb32-small", batch, size, size)
+                spec = dict(base, engine="swiftunet", threads=n, output=str(Path(tmp) / "out.scaling.npy"),
+                            min_reps=min_reps, min_time=min_time, max_reps=max_reps)
+                log(f"scaling: B={batch} {size}x{size} threads={n} ...")
+                res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
+                results["scaling"].append({"batch": batch, "size": size, "threads": n,
+                                           "flops": base["flops"], **res})
+
+    report = render(results, threads)
+    print(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        log(f"raw results written to {args.json}")
+    return 0
+
+
+def render(results, threads):
+    facts, peak = results["facts"], results["peak"]
+    lines = []
+    lines.append(f"date: {facts['date']}; nproc: {facts['nproc']}; CPU: {facts['cpu']}")
+    lines.append(f"swiftunet build: {facts['swiftunet_build']}; python {facts['python']}")
+    peaks = ", ".join(f"{n} thread{'s' if n > 1 else ''}: {peak['by_threads'][n]:.0f}"
+                      for n in sorted(peak["by_threads"]))
+    lines.append(f"FMA peak (GFLOP/s): {peak['source']}: {peaks}")
+    lines.append("")
+    lines.append("| case | B | thr | GFLOP | swiftunet ms | GFLOP/s | % peak | peak RSS MiB "
+                 "| numpy ref ms (ref/swift) | ORT ms | torch ms | swift/best peer | swift err vs ref |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results["cases"]:
+        e = row["engines"]
+        n = row["threads"]
+
+        def ms(engine):
+            r = e.get(engine)
+            return None if r is None or "error" in r else r["median_ms"]
+
+        s = ms("swiftunet")
+        gflops = row["flops"] / 1e9
+        rate = gflops / (s / 1e3) if s else None
+        pk = peak["by_threads"].get(n, peak["per_core"] * n)
+        pct = 100 * rate / pk if rate else None
+        rss = e["swiftunet"]["peak_rss_mib"] if s else None
+        ref = ms("reference")
+        peers = [v for v in (ms("onnxruntime"), ms("torch")) if v is not None]
+        best = min(peers) if peers else None
+        ref_cell = f"{ref:.0f} ({ref / s:.0f}x)" if ref and s else fmt(ref, ".0f")
+        err = None
+        if s and "rel_err_vs_reference" in e.get("swiftunet", {}):
+            err = e["swiftunet"]["rel_err_vs_reference"]
+        case = f"{row['case']} {row['height']}x{row['width']}x{row['channels']} {row['hidden_dims']}"
+        lines.append(
+            f"| {case} | {row['batch']} | {n} | {gflops:.2f} | {fmt(s, '.2f')} | {fmt(rate, '.1f')} "
+            f"| {fmt(pct, '.1f')} | {fmt(rss, '.0f')} | {ref_cell} | {fmt(ms('onnxruntime'), '.2f')} "
+            f"| {fmt(ms('torch'), '.2f')} | {fmt(s / best if s and best else None, '.2f')} "
+            f"| {fmt(err, '.1e')} |"
+        )
+    # peers' own numbers: RSS and agreement
+    lines.append("")
+    lines.append("Peers (same weights, inputs and threads; error = max|a-ref|/max|ref| vs the float64 reference):")
+    lines.append("")
+    lines.append("| case | B | thr | engine | ms | GFLOP/s | peak RSS MiB | error vs ref |")
+    lines.append("|---|---:|---:|---|---:|---:|---:|---:|")
+    for row in results["cases"]:
+        for engine, r in row["engines"].items():
+            if engine == "swiftunet":
+                continue
+            if "error" in r:
+                lines.append(f"| {row['case']} | {row['batch']} | {row['threads']} | {engine} | failed: "
+                             f"{r['error'][:60]} | | | |")
+                continue
+            rate = row["flops"] / 1e9 / (r["median_ms"] / 1e3)
+            err = r.get("rel_err_vs_reference")
+            lines.append(f"| {row['case']} | {row['batch']} | {row['threads']} | {engine} "
+                         f"| {r['median_ms']:.2f} | {rate:.1f} | {r['peak_rss_mib']:.0f} | {fmt(err, '.1e')} |")
+    if results["scaling"]:
+        lines.append("")
+        n = results["scaling"][0]["threads"]
+        lines.append(f"Scaling, swiftunet, rgb32-small [32,64,128] C=3, {n} thread(s):")
+        lines.append("")
+        lines.append("| B | HxW | ms | ms / image | GFLOP/s | % peak | time vs B=1 32x32 | peak RSS MiB |")
+        lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+        base = next((r for r in results["scaling"] if r["batch"] == 1 and r["size"] == 32 and "error" not in r),
+                    None)
+        for r in sorted(results["scaling"], key=lambda r: (r["size"] != 32, r["size"], r["batch"])):
+            if "error" in r:
+                lines.append(f"| {r['batch']} | {r['size']}x{r['size']} | failed: {r['error'][:60]} | | | | | |")
+                continue
+            rate = r["flops"] / 1e9 / (r["median_ms"] / 1e3)
+            pct = 100 * rate / peak["by_threads"].get(n, peak["per_core"] * n)
+            rel = r["median_ms"] / base["median_ms"] if base else None
+            lines.append(f"| {r['batch']} | {r['size']}x{r['size']} | {r['median_ms']:.2f} "
+                         f"| {r['median_ms'] / r['batch']:.2f} | {rate:.1f} | {pct:.1f} | {fmt(rel, '.2f')} "
+                         f"| {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
