@@ -1,0 +1,167 @@
+"""The command line: ``python3 -m swiftunet {info,sample,bench}``.
+
+    python3 -m swiftunet info
+    python3 -m swiftunet sample --weights m.safetensors --n 16 --steps 50 --sampler ddim --seed 0 --out grid.png
+    python3 -m swiftunet sample --out grid.png          # the built-in default model (random weights)
+    python3 -m swiftunet bench [args for benchmarks/bench.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+#: The model `sample` and `bench` use without --weights.
+DEFAULT_MODEL = {"image_size": 32, "channels": 3, "hidden_dims": [64, 128, 256], "time_dim": 128, "seed": 0}
+
+
+def _default_model():
+    import swiftunet
+    return swiftunet.DiffusionModel(**DEFAULT_MODEL)
+
+
+def cmd_info(args) -> int:
+    import numpy as np
+
+    import swiftunet
+    from swiftunet import _swiftunet
+    print(f"swiftunet {swiftunet.__version__}")
+    print(f"build: {swiftunet.build_info()}")
+    abi = getattr(_swiftunet, "abi_version", None)
+    if abi is not None:
+        print(f"abi version: {abi()}")
+    print(f"threads: {swiftunet.get_num_threads()} (cpus: {os.cpu_count()})")
+    print(f"numpy {np.__version__}, python {sys.version.split()[0]}")
+    print(f"package: {Path(swiftunet.__file__).resolve().parent}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    import swiftunet
+    from swiftunet.images import image_grid, write_png
+    if args.threads is not None:
+        swiftunet.set_num_threads(args.threads)
+    if args.weights:
+        model = swiftunet.DiffusionModel.load(args.weights)
+        source = args.weights
+    else:
+        model = _default_model()
+        source = "built-in default model (random weights, seed 0)"
+    if args.schedule == "cosine":
+        schedule = swiftunet.NoiseSchedule.cosine(args.timesteps)
+    else:
+        schedule = swiftunet.NoiseSchedule.linear(args.timesteps)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    start = time.perf_counter()
+    imgs = swiftunet.sample(model, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                            schedule=schedule, seed=args.seed, clip=not args.no_clip, progress=progress,
+                            image_size=args.image_size)
+    elapsed = time.perf_counter() - start
+    grid = image_grid(imgs, nrow=args.nrow or max(1, int(np.ceil(np.sqrt(max(args.n, 1))))))
+    write_png(args.out, grid)
+    if args.npy:
+        np.save(args.npy, imgs)
+    steps = schedule.num_timesteps if args.sampler == "ddpm" else args.steps
+    print(f"{args.n} images ({args.sampler}, {steps} steps, seed {args.seed}) from {source} "
+          f"in {elapsed:.2f} s -> {args.out} ({grid.shape[1]}x{grid.shape[0]})")
+    return 0
+
+
+def _find_bench() -> Optional[Path]:
+    candidates = [Path.cwd() / "benchmarks" / "bench.py",
+                  Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def cmd_bench(args, extra: List[str]) -> int:
+    bench = _find_bench()
+    if bench is not None and not args.quick_forward:
+        print(f"running {bench}", flush=True)
+        return subprocess.call([sys.executable, str(bench)] + extra)
+    import numpy as np
+
+    import swiftunet
+    if args.threads is not None:
+        swiftunet.set_num_threads(args.threads)
+    model = _default_model()
+    b = args.batch
+    x = swiftunet.randn((b, 3, 32, 32), seed=1)
+    t = np.full(b, 500, dtype=np.int64)
+    out = np.empty_like(x)
+    model(x, t, out=out)  # warm-up
+    times = []
+    deadline = time.perf_counter() + 2.0
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 50):
+        t0 = time.perf_counter()
+        model(x, t, out=out)
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    print(f"forward, {DEFAULT_MODEL['hidden_dims']} 32x32x3, batch {b}, {swiftunet.get_num_threads()} threads: "
+          f"median {med * 1e3:.2f} ms over {len(times)} calls ({b / med:.1f} images/s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m swiftunet", description="swiftunet: a diffusion U-Net in Swift.")
+    sub = p.add_subparsers(dest="command")
+
+    sub.add_parser("info", help="version, build (ISA) and threads")
+
+    s = sub.add_parser("sample", help="generate images and save them as a PNG grid")
+    s.add_argument("--weights", help="a .safetensors (from model.save) or .npz state_dict; "
+                                     "default: the built-in model DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)")
+    s.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; ddpm uses all timesteps)")
+    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
+    s.add_argument("--timesteps", type=int, default=1000, help="schedule length T (default 1000)")
+    s.add_argument("--image-size", type=int, default=None, help="default: the model's image_size")
+    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    s.add_argument("--nrow", type=int, default=None, help="images per grid row (default ceil(sqrt(n)))")
+    s.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    s.add_argument("--npy", default=None, help="also save the float32 images [n, C, H, W] to this .npy")
+    s.add_argument("--threads", type=int, default=None)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+    b = sub.add_parser("bench", help="run benchmarks/bench.py when present, else a quick forward timing",
+                       description="Runs benchmarks/bench.py (from the source tree) with any further "
+                                   "arguments; without it, or with --quick-forward, times forward passes "
+                                   "of the default model.")
+    b.add_argument("--quick-forward", action="store_true", help="only the quick forward timing")
+    b.add_argument("--batch", type=int, default=16, help="batch of the quick timing (default 16)")
+    b.add_argument("--threads", type=int, default=None, help="threads of the quick timing")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "bench" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command in (None, "info"):
+            return cmd_info(args)
+        if args.command == "sample":
+            return cmd_sample(args)
+        return cmd_bench(args, extra)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

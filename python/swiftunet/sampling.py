@@ -1,0 +1,441 @@
+"""Sampling: noise schedules, q_sample, the seeded Gaussian generator, and the
+DDIM / DDPM loops (SPEC section 3). Every loop runs in Swift with the GIL
+released; docs/sampling.md gives the exact formulas and random stream, and
+``swiftunet.reference`` has numpy twins of all of it.
+
+    s = swiftunet.NoiseSchedule.cosine(1000)
+    imgs = swiftunet.sample(model, n=16, sampler="ddim", steps=50, schedule=s, seed=0)
+    x_t = swiftunet.q_sample(x0, t, noise, schedule=s)
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _swiftunet
+
+__all__ = ["NoiseSchedule", "q_sample", "randn", "sample", "SAMPLERS"]
+
+#: The sampler names `sample` accepts.
+SAMPLERS = ("ddim", "ddpm")
+_SAMPLER_CODES = {"ddim": 0, "ddpm": 1}
+#: Longest schedule accepted (NoiseSchedule.maximumTimesteps in Swift).
+MAX_TIMESTEPS = 1 << 20
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        return int(value)
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool {value!r}")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+
+
+def _seed(value: Any) -> int:
+    seed = _int("seed", value)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+# --------------------------------------------------------------------------
+# schedules
+
+
+class NoiseSchedule:
+    """A forward-process noise schedule: ``betas`` and ``alphas_cumprod``
+    (float64 arrays of ``num_timesteps`` values, read-only).
+
+    ``NoiseSchedule.cosine(T)`` (Nichol & Dhariwal 2021), ``NoiseSchedule.linear(T,
+    beta_start=1e-4, beta_end=0.02)`` (Ho et al. 2020), or ``NoiseSchedule(betas)``
+    for any betas in (0, 1). Computed by the Swift library, in float64;
+    ``alphas_cumprod`` is the running product of ``1 - betas``.
+    """
+
+    __slots__ = ("_betas", "_alphas_cumprod", "_kind")
+
+    def __init__(self, betas: Any) -> None:
+        try:
+            b = np.array(betas, dtype=np.float64, order="C", copy=True)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"betas must be a 1-D array of real numbers: {exc}") from None
+        if b.ndim != 1:
+            raise ValueError(f"betas must be 1-D, got shape {b.shape}")
+        if not 1 <= b.shape[0] <= MAX_TIMESTEPS:
+            raise ValueError(f"betas must have between 1 and {MAX_TIMESTEPS} entries, got {b.shape[0]}")
+        ab = np.empty_like(b)
+        _swiftunet.schedule_from_betas(b, ab)
+        self._init(b, ab, "custom")
+
+    def _init(self, betas: np.ndarray, ab: np.ndarray, kind: str) -> None:
+        self._betas = _readonly(betas)
+        self._alphas_cumprod = _readonly(ab)
+        self._kind = kind
+
+    @staticmethod
+    def _check_T(num_timesteps: Any) -> int:
+        T = _int("num_timesteps", num_timesteps)
+        if not 1 <= T <= MAX_TIMESTEPS:
+            raise ValueError(f"num_timesteps must be between 1 and {MAX_TIMESTEPS}, got {T}")
+        return T
+
+    @classmethod
+    def cosine(cls, num_timesteps: int = 1000) -> "NoiseSchedule":
+        """f(u) = cos(((u/T) + 0.008)/1.008 * pi/2)**2, beta_t = min(1 - f(t+1)/f(t), 0.999)."""
+        T = cls._check_T(num_timesteps)
+        b, ab = np.empty(T), np.empty(T)
+        _swiftunet.schedule("cosine", T, 0.0, 0.0, b, ab)
+        s = cls.__new__(cls)
+        s._init(b, ab, f"cosine({T})")
+        return s
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """betas evenly spaced from beta_start to beta_end (as numpy.linspace)."""
+        T = cls._check_T(num_timesteps)
+        start, end = _real("beta_start", beta_start), _real("beta_end", beta_end)
+        for name, v in (("beta_start", start), ("beta_end", end)):
+            if not 0 < v < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {v}")
+        b, ab = np.empty(T), np.empty(T)
+        _swiftunet.schedule("linear", T, start, end, b, ab)
+        s = cls.__new__(cls)
+        s._init(b, ab, f"linear({T}, beta_start={start!r}, beta_end={end!r})")
+        return s
+
+    @property
+    def betas(self) -> np.ndarray:
+        return self._betas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return self._alphas_cumprod
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self._betas.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_timesteps
+
+    def ddim_timesteps(self, steps: int) -> np.ndarray:
+        """The timesteps a DDIM run of `steps` steps visits (descending, int64).
+
+        round(i*(T-1)/(S-1)) for i = S-1 .. 0, exact, ties to even; steps=1 is [T-1].
+        """
+        S = _int("steps", steps)
+        T = self.num_timesteps
+        if not 1 <= S <= T:
+            raise ValueError(f"steps must be between 1 and the schedule's num_timesteps = {T}, got {S}")
+        out = np.empty(S, dtype=np.int64)
+        _swiftunet.ddim_timesteps(T, S, out)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NoiseSchedule):
+            return NotImplemented
+        return np.array_equal(self._betas, other._betas)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._kind == "custom":
+            return f"NoiseSchedule(betas=<{self.num_timesteps} values>)"
+        return f"NoiseSchedule.{self._kind}"
+
+    def __reduce__(self):
+        return (NoiseSchedule, (np.array(self._betas),))
+
+
+_DEFAULT_SCHEDULE: Optional[NoiseSchedule] = None
+
+
+def _schedule_arg(schedule: Any) -> NoiseSchedule:
+    global _DEFAULT_SCHEDULE
+    if schedule is None:
+        if _DEFAULT_SCHEDULE is None:
+            _DEFAULT_SCHEDULE = NoiseSchedule.cosine(1000)
+        return _DEFAULT_SCHEDULE
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(
+            "schedule must be a swiftunet.NoiseSchedule (e.g. NoiseSchedule.cosine(1000)) or None, "
+            f"got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+# --------------------------------------------------------------------------
+# q_sample and randn
+
+
+def _float_array(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name} must be a real-valued array: {exc}") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def q_sample(x0: Any, t: Any, noise: Any, schedule: Optional[NoiseSchedule] = None) -> np.ndarray:
+    """The forward process: x_t = sqrt(ab_t)*x0 + sqrt(1 - ab_t)*noise.
+
+    x0 and noise: arrays of one shape [B, ...]; t: an int or B integer
+    timesteps in [0, num_timesteps). float64 arithmetic, float32 result.
+    schedule defaults to NoiseSchedule.cosine(1000).
+    """
+    s = _schedule_arg(schedule)
+    x = _float_array("x0", x0)
+    z = _float_array("noise", noise)
+    if x.ndim < 1:
+        raise ValueError("x0 must have a batch dimension, got a scalar")
+    if z.shape != x.shape:
+        raise ValueError(f"noise must have x0's shape {x.shape}, got {z.shape}")
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError("t must hold integer timesteps, got a bool")
+    ta = np.asarray(t)
+    if ta.size == 0 and ta.dtype.kind == "f":
+        ta = ta.astype(np.int64)
+    if ta.dtype.kind not in "iu":
+        raise TypeError(f"t must hold integers, got dtype {ta.dtype}")
+    if ta.ndim == 0:
+        ta = np.broadcast_to(ta, (x.shape[0],))
+    if ta.shape != (x.shape[0],):
+        raise ValueError(f"t must be an int or have one timestep per image ({x.shape[0]}), got shape {ta.shape}")
+    if ta.size and (ta.min() < 0 or ta.max() >= s.num_timesteps):
+        raise ValueError(f"t must be in [0, {s.num_timesteps}), got values from {ta.min()} to {ta.max()}")
+    ta = np.ascontiguousarray(ta, dtype=np.int64)
+    out = np.empty(x.shape, dtype=np.float32)
+    batch = x.shape[0]
+    per_image = int(np.prod(x.shape[1:], dtype=np.int64))
+    _swiftunet.q_sample(np.ascontiguousarray(s.betas), x, ta, z, out, batch, per_image)
+    return out
+
+
+def _shape_arg(shape: Any) -> Tuple[int, ...]:
+    if isinstance(shape, (numbers.Integral, np.integer)) and not isinstance(shape, bool):
+        dims = (int(shape),)
+    else:
+        try:
+            dims = tuple(_int(f"shape[{i}]", d) for i, d in enumerate(shape))
+        except TypeError as exc:
+            if "shape[" in str(exc):
+                raise
+            raise TypeError(f"shape must be an int or a sequence of ints, got {type(shape).__name__}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape must not have negative dimensions, got {dims}")
+    return dims
+
+
+def randn(shape: Union[int, Sequence[int]], seed: int = 0) -> np.ndarray:
+    """float32 standard normals of `shape` from the library's seeded generator.
+
+    SplitMix64(seed) + Box-Muller, filled in C order (docs/sampling.md); the
+    same values `sample` starts from: ``sample(m, n, seed=s)`` begins at
+    ``randn((n, C, H, W), s)``.
+    """
+    dims = _shape_arg(shape)
+    s = _seed(seed)
+    out = np.empty(dims, dtype=np.float32)
+    if out.size:
+        _swiftunet.randn(s, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# the progress bar
+
+
+class _StderrBar:
+    """A minimal progress bar on stderr for when tqdm is not installed."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self.start = time.monotonic()
+        self.last = -1.0
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.1 and self.n < self.total:
+            return
+        self.last = now
+        width = 30
+        frac = self.n / self.total if self.total else 1.0
+        filled = int(width * frac)
+        elapsed = now - self.start
+        rate = f"{self.n / elapsed:.2f} it/s" if elapsed > 0 and self.n else "? it/s"
+        sys.stderr.write(f"\r{self.desc}: {100 * frac:3.0f}%|{'#' * filled}{' ' * (width - filled)}| "
+                         f"{self.n}/{self.total} [{elapsed:.1f}s, {rate}]")
+        sys.stderr.flush()
+
+    def update(self, k: int) -> None:
+        self.n += k
+        self._draw()
+
+    def close(self) -> None:
+        self._draw(force=True)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _make_bar(total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm  # type: ignore
+    except Exception:
+        return _StderrBar(total, desc)
+    return tqdm(total=total, desc=desc, unit="step")
+
+
+# --------------------------------------------------------------------------
+# sample
+
+
+def _size_arg(image_size: Any, model) -> Tuple[int, int]:
+    if image_size is None:
+        return model.image_size, model.image_size
+    if isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+        h, w = _int("image_size[0]", image_size[0]), _int("image_size[1]", image_size[1])
+    else:
+        h = w = _int("image_size", image_size)
+    f = 2 ** (len(model.hidden_dims) - 1)
+    for name, v in (("height", h), ("width", w)):
+        if v <= 0 or v % f != 0:
+            raise ValueError(f"image_size: the {name} must be a positive multiple of 2**L = {f}, got {v}")
+    return h, w
+
+
+def sample(
+    model,
+    n: Optional[int] = None,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    schedule: Optional[NoiseSchedule] = None,
+    seed: int = 0,
+    x_T: Any = None,
+    clip: bool = True,
+    progress: Union[bool, Callable[[int, int], Any]] = False,
+    image_size: Union[None, int, Tuple[int, int]] = None,
+) -> np.ndarray:
+    """Generates images with `model`; returns float32 [n, C, H, W] (about [-1, 1]).
+
+    n: number of images (default 16; with x_T, x_T's batch, and n must agree
+    if given); n = 0 returns an empty array.
+    sampler: "ddim" (`steps` in [1, T], `eta` in [0, 1]: 0 is deterministic,
+    1 is DDPM-like) or "ddpm" (ancestral, all T steps; `steps` and `eta` are
+    not used).
+    schedule: a NoiseSchedule (default NoiseSchedule.cosine(1000)).
+    seed: the generator seed; x_T (unless given) and every step's noise come
+    from it, so the same seed gives the same images on every run and thread count.
+    x_T: the starting noise [n, C, H, W] (any real dtype; copied as float32).
+    clip: clip the predicted x0 to [-1, 1] at every step.
+    progress: True for a progress bar (tqdm when installed, else stderr), or a
+    callable(done, total) called between steps (done = 0 .. total).
+    image_size: int or (height, width); default the model's image_size
+    (positive multiples of 2**L only).
+
+    The loop runs in Swift with the GIL released. Ctrl-C (or an exception
+    from a progress callable) stops it between steps and raises; the model
+    stays usable.
+    """
+    if not hasattr(model, "_handle") or not hasattr(model, "hidden_dims"):
+        raise TypeError(f"model must be a swiftunet.DiffusionModel, got {type(model).__name__}")
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a str, one of {SAMPLERS}, got {type(sampler).__name__}")
+    name = sampler.lower()
+    if name not in _SAMPLER_CODES:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    s = _schedule_arg(schedule)
+    T = s.num_timesteps
+    steps_i = _int("steps", steps)
+    eta_f = _real("eta", eta)
+    if name == "ddim":
+        if not 1 <= steps_i <= T:
+            raise ValueError(f"steps must be between 1 and the schedule's num_timesteps = {T}, got {steps_i}")
+        if not 0.0 <= eta_f <= 1.0:  # also refuses NaN
+            raise ValueError(f"eta must be in [0, 1], got {eta_f}")
+    else:
+        steps_i, eta_f = T, 0.0
+    seed_i = _seed(seed)
+    if not isinstance(clip, (bool, np.bool_)):
+        raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
+    if not (isinstance(progress, (bool, np.bool_)) or callable(progress)):
+        raise TypeError(f"progress must be a bool or a callable(done, total), got {type(progress).__name__}")
+
+    C = model.channels
+    if x_T is not None:
+        if image_size is not None:
+            raise ValueError("give either x_T or image_size, not both (x_T fixes the size)")
+        try:
+            xa = np.asarray(x_T)
+        except Exception as exc:
+            raise TypeError(f"x_T must be a real-valued array [n, C, H, W]: {exc}") from None
+        if xa.dtype.kind not in "iuf":
+            raise TypeError(f"x_T must hold real numbers, got dtype {xa.dtype}")
+        if xa.ndim != 4 or xa.shape[1] != C:
+            raise ValueError(f"x_T must have shape [n, {C}, H, W], got {xa.shape}")
+        f = 2 ** (len(model.hidden_dims) - 1)
+        if xa.shape[2] <= 0 or xa.shape[3] <= 0 or xa.shape[2] % f or xa.shape[3] % f:
+            raise ValueError(f"x_T's height and width must be positive multiples of 2**L = {f}, got {xa.shape}")
+        if n is not None and _int("n", n) != xa.shape[0]:
+            raise ValueError(f"n = {n} disagrees with x_T's batch {xa.shape[0]}")
+        xa = np.array(xa, dtype=np.float32, order="C", copy=True)
+        if not np.isfinite(xa).all():
+            raise ValueError("x_T must be finite (it contains NaN or infinity)")
+        count, (h, w) = xa.shape[0], xa.shape[2:]
+    else:
+        xa = None
+        count = 16 if n is None else _int("n", n)
+        if count < 0:
+            raise ValueError(f"n must be >= 0, got {count}")
+        h, w = _size_arg(image_size, model)
+
+    out = np.empty((count, C, h, w), dtype=np.float32)
+    if count == 0:
+        return out
+
+    bar = None
+    hook = None
+    if callable(progress) and not isinstance(progress, (bool, np.bool_)):
+        hook = progress
+    elif progress:
+        def hook(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = _make_bar(total, f"{name} sampling")
+            if done:
+                bar.update(1)
+
+    try:
+        _swiftunet.sample(model._handle, np.ascontiguousarray(s.betas), _SAMPLER_CODES[name], steps_i, eta_f,
+                          bool(clip), seed_i, xa, out, count, h, w, hook)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
