@@ -1,0 +1,71 @@
+"""swiftunet: a diffusion-model U-Net written in Swift, used from Python.
+
+    import swiftunet
+    m = swiftunet.DiffusionModel(32, 3, hidden_dims=[64, 128, 256], time_dim=128, seed=0)
+    eps = m(x, t)
+
+`swiftunet.reference` is the pure-numpy reference implementation (imported
+on first use).
+"""
+
+__version__ = "0.1.0"
+
+import importlib as _importlib
+
+from . import _swiftunet
+from .model import DiffusionModel, IncompatibleKeys
+from .model import _int_arg
+from .sampling import NoiseSchedule, q_sample, randn, sample
+from .images import image_grid, to_uint8
+
+__all__ = [
+    "DiffusionModel",
+    "IncompatibleKeys",
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+    "NoiseSchedule",
+    "q_sample",
+    "randn",
+    "sample",
+    "to_uint8",
+    "image_grid",
+    "reference",
+    "__version__",
+]
+
+# Submodules imported on first attribute access (PEP 562), so that
+# `import swiftunet` stays cheap and never depends on them.
+_LAZY_SUBMODULES = ("reference",)
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of worker threads that every model uses (n >= 1)."""
+    n = _int_arg("n", n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n >= 2**63:
+        raise ValueError(f"set_num_threads: n is too large, got {n}")
+    _swiftunet.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of worker threads that every model uses."""
+    return _swiftunet.get_num_threads()
+
+
+def build_info() -> str:
+    """A description of the compiled library, e.g. 'isa=avx512 simd=16 portable=0'."""
+    return _swiftunet.build_info()
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        module = _importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

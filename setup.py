@@ -1,0 +1,203 @@
+"""Builds the swiftunet Python package.
+
+`pip install .` runs, in this order:
+
+1. `swift build -c release --product SwiftUNetC` at the repository root (the
+   `swift` found on PATH), into `.build/` (or `.build-portable/` when
+   SWIFTUNET_PORTABLE is set to anything but "0", which Package.swift reads to
+   drop `-target-cpu native`). SwiftPM builds incrementally, so repeated
+   installs only rebuild what changed.
+2. copies `libSwiftUNetC.so` into the package (`swiftunet/libSwiftUNetC.so`)
+   and the C header into `swiftunet/include/swiftunet.h`;
+3. compiles the extension `swiftunet._swiftunet` against that copy, with
+   RUNPATH `$ORIGIN` so it finds the library next to itself.
+
+libSwiftUNetC.so finds the Swift runtime (libswiftCore.so, ...) through its
+own RUNPATH, which swiftc sets to the toolchain's runtime directory; this
+script checks that and relinks with an explicit `-rpath` if it is missing.
+The installed package therefore needs the toolchain to stay where it was at
+build time, and needs no environment variables.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+INCLUDE_DIR = Path("Sources") / "SwiftUNetC" / "include"
+HEADER = INCLUDE_DIR / "swiftunet.h"
+PRODUCT = "SwiftUNetC"
+LIBRARY = "libSwiftUNetC.so"
+
+
+def _portable() -> bool:
+    # Same rule as Package.swift: anything but "0" (an unset variable is "0").
+    return os.environ.get("SWIFTUNET_PORTABLE", "0") != "0"
+
+
+def _log(msg: str) -> None:
+    print(f"swiftunet build: {msg}", flush=True)
+
+
+class BuildSwiftError(RuntimeError):
+    pass
+
+
+def _find_swift() -> str:
+    swift = shutil.which("swift")
+    if swift is None:
+        raise BuildSwiftError(
+            "swiftunet needs the Swift toolchain (Swift 6.0 or newer) to build its "
+            "library, but no `swift` executable is on PATH. Install Swift from "
+            "https://www.swift.org/install/ (or add its usr/bin to PATH) and retry."
+        )
+    return swift
+
+
+def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
+    _log("$ " + " ".join(str(c) for c in cmd))
+    return subprocess.run([str(c) for c in cmd], cwd=str(ROOT), **kwargs)
+
+
+def _runtime_library_paths(swift: str) -> list:
+    """The toolchain's Swift runtime directories (swift -print-target-info)."""
+    try:
+        proc = _run([swift, "-print-target-info"], check=True, capture_output=True, text=True)
+        info = json.loads(proc.stdout)
+        return [p for p in info.get("paths", {}).get("runtimeLibraryPaths", []) if p]
+    except (subprocess.CalledProcessError, ValueError, OSError) as exc:
+        _log(f"warning: could not read the toolchain's runtime paths ({exc})")
+        return []
+
+
+def _runpath(library: Path) -> list:
+    """DT_RUNPATH/DT_RPATH entries of an ELF file, or None if readelf is missing."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return None
+    proc = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    entries = []
+    for line in proc.stdout.splitlines():
+        if "(RUNPATH)" in line or "(RPATH)" in line:
+            start, end = line.find("["), line.rfind("]")
+            if start >= 0 and end > start:
+                entries.extend(p for p in line[start + 1 : end].split(":") if p)
+    return entries
+
+
+def build_swift_library() -> Path:
+    """Runs swift build and returns the path of the built libSwiftUNetC.so."""
+    swift = _find_swift()
+    scratch = ROOT / (".build-portable" if _portable() else ".build")
+    base = [swift, "build", "-c", "release", "--product", PRODUCT, "--scratch-path", scratch]
+    env = dict(os.environ)  # passes SWIFTUNET_PORTABLE through to Package.swift
+
+    proc = _run(base, env=env)
+    if proc.returncode != 0:
+        raise BuildSwiftError(f"`swift build` failed with exit code {proc.returncode} (see above)")
+    bin_path = _run(base + ["--show-bin-path"], env=env, check=True, capture_output=True, text=True)
+    library = Path(bin_path.stdout.strip().splitlines()[-1]) / LIBRARY
+    if not library.is_file():
+        raise BuildSwiftError(f"`swift build` succeeded but {library} does not exist")
+
+    # The library must find the Swift runtime without LD_LIBRARY_PATH.
+    runtime_dirs = _runtime_library_paths(swift)
+    runpath = _runpath(library)
+    missing = [d for d in runtime_dirs if runpath is None or d not in runpath]
+    if missing:
+        _log(f"{LIBRARY} RUNPATH {runpath} lacks {missing}; relinking with an explicit rpath")
+        extra = []
+        for d in missing:
+            extra += ["-Xlinker", "-rpath", "-Xlinker", d]
+        proc = _run(base + extra, env=env)
+        if proc.returncode != 0:
+            raise BuildSwiftError(f"`swift build` (relink with rpath) failed with exit code {proc.returncode}")
+    return library
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        s, d = src.stat(), dst.stat()
+        if s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime):
+            return
+    # Copy to a temporary name and rename: a process that has the old library
+    # loaded keeps its mapping intact.
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+class BuildPyClean(build_py):
+    """build_py that starts from an empty build/lib*/swiftunet, so that a file
+    removed from the sources (or excluded from the package) does not linger in
+    setuptools' in-tree build directory and end up in the next wheel. Only
+    Python files and copies live there; the slow part (SwiftPM's .build/) is
+    left alone, so rebuilds stay incremental."""
+
+    def run(self):
+        pkg = (Path(self.build_lib) / "swiftunet").resolve()
+        source = (ROOT / "python").resolve()
+        if pkg.is_dir() and source not in pkg.parents and pkg != source:
+            shutil.rmtree(pkg)
+        super().run()
+
+
+class BuildExtWithSwift(build_ext):
+    """build_ext that first builds libSwiftUNetC.so and puts it in the package."""
+
+    def _package_dir(self) -> Path:
+        # Where swiftunet/_swiftunet*.so goes: build/lib.../swiftunet, or the
+        # source package for --inplace (editable installs).
+        return Path(self.get_ext_fullpath("swiftunet._swiftunet")).resolve().parent
+
+    def run(self):
+        try:
+            library = build_swift_library()
+        except BuildSwiftError as exc:
+            sys.stderr.write(f"\nerror: {exc}\n\n")
+            raise SystemExit(1)
+        pkg = self._package_dir()
+        _copy_if_changed(library, pkg / LIBRARY)
+        if not self.inplace:
+            _copy_if_changed(ROOT / HEADER, pkg / "include" / "swiftunet.h")
+        for ext in self.extensions:
+            ext.library_dirs = [str(pkg)] + list(ext.library_dirs or [])
+        super().run()
+
+    def get_outputs(self):
+        outputs = list(super().get_outputs())
+        pkg = self._package_dir()
+        outputs.append(str(pkg / LIBRARY))
+        if not self.inplace:
+            outputs.append(str(pkg / "include" / "swiftunet.h"))
+        return outputs
+
+
+extension = Extension(
+    "swiftunet._swiftunet",
+    sources=["python/swiftunet/_swiftunet.c"],
+    include_dirs=[str(INCLUDE_DIR)],
+    depends=[str(HEADER)],
+    libraries=["SwiftUNetC"],
+    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                        "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+    extra_link_args=["-Wl,-rpath,$ORIGIN"],
+)
+
+setup(
+    package_dir={"": "python"},
+    packages=["swiftunet"],
+    ext_modules=[extension],
+    cmdclass={"build_py": BuildPyClean, "build_ext": BuildExtWithSwift},
+    zip_safe=False,
+)
