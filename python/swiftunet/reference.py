@@ -406,3 +406,6 @@ def forward(params, x, t, hidden_dims=None, time_dim=None, dtype=np.float64):
     h = silu(group_norm(h, GROUPS, p["out_norm.weight"], p["out_norm.bias"]))
     out = conv2d(h, p["out_conv.weight"], p["out_conv.bias"], padding=1)
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+from .reference_sampling import *  # noqa: E402,F401,F403  (sampling twins: schedules, randn, DDIM, DDPM)
