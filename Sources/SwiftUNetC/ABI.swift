@@ -130,11 +130,11 @@ public func swiftunet_model_create(
         guard let dims = hiddenDims ?? (nHiddenDims == 0 ? UnsafePointer(bitPattern: 8) : nil) else {
             throw argumentError("hidden_dims must not be NULL")
         }
-        let limit = Int64(ModelConfig.maximumDimension)
-        func small(_ v: Int64) -> Int { Int(max(-1, min(v, limit + 1))) }
-        let config = ModelConfig(imageSize: small(imageSize), channels: small(channels),
-                                 hiddenDims: (0..<Int(nHiddenDims)).map { small(dims[$0]) },
-                                 timeDim: small(timeDim))
+        // Int is 64-bit on every platform this library builds for, so no value changes here;
+        // validate() then names any value out of range as the caller gave it.
+        let config = ModelConfig(imageSize: Int(imageSize), channels: Int(channels),
+                                 hiddenDims: (0..<Int(nHiddenDims)).map { Int(dims[$0]) },
+                                 timeDim: Int(timeDim))
         try config.validate()
         try checkParameterMemory(config)
         let model = try DiffusionModel(imageSize: config.imageSize, channels: config.channels,
