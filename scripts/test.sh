@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 swift test
 
 "$PYTHON" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-"$PYTHON" -m pip install --quiet pytest hypothesis
+"$PYTHON" -m pip install --quiet pytest hypothesis safetensors  # safetensors: interop tests in test_io.py
 "$PYTHON" -m pip install --quiet .
 # Run from outside the source tree so `import swiftunet` is the installed package.
 cd python/tests
