@@ -150,15 +150,80 @@ private func checkParameterMemory(_ c: ModelConfig) throws {
     for i in 0..<(d.count - 1) { count += 40 * d[i + 1] * d[i + 1] + 9 * d[i] * d[i + 1] }
     count += 22 * d.last! * d.last!
     let bytes = count * 4
-    if bytes > physicalMemoryBytes() {
+    if let budget = exceedsUsableMemory(bytes) {
         throw SwiftUNetError.outOfMemory(
-            "the model's weights would need about \(Int(bytes / 1e9)) GB, more than this machine's memory")
+            "the model's weights would need about \(gigabytes(bytes)) GB, more than the \(gigabytes(budget)) GB of memory available")
     }
 }
 
 func physicalMemoryBytes() -> Double {
     Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
 }
+
+private func gigabytes(_ bytes: Double) -> String {
+    let g = bytes / 1e9
+    return g >= 10 ? String(Int(g.rounded())) : String(Double(Int((g * 10).rounded())) / 10)
+}
+
+/// nil when `bytes` more memory may be asked for; else the budget it exceeds.
+///
+/// The budget is the machine's physical memory and, for requests above 64 MB
+/// (where reading /proc costs nothing next to the work), also what is
+/// available right now: MemAvailable from /proc/meminfo, and what is left under
+/// the process's RLIMIT_AS and RLIMIT_DATA. Without this a request that does
+/// not fit is granted by the kernel's overcommit, and the process is OOM-killed
+/// (or an address-space limit stops it half-way) while the memory is touched.
+func exceedsUsableMemory(_ bytes: Double) -> Double? {
+    let physical = physicalMemoryBytes()
+    if bytes > physical { return physical }
+    if bytes <= 64 * 1024 * 1024 { return nil }
+    let budget = availableMemoryBytes()
+    return bytes > budget ? budget : nil
+}
+
+/// Memory this process can still get (see `exceedsUsableMemory`).
+func availableMemoryBytes() -> Double {
+    var budget = physicalMemoryBytes()
+    #if os(Linux)
+    if let meminfo = readSmallFile("/proc/meminfo") {
+        for line in meminfo.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kb = Double(fields[1]) { budget = min(budget, kb * 1024) }
+        }
+    }
+    // /proc/self/statm: size resident shared text lib data dt, in pages.
+    let page = Double(sysconf(Int32(_SC_PAGESIZE)))
+    let statm = (readSmallFile("/proc/self/statm") ?? "")
+        .split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }.map { $0 * page }
+    func headroom(_ resource: Int32, used: Double) {
+        var rl = rlimit()
+        if getrlimit(__rlimit_resource_t(resource), &rl) == 0 && rl.rlim_cur != rlim_t.max {
+            budget = min(budget, max(0, Double(rl.rlim_cur) - used))
+        }
+    }
+    if statm.count >= 6 {
+        headroom(Int32(RLIMIT_AS.rawValue), used: statm[0])
+        headroom(Int32(RLIMIT_DATA.rawValue), used: statm[5])
+    }
+    #endif
+    return budget
+}
+
+#if os(Linux)
+/// The text of a small file such as /proc/meminfo (at most 64 KB), or nil.
+private func readSmallFile(_ path: String) -> String? {
+    guard let f = fopen(path, "r") else { return nil }
+    defer { fclose(f) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while bytes.count < 1 << 16 {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+#endif
 
 @_cdecl("swiftunet_model_retain")
 public func swiftunet_model_retain(_ model: UnsafeMutableRawPointer?) {
@@ -284,9 +349,9 @@ public func swiftunet_model_forward(
             throw argumentError("out must not overlap x")
         }
         let need = m.estimatedWorkspaceBytes(batch: Int(batch), height: Int(height), width: Int(width))
-        if need > physicalMemoryBytes() {
+        if let budget = exceedsUsableMemory(need) {
             throw SwiftUNetError.outOfMemory(
-                "a forward at batch \(batch) and \(height)x\(width) needs about \(Int(need / 1e9)) GB of activations, more than this machine's memory")
+                "a forward at batch \(batch) and \(height)x\(width) needs about \(gigabytes(need)) GB of activations, more than the \(gigabytes(budget)) GB of memory available")
         }
         try m.forward(x, batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
                       timesteps: timesteps!, out: out)

@@ -274,7 +274,13 @@ _MEMORY_CHILD = textwrap.dedent(
     import swiftunet
 
     def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM, not ru_maxrss: the latter survives exec, so it would report
+        # the (large) pytest process this child was forked from.
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
 
     case = sys.argv[2]
     result = {}
@@ -283,6 +289,9 @@ _MEMORY_CHILD = textwrap.dedent(
             swiftunet.DiffusionModel(32, 3, hidden_dims=[65536, 65536])
         elif case == "weights_16k":
             swiftunet.DiffusionModel(32, 3, hidden_dims=[16384, 16384], time_dim=16384)
+        elif case == "weights_medium":
+            # ~4.8 GB of weights: fits in the machine, not under the child's limit.
+            swiftunet.DiffusionModel(32, 3, hidden_dims=[4096, 4096], time_dim=4)
         else:
             m = swiftunet.DiffusionModel(2, 1, hidden_dims=[8, 16], time_dim=4)
             x_small = np.ones((1, 1, 2, 2), np.float32)
@@ -291,6 +300,11 @@ _MEMORY_CHILD = textwrap.dedent(
                 # 2**22 images of 1x2x2: x is 64 MB, the activations ~54 GB.
                 x = np.ones((1 << 22, 1, 2, 2), np.float32)
                 t = np.zeros(1 << 22, np.int64)
+            elif case == "batch_medium":
+                # 400,000 images: x is 6 MB, the activations ~5 GB, which fit in
+                # the machine but not under the child's address-space limit.
+                x = np.ones((400_000, 1, 2, 2), np.float32)
+                t = np.zeros(400_000, np.int64)
             else:
                 # One 1x4096x4096 image: x is 64 MB, the activations ~45 GB.
                 x = np.ones((1, 1, 4096, 4096), np.float32)
@@ -316,7 +330,7 @@ _MEMORY_CHILD = textwrap.dedent(
 )
 
 
-def _run_memory_child(case, limit_gb=8):
+def _run_memory_child(case, limit_gb=4):
     proc = subprocess.run(
         [sys.executable, "-c", _MEMORY_CHILD, str(limit_gb << 30), case],
         capture_output=True,
@@ -327,18 +341,21 @@ def _run_memory_child(case, limit_gb=8):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["weights", "weights_16k"])
-def test_absurd_model_is_memory_error(case):
-    r = _run_memory_child(case)
+@pytest.mark.parametrize("case,limit_gb", [("weights", 4), ("weights_16k", 4), ("weights_medium", 2)])
+def test_absurd_model_is_memory_error(case, limit_gb):
+    """weights_medium needs less than the machine has but more than the
+    process may take (RLIMIT_AS): refused up front too, like a request
+    beyond MemAvailable, instead of being allocated until something gives."""
+    r = _run_memory_child(case, limit_gb)
     assert r["outcome"] == "MemoryError", r
     assert "memory" in r["message"].lower() or "allocate" in r["message"].lower(), r
     # Refused before allocating: the child stayed small.
     assert r["peak_mb"] < 1500, r
 
 
-@pytest.mark.parametrize("case", ["batch", "image"])
-def test_absurd_forward_is_memory_error(case):
-    r = _run_memory_child(case)
+@pytest.mark.parametrize("case,limit_gb", [("batch", 4), ("image", 4), ("batch_medium", 2)])
+def test_absurd_forward_is_memory_error(case, limit_gb):
+    r = _run_memory_child(case, limit_gb)
     assert r["outcome"] == "MemoryError", r
     assert r["still_works"] is True, r
     # The activations were refused up front, not allocated piecewise until
@@ -506,12 +523,32 @@ def test_load_state_dict_does_not_alias_the_callers_arrays():
 # ---------------------------------------------------------------------------
 # hostile safetensors files (DiffusionModel.save / DiffusionModel.load, io.py)
 
-HAVE_IO = callable(getattr(swiftunet.DiffusionModel, "load", None)) and callable(
-    getattr(swiftunet.DiffusionModel, "save", None)
-)
+def _io_functions():
+    """(save(model, path), load(path)): DiffusionModel.save/load when they
+    exist, else swiftunet.io.save_model/load_model, else None."""
+    cls = swiftunet.DiffusionModel
+    if callable(getattr(cls, "load", None)) and callable(getattr(cls, "save", None)):
+        return (lambda m, p: m.save(p)), cls.load
+    try:
+        from swiftunet import io as su_io
+    except ImportError:
+        return None
+    return su_io.save_model, su_io.load_model
+
+
+IO = _io_functions()
+HAVE_IO = IO is not None
 needs_io = pytest.mark.skipif(
     not HAVE_IO, reason="DiffusionModel.save/load (python/swiftunet/io.py) are not implemented yet"
 )
+
+
+def _save(m, path):
+    IO[0](m, str(path))
+
+
+def _load(path):
+    return IO[1](str(path))
 
 
 def _parse(blob):
@@ -532,7 +569,7 @@ def saved(tmp_path_factory):
         pytest.skip("DiffusionModel.save/load (python/swiftunet/io.py) are not implemented yet")
     m = swiftunet.DiffusionModel(**TINY, seed=8)
     path = tmp_path_factory.mktemp("st") / "good.safetensors"
-    m.save(str(path))
+    _save(m, path)
     blob = path.read_bytes()
     header, data = _parse(blob)
     tensors = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
@@ -651,9 +688,14 @@ HOSTILE = [
     ("header_is_list", lambda h, d, n: _assemble(b"[1, 2, 3]", d)),
     ("header_is_null", lambda h, d, n: _assemble(b"null", d)),
     ("entry_not_object", _set("data_offsets", None)),
-    ("dtype_f64", _set("dtype", "F64")),
-    ("dtype_f16", _set("dtype", "F16")),
+    # (F64/F16/BF16 are converted when their byte sizes are right; with an
+    # F32-sized buffer they are inconsistent.)
+    ("dtype_f64_f32_bytes", _set("dtype", "F64")),
+    ("dtype_f16_f32_bytes", _set("dtype", "F16")),
     ("dtype_i32", _set("dtype", "I32")),
+    ("dtype_bool", _set("dtype", "BOOL")),
+    ("dtype_lowercase", _set("dtype", "f32")),
+    ("dtype_number", _set("dtype", 32)),
     ("dtype_garbage", _set("dtype", "F32; DROP TABLE")),
     ("dtype_missing", lambda h, d, n: (h, d) if h[n[0]].pop("dtype") else (h, d)),
     ("shape_wrong", _set("shape", [1, 2, 3])),
@@ -670,15 +712,21 @@ HOSTILE = [
     ("offsets_overlap", _first_two_overlap),
     ("offsets_gap", _gap),
     ("offsets_lie_about_length", lambda h, d, n: _set("data_offsets", [0, 8])(h, d, n)),
-    ("missing_metadata", _drop_metadata),
     ("metadata_not_object", _metadata([1, 2])),
-    ("metadata_empty", _metadata({})),
+    ("metadata_non_string_value", _metadata_field("channels", 3)),
     ("metadata_bad_hidden_dims", _metadata_field("hidden_dims", "[7, 9]")),
+    ("metadata_hidden_dims_floats", _metadata_field("hidden_dims", "[8.0, 16.0]")),
+    ("metadata_other_hidden_dims", _metadata_field("hidden_dims", "[16, 32]")),
+    ("metadata_bad_image_size", _metadata_field("image_size", "8.5")),
+    ("metadata_huge_image_size", _metadata_field("image_size", str(2**80))),
+    ("metadata_other_time_dim", _metadata_field("time_dim", "16")),
     ("metadata_garbage_hidden_dims", _metadata_field("hidden_dims", "not json")),
     ("metadata_bad_channels", _metadata_field("channels", "-3")),
     ("missing_tensor", _drop_tensor),
     ("unexpected_tensor", _extra_tensor),
     ("nan_weight", _nan_weight),
+    ("duplicate_key", lambda h, d, n: _assemble(
+        json.dumps(h)[:-1].encode() + b', "__metadata__": {}}', d)),
 ]
 
 
@@ -689,7 +737,7 @@ def test_hostile_safetensors_raise_value_error(saved, tmp_path, mutate):
     path = tmp_path / "hostile.safetensors"
     path.write_bytes(blob)
     with pytest.raises(ValueError):
-        swiftunet.DiffusionModel.load(str(path))
+        _load(path)
 
 
 @needs_io
@@ -698,17 +746,77 @@ def test_hostile_safetensors_baseline_loads(saved, tmp_path):
     mutation and not for how the test writes files."""
     path = tmp_path / "same.safetensors"
     path.write_bytes(_mutate(saved, lambda h, d, n: (h, d)))
-    m = swiftunet.DiffusionModel.load(str(path))
+    m = _load(path)
     x = rand((1, 3, 8, 8))
     np.testing.assert_array_equal(m(x, 4), saved["model"](x, 4))
 
 
 @needs_io
+@pytest.mark.parametrize("mutate", [_drop_metadata, _metadata({})], ids=["no_metadata", "empty_metadata"])
+def test_safetensors_without_metadata(saved, tmp_path, mutate):
+    """A file without the configuration (e.g. written from a PyTorch
+    state_dict): io.py infers the configuration from the weights' shapes
+    (its documented choice); the result must then be the same network, or
+    a ValueError."""
+    path = tmp_path / "nometa.safetensors"
+    path.write_bytes(_mutate(saved, mutate))
+    try:
+        m = _load(path)
+    except ValueError:
+        return
+    x = rand((1, 3, 8, 8))
+    np.testing.assert_array_equal(m(x, 4), saved["model"](x, 4))
+
+
+_HUGE_CONFIG_CHILD = textwrap.dedent(
+    """
+    import json, resource, struct, sys
+    limit = 3 << 29  # 1.5 GB: a regression costs at most that, not 19 GB
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import swiftunet
+    from swiftunet import io as su_io
+    src, dst = sys.argv[1], sys.argv[2]
+    blob = open(src, "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"]["hidden_dims"] = "[8192, 8192]"
+    header["__metadata__"]["time_dim"] = "4096"
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    open(dst, "wb").write(struct.pack("<Q", len(raw)) + raw + blob[8 + n:])
+    load = getattr(swiftunet.DiffusionModel, "load", None) or su_io.load_model
+    try:
+        load(dst)
+        outcome = "returned"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would include the forking parent's
+        peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
+    print(json.dumps({"outcome": outcome, "peak_mb": peak}))
+    """
+)
+
+
+@needs_io
+def test_safetensors_claiming_a_huge_config_is_refused_cheaply(saved, tmp_path):
+    """A small file whose __metadata__ claims hidden_dims [8192, 8192]: the
+    weights in the file do not match, so the load must fail with ValueError
+    *before* the ~19 GB model is built."""
+    src = tmp_path / "good.safetensors"
+    src.write_bytes(saved["blob"])
+    proc = subprocess.run([sys.executable, "-c", _HUGE_CONFIG_CHILD, str(src), str(tmp_path / "huge.safetensors")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["outcome"] == "ValueError" and r["peak_mb"] < 500, r
+
+
+@needs_io
 def test_load_missing_file_and_directory(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError)):
-        swiftunet.DiffusionModel.load(str(tmp_path / "nope.safetensors"))
+        _load(tmp_path / "nope.safetensors")
     with pytest.raises((IsADirectoryError, ValueError, PermissionError)):
-        swiftunet.DiffusionModel.load(str(tmp_path))
+        _load(tmp_path)
 
 
 # ---------------------------------------------------------------------------
