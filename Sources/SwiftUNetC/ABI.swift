@@ -69,13 +69,29 @@ func argumentError(_ message: String) -> SwiftUNetError { .invalidArgument(messa
 final class ModelHandle {
     let model: DiffusionModel
     let names: [UnsafeMutablePointer<CChar>]
+    /// Serialises get_param against set_params: a copy taken while the weights
+    /// are being replaced would otherwise mix old and new values (forwards are
+    /// already protected by the model's own read-write lock).
+    private let paramLock: UnsafeMutablePointer<pthread_mutex_t>
 
     init(_ model: DiffusionModel) {
         self.model = model
         names = model.parameters.map { strdup($0.name)! }
+        paramLock = .allocate(capacity: 1)
+        pthread_mutex_init(paramLock, nil)
     }
 
-    deinit { for n in names { free(n) } }
+    deinit {
+        for n in names { free(n) }
+        pthread_mutex_destroy(paramLock)
+        paramLock.deallocate()
+    }
+
+    func withParameters<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_mutex_lock(paramLock)
+        defer { pthread_mutex_unlock(paramLock) }
+        return try body()
+    }
 }
 
 func handle(_ p: UnsafeRawPointer?) throws -> ModelHandle {
@@ -287,7 +303,8 @@ public func swiftunet_model_get_param(
     _ model: UnsafeRawPointer?, _ index: Int64, _ dst: UnsafeMutablePointer<Float>?, _ numel: Int64
 ) -> Int32 {
     guarded {
-        let params = try handle(model).model.parameters
+        let h = try handle(model)
+        let params = h.model.parameters
         guard index >= 0 && index < Int64(params.count) else {
             throw argumentError("index must be in [0, \(params.count)), got \(index)")
         }
@@ -296,7 +313,7 @@ public func swiftunet_model_get_param(
             throw argumentError("dst for \(p.name) must hold \(p.count) floats, got \(numel)")
         }
         guard let dst = dst else { throw argumentError("dst must not be NULL") }
-        let values = p.values
+        let values = h.withParameters { p.values }
         values.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: p.count) }
     }
 }
@@ -306,7 +323,8 @@ public func swiftunet_model_set_params(
     _ model: UnsafeMutableRawPointer?, _ sources: UnsafePointer<UnsafePointer<Float>?>?, _ n: Int64
 ) -> Int32 {
     guarded {
-        let m = try handle(model).model
+        let h = try handle(model)
+        let m = h.model
         guard n == Int64(m.parameters.count) else {
             throw argumentError("expected \(m.parameters.count) parameter tensors, got \(n)")
         }
@@ -318,7 +336,7 @@ public func swiftunet_model_set_params(
             }
             list.append(s)
         }
-        try m.setParameters(list)
+        try h.withParameters { try m.setParameters(list) }
     }
 }
 

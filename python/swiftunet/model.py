@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import operator
+import threading
 from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -230,6 +231,10 @@ class DiffusionModel:
         # [(name, shape, numel)] in state_dict order; fixed for the model's life.
         self._param_info = [(name, tuple(shape), numel) for name, shape, numel in _swiftunet.param_info(self._handle)]
         self._param_index = {name: i for i, (name, _, _) in enumerate(self._param_info)}
+        # Makes state_dict() one snapshot and load_state_dict() one update even
+        # when other threads load or read weights meanwhile (forwards need not
+        # take it: the library orders them against weight updates).
+        self._weights_lock = threading.Lock()
 
     # ---------------------------------------------------------------- config
 
@@ -318,10 +323,11 @@ class DiffusionModel:
     def state_dict(self) -> "collections.OrderedDict[str, np.ndarray]":
         """An ordered dict name -> float32 ndarray (copies), in SPEC order."""
         sd = collections.OrderedDict()
-        for i, (name, shape, _) in enumerate(self._param_info):
-            arr = np.empty(shape, dtype=np.float32)
-            _swiftunet.get_param(self._handle, i, arr)
-            sd[name] = arr
+        with self._weights_lock:
+            for i, (name, shape, _) in enumerate(self._param_info):
+                arr = np.empty(shape, dtype=np.float32)
+                _swiftunet.get_param(self._handle, i, arr)
+                sd[name] = arr
         return sd
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -388,13 +394,14 @@ class DiffusionModel:
             kind = TypeError if not value_errors else ValueError
             raise kind("load_state_dict: the model was left unchanged; " + "; ".join(problems))
 
-        # Missing weights (strict=False only) keep their current values.
-        for i, (name, shape, _) in enumerate(self._param_info):
-            if arrays[i] is None:
-                current = np.empty(shape, dtype=np.float32)
-                _swiftunet.get_param(self._handle, i, current)
-                arrays[i] = current
-        _swiftunet.set_params(self._handle, arrays)
+        with self._weights_lock:
+            # Missing weights (strict=False only) keep their current values.
+            for i, (name, shape, _) in enumerate(self._param_info):
+                if arrays[i] is None:
+                    current = np.empty(shape, dtype=np.float32)
+                    _swiftunet.get_param(self._handle, i, current)
+                    arrays[i] = current
+            _swiftunet.set_params(self._handle, arrays)
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------- save/load

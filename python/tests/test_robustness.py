@@ -1066,3 +1066,75 @@ def test_load_state_dict_races_forwards_from_eight_threads():
     _run_threads([reader(k) for k in range(7)] + [writer])
     assert not errors, errors[:5]
     assert sum(counts) > 0
+
+
+def _two_weight_sets(cfg):
+    a = swiftunet.DiffusionModel(**cfg, seed=1).state_dict()
+    b = swiftunet.DiffusionModel(**cfg, seed=2).state_dict()
+    return a, b
+
+
+# Large enough tensors (up to 128x128x4x4) that a copy and a replacement overlap in time.
+WIDE = dict(image_size=8, channels=3, hidden_dims=[64, 128], time_dim=64)
+
+
+def test_state_dict_is_one_snapshot_while_weights_change():
+    """state_dict() racing load_state_dict() returns one whole set of weights:
+    never a tensor half old and half new, nor tensors from different loads."""
+    a, b = _two_weight_sets(WIDE)
+    m = swiftunet.DiffusionModel(**WIDE, seed=1)
+    stop = threading.Event()
+    problems, reads = [], [0]
+
+    def writer():
+        try:
+            for i in range(150):
+                m.load_state_dict(b if i % 2 == 0 else a)
+        finally:
+            stop.set()
+
+    def reader():
+        while not stop.is_set():
+            sd = m.state_dict()
+            reads[0] += 1
+            from_a = [np.array_equal(sd[k], a[k]) for k in sd]
+            from_b = [np.array_equal(sd[k], b[k]) for k in sd]
+            if not (all(from_a) or all(from_b)):
+                torn = [k for k, x, y in zip(sd, from_a, from_b) if not (x or y)]
+                problems.append(f"torn tensors {torn[:3]}" if torn else "tensors from different loads")
+
+    _run_threads([writer, reader, reader])
+    assert reads[0] > 0
+    assert not problems, problems[:5]
+
+
+def test_get_param_never_sees_a_half_replaced_tensor():
+    """The same at the binding (what C users of the library see): a
+    get_param racing set_params copies either the old or the new tensor."""
+    a, b = _two_weight_sets(WIDE)
+    m = swiftunet.DiffusionModel(**WIDE, seed=1)
+    names = list(a)
+    big = max(range(len(names)), key=lambda i: a[names[i]].size)
+    name = names[big]
+    lists = [list(a.values()), list(b.values())]
+    stop = threading.Event()
+    problems, reads = [], [0]
+
+    def writer():
+        try:
+            for i in range(300):
+                _swiftunet.set_params(m._handle, lists[(i + 1) % 2])
+        finally:
+            stop.set()
+
+    def reader():
+        dst = np.empty_like(a[name])
+        while not stop.is_set():
+            _swiftunet.get_param(m._handle, big, dst)
+            reads[0] += 1
+            if not (np.array_equal(dst, a[name]) or np.array_equal(dst, b[name])):
+                problems.append(name)
+
+    _run_threads([writer, reader])
+    assert reads[0] > 0
+    assert not problems, f"{len(problems)} torn copies of {name}"
