@@ -12,7 +12,7 @@ operators, so any ONNX runtime runs it:
 
 - the sinusoidal time encoding is computed in float64 (Cast, Mul, Sin, Cos,
   Concat) and rounded to float32 once, exactly as the SPEC says;
-- GroupNorm(8, C) is Reshape [B, 8, -1] -> InstanceNormalization (scale 1,
+- GroupNorm(8, C) is Reshape [B, 8, C/8*H*W] -> InstanceNormalization (scale 1,
   bias 0, epsilon 1e-5) -> Reshape back -> Mul/Add by the per-channel weight
   and bias (portable across runtime versions, unlike GroupNormalization);
 - GELU is the exact form 0.5 * x * (1 + Erf(x / sqrt(2)));
@@ -134,10 +134,24 @@ class _Exporter:
                          prefix + ".out", kernel_shape=[k, k], strides=[stride, stride],
                          pads=[pad, pad, pad, pad])
 
-    def group_norm(self, x, prefix):
+    def _batch_and_hw(self, shape, prefix):
+        """([B], [H*W]) as int64 tensors of shape [1], from Shape(x) of a 4-D x.
+
+        Reshape targets are built from these rather than with -1, which
+        cannot be inferred when B = 0."""
+        b = self.b
+        batch = b.op("Slice", [shape, b.const([0], np.int64), b.const([1], np.int64)], prefix + ".B")
+        hw = b.op("Slice", [shape, b.const([2], np.int64), b.const([4], np.int64)], prefix + ".HW")
+        hw = b.op("ReduceProd", [hw], prefix + ".N", keepdims=1)
+        return batch, hw
+
+    def group_norm(self, x, prefix, ch):
         b = self.b
         shape = b.op("Shape", [x], prefix + ".shape")
-        g = b.op("Reshape", [x, b.const([0, _GROUPS, -1], np.int64)], prefix + ".grouped")
+        batch, hw = self._batch_and_hw(shape, prefix)
+        per_group = b.op("Mul", [hw, b.const([ch // _GROUPS], np.int64)], prefix + ".group_size")
+        target = b.op("Concat", [batch, b.const([_GROUPS], np.int64), per_group], prefix + ".grouped_shape", axis=0)
+        g = b.op("Reshape", [x, target], prefix + ".grouped")
         n = b.op("InstanceNormalization",
                  [g, b.const(np.ones(_GROUPS), np.float32), b.const(np.zeros(_GROUPS), np.float32)],
                  prefix + ".normed", epsilon=_EPS)
@@ -180,14 +194,14 @@ class _Exporter:
         e = self.gelu(self.linear(e, "time_mlp.fc1"))
         return self.linear(e, "time_mlp.fc2")
 
-    def res_block(self, x, temb, prefix):
+    def res_block(self, x, temb, prefix, cin, cout):
         b = self.b
-        h = self.silu(self.group_norm(x, prefix + "norm1"))
+        h = self.silu(self.group_norm(x, prefix + "norm1", cin))
         h = self.conv(h, prefix + "conv1", 3, pad=1)
         tp = self.linear(temb, prefix + "time_proj")
         tp = b.op("Unsqueeze", [tp, b.const([2, 3], np.int64)], prefix + "time_proj.bcast")
         h = b.op("Add", [h, tp], prefix + "h_t")
-        h = self.silu(self.group_norm(h, prefix + "norm2"))
+        h = self.silu(self.group_norm(h, prefix + "norm2", cout))
         h = self.conv(h, prefix + "conv2", 3, pad=1)
         if prefix + "skip.weight" in self.p:
             skip = self.conv(x, prefix + "skip", 1)
@@ -199,9 +213,11 @@ class _Exporter:
         b = self.b
         dh = ch // _HEADS
         shape = b.op("Shape", [x], prefix + "shape")
-        n = self.group_norm(x, prefix + "norm")
+        n = self.group_norm(x, prefix + "norm", ch)
         qkv = self.conv(n, prefix + "qkv", 1)                                # [B, 3C, H, W]
-        qkv = b.op("Reshape", [qkv, b.const([0, 3 * _HEADS, dh, -1], np.int64)], prefix + "qkv_heads")
+        batch, hw = self._batch_and_hw(shape, prefix)
+        target = b.op("Concat", [batch, b.const([3 * _HEADS, dh], np.int64), hw], prefix + "qkv_shape", axis=0)
+        qkv = b.op("Reshape", [qkv, target], prefix + "qkv_heads")
         q, k, v = b.op("Split", [qkv, b.const([_HEADS] * 3, np.int64)], prefix + "qkv_split",
                        n_out=3, axis=1)                                    # each [B, h, dh, N]
         qt = b.op("Transpose", [q], prefix + "qT", perm=[0, 1, 3, 2])       # [B, h, N, dh]
@@ -222,17 +238,18 @@ class _Exporter:
         h = self.conv(x, "init_conv", 3, pad=1)
         skips = []
         for i in range(L):
-            s = self.res_block(h, temb, f"down_blocks.{i}.res.")
+            s = self.res_block(h, temb, f"down_blocks.{i}.res.", d[i], d[i + 1])
             h = self.conv(s, f"down_blocks.{i}.down", 4, stride=2, pad=1)
             skips.append(s)
-        h = self.res_block(h, temb, "bottleneck.res1.")
+        h = self.res_block(h, temb, "bottleneck.res1.", d[L], d[L])
         h = self.self_attention(h, "bottleneck.attn.", d[L])
-        h = self.res_block(h, temb, "bottleneck.res2.")
+        h = self.res_block(h, temb, "bottleneck.res2.", d[L], d[L])
         for j in range(L):
+            i = L - 1 - j
             u = self.conv_transpose(h, f"up_blocks.{j}.up")
             cat = b.op("Concat", [u, skips[L - 1 - j]], f"up_blocks.{j}.cat", axis=1)
-            h = self.res_block(cat, temb, f"up_blocks.{j}.res.")
-        h = self.silu(self.group_norm(h, "out_norm"))
+            h = self.res_block(cat, temb, f"up_blocks.{j}.res.", 2 * d[i + 1], d[i])
+        h = self.silu(self.group_norm(h, "out_norm", d[0]))
         return self.conv(h, "out_conv", 3, pad=1)
 
 

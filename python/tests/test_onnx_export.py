@@ -75,6 +75,15 @@ def test_dynamic_batch_and_spatial_dims(tmp_path):
         assert rel_err(got, m(x, t)) <= BOUND, (batch, h, w)
 
 
+def test_empty_batch(tmp_path):
+    m = swiftunet.DiffusionModel(8, 2, hidden_dims=[8, 16], time_dim=8, seed=1)
+    path = tmp_path / "m.onnx"
+    export_onnx(m, str(path))
+    x = np.zeros((0, 2, 8, 16), dtype=np.float32)
+    got = session(path).run(["eps"], {"x": x, "t": np.zeros(0, dtype=np.int64)})[0]
+    assert got.shape == (0, 2, 8, 16) and got.dtype == np.float32
+
+
 def test_graph_interface_and_weights():
     m = swiftunet.DiffusionModel(16, 2, hidden_dims=[8, 16], time_dim=8, seed=0)
     proto = export_onnx(m, None)
