@@ -176,7 +176,7 @@ func physicalMemoryBytes() -> Double {
     Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
 }
 
-private func gigabytes(_ bytes: Double) -> String {
+func gigabytes(_ bytes: Double) -> String {
     let g = bytes / 1e9
     return g >= 10 ? String(Int(g.rounded())) : String(Double(Int((g * 10).rounded())) / 10)
 }

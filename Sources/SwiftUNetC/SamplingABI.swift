@@ -143,7 +143,10 @@ public func swiftunet_model_sample(
                             timesteps: nil)
         if n > 0 {
             guard let out = out else { throw argumentError("out must not be NULL") }
-            let count = Int(n) * m.config.channels * Int(height) * Int(width)
+            // n < 2^31 and every other factor <= 2^16: the product can exceed Int.max.
+            let (perImage, o1) = (m.config.channels * Int(height)).multipliedReportingOverflow(by: Int(width))
+            let (count, o2) = Int(n).multipliedReportingOverflow(by: perImage)
+            if o1 || o2 || count > Int.max / 16 { throw SwiftUNetError.outOfMemory("sampling \(n) images of \(height)x\(width) is too large") }
             if let x = xT {
                 let xs = UInt(bitPattern: x), os = UInt(bitPattern: out), bytes = UInt(count * 4)
                 if xs < os + bytes && os < xs + bytes, xs != os {
@@ -152,9 +155,9 @@ public func swiftunet_model_sample(
             }
             let need = m.estimatedWorkspaceBytes(batch: Int(n), height: Int(height), width: Int(width))
                 + 12 * Double(count)
-            if need > physicalMemoryBytes() {
+            if let budget = exceedsUsableMemory(need) {
                 throw SwiftUNetError.outOfMemory(
-                    "sampling \(n) images of \(height)x\(width) needs about \(Int(need / 1e9)) GB, more than this machine's memory")
+                    "sampling \(n) images of \(height)x\(width) needs about \(gigabytes(need)) GB, more than the \(gigabytes(budget)) GB of memory available")
             }
         }
         var callback: ((Int, Int) -> Bool)? = nil

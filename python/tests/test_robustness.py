@@ -300,7 +300,7 @@ _MEMORY_CHILD = textwrap.dedent(
                 # 2**22 images of 1x2x2: x is 64 MB, the activations ~54 GB.
                 x = np.ones((1 << 22, 1, 2, 2), np.float32)
                 t = np.zeros(1 << 22, np.int64)
-            elif case == "batch_medium":
+            elif case in ("batch_medium", "sample_medium"):
                 # 400,000 images: x is 6 MB, the activations ~5 GB, which fit in
                 # the machine but not under the child's address-space limit.
                 x = np.ones((400_000, 1, 2, 2), np.float32)
@@ -311,7 +311,10 @@ _MEMORY_CHILD = textwrap.dedent(
                 t = 0
             before_rss = peak_mb()
             try:
-                m(x, t)
+                if case == "sample_medium":
+                    swiftunet.sample(m, x_T=x, steps=2, schedule=swiftunet.NoiseSchedule.cosine(10))
+                else:
+                    m(x, t)
                 result["outcome"] = "returned"
             except Exception as exc:
                 result["outcome"] = type(exc).__name__
@@ -353,7 +356,7 @@ def test_absurd_model_is_memory_error(case, limit_gb):
     assert r["peak_mb"] < 1500, r
 
 
-@pytest.mark.parametrize("case,limit_gb", [("batch", 4), ("image", 4), ("batch_medium", 2)])
+@pytest.mark.parametrize("case,limit_gb", [("batch", 4), ("image", 4), ("batch_medium", 2), ("sample_medium", 2)])
 def test_absurd_forward_is_memory_error(case, limit_gb):
     r = _run_memory_child(case, limit_gb)
     assert r["outcome"] == "MemoryError", r
