@@ -408,4 +408,18 @@ def forward(params, x, t, hidden_dims=None, time_dim=None, dtype=np.float64):
     return np.ascontiguousarray(out, dtype=dtype)
 
 
-from .reference_sampling import *  # noqa: E402,F401,F403  (sampling twins: schedules, randn, DDIM, DDPM)
+# The sampling twins (schedules, randn, DDIM, DDPM) live beside this file. When
+# this module is loaded by path rather than as part of the package, load them
+# the same way so the reference stays importable on its own.
+if __package__:
+    from .reference_sampling import *  # noqa: E402,F401,F403
+else:  # pragma: no cover - exercised by test_reference.py loading by path
+    import importlib.util as _importlib_util
+    import os as _os
+
+    _spec = _importlib_util.spec_from_file_location(
+        "_swiftunet_reference_sampling",
+        _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "reference_sampling.py"))
+    _sampling = _importlib_util.module_from_spec(_spec)
+    _spec.loader.exec_module(_sampling)
+    globals().update({k: getattr(_sampling, k) for k in _sampling.__all__})
