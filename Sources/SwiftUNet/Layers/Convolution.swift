@@ -56,10 +56,11 @@ final class ConvTranspose2d {
     let padding: Int
     let weight: Parameter
     let bias: Parameter
-    private(set) var packed: PackedMatrix?
+    private(set) var packed: SubPixelWeights?
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int, padding: Int) throws {
+        precondition(kernel == 4 && stride == 2 && padding == 1, "only ConvTranspose2d(k 4, stride 2, padding 1) is implemented")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernel = kernel
