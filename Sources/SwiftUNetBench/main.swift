@@ -54,22 +54,27 @@ for threads in [1, 2] {
             let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })
             let out = try Tensor(zeros: x.shape)
             let t = (0..<batch).map { Int64(($0 * 137) % 1000) }
-            var times: [Double] = []
+            var times: [Double] = [], cpuTimes: [Double] = []
             for r in 0..<(repeats + 2) {
+                let c0 = processCPUSeconds()
                 let t0 = monotonicSeconds()
                 try t.withUnsafeBufferPointer {
                     try model.forward(x.data, batch: batch, channels: cfg.c, height: cfg.size, width: cfg.size,
                                       timesteps: $0.baseAddress!, out: out.data)
                 }
-                if r >= 2 { times.append(monotonicSeconds() - t0) }
+                if r >= 2 {
+                    times.append(monotonicSeconds() - t0)
+                    cpuTimes.append(processCPUSeconds() - c0)
+                }
             }
             times.sort()
+            cpuTimes.sort()
             let median = times[times.count / 2]
             let flops = Double(batch) * forwardFlops(channels: cfg.c, hidden: cfg.dims, timeDim: 128, height: cfg.size, width: cfg.size)
             let label = "\(cfg.size)x\(cfg.size)x\(cfg.c) \(cfg.dims) b=\(batch) threads=\(threads)"
             print(label + String(repeating: " ", count: max(0, 44 - label.count))
                   + " median \(fmt(median * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms  \(fmt(flops / median / 1e9)) GFLOP/s"
-                  + "  arena \(model.arenaBytes / 1024) KiB")
+                  + "  cpu \(fmt(cpuTimes[cpuTimes.count / 2] * 1e3)) ms  arena \(model.arenaBytes / 1024) KiB")
         }
     }
     // GEMM alone: a 128 × 1024 × 1152 product (a 3×3 conv of 128 channels at 32×32) over 4 images.
@@ -81,4 +86,13 @@ for threads in [1, 2] {
 func fmt(_ v: Double) -> String {
     let r = (v * 100).rounded() / 100
     return String(r)
+}
+
+/// User + system CPU seconds of this process (all threads): a load-independent
+/// cost measure on a shared machine.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6
+        + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) * 1e-6
 }

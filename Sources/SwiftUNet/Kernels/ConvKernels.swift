@@ -28,78 +28,150 @@ public struct ConvGeometry: Equatable {
     public var transposedWidth: Int { (width - 1) * stride - 2 * padding + kernel }
 }
 
-/// The B operand of a convolution as a GEMM, built panel by panel straight
-/// from the image (an implicit im2col: no full unfolded copy is ever made).
+/// Zero-padded, stride-phase-split copy of images, so that every row of a
+/// convolution's implicit-im2col B matrix is a run of contiguous floats.
 ///
-/// x [Cin, H, W] viewed as B [Cin·k·k, Hout·Wout] with B[(ci·k + ky)·k + kx, oy·Wout + ox]
-/// = x[ci, oy·s - padTop + ky, ox·s - padLeft + kx] (zero outside the image).
-struct ConvImageSource: PanelSource {
-    let x: UnsafePointer<Float>
-    let height: Int
-    let width: Int
-    let kernel: Int
+/// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] with
+/// planes[b, c, py, px, r, q] = x[b, c, r·s + py - pad, q·s + px - pad] (0 outside),
+/// Hp = ⌈(H + 2·pad)/s⌉, Wp = ⌈(W + 2·pad)/s⌉. Then input row oy·s + ky - pad is
+/// phase row oy + ky/s of phase ky % s: contiguous in the output column.
+struct PhasePlanes {
     let stride: Int
-    let padTop: Int
-    let padLeft: Int
+    let pad: Int
+    let hp: Int
+    let wp: Int
+    var phasePlane: Int { hp * wp }
+    var perChannel: Int { stride * stride * hp * wp }
+
+    init(height: Int, width: Int, stride: Int, pad: Int) {
+        self.stride = stride
+        self.pad = pad
+        hp = (height + 2 * pad + stride - 1) / stride
+        wp = (width + 2 * pad + stride - 1) / stride
+    }
+
+    /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).
+    func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
+              into planes: UnsafeMutablePointer<Float>) {
+        let s = stride, pad = pad, hp = hp, wp = wp
+        ThreadPool.shared.parallelFor(batch * channels) { task in
+            let src = x + task * height * width
+            var dst = planes + task * perChannel
+            for py in 0..<s {
+                for px in 0..<s {
+                    for r in 0..<hp {
+                        let iy = r * s + py - pad
+                        let row = dst + r * wp
+                        if iy < 0 || iy >= height {
+                            row.update(repeating: 0, count: wp)
+                            continue
+                        }
+                        let srow = src + iy * width
+                        if s == 1 {
+                            // Interior copy with pad zeros on both sides.
+                            let lo = min(wp, pad), hi = min(wp, pad + width)
+                            row.update(repeating: 0, count: lo)
+                            (row + lo).update(from: srow + (lo - pad), count: hi - lo)
+                            (row + hi).update(repeating: 0, count: wp - hi)
+                        } else {
+                            for q in 0..<wp {
+                                let ix = q * s + px - pad
+                                row[q] = (ix >= 0 && ix < width) ? srow[ix] : 0
+                            }
+                        }
+                    }
+                    dst += hp * wp
+                }
+            }
+        }
+    }
+}
+
+/// The B operand of a convolution as a GEMM, packed panel by panel from
+/// `PhasePlanes` of one image (an implicit im2col; no unfolded copy is ever made).
+///
+/// B [Cin·k·k, Hout·Wout] with B[(ci·k + ky)·k + kx, oy·Wout + ox]
+/// = planes[ci, ky % s, kx % s, oy + ky/s + offsetY, ox + kx/s + offsetX].
+/// The offsets shift the window (the sub-pixel convolutions use them).
+struct PhaseSource: PanelSource {
+    let planes: UnsafePointer<Float>
+    let layout: PhasePlanes
+    let kernel: Int
+    let offsetY: Int
+    let offsetX: Int
     let outWidth: Int
 
     @inline(__always)
     func packPanel(k0: Int, kc: Int, n0: Int, width panelWidth: Int, into dst: UnsafeMutablePointer<Float>) {
-        let taps = kernel * kernel
-        var ci = k0 / taps
-        var ky = (k0 % taps) / kernel
-        var kx = k0 % kernel
-        let oy0 = n0 / outWidth, ox0 = n0 % outWidth
-        var d = dst
-        for _ in 0..<kc {
-            let plane = x + ci * height * width
-            var oy = oy0, ox = ox0, j = 0
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
+            // Split the panel's columns into runs that stay on one output row:
+            // (first column in the panel, length, offset in the phase plane).
+            let seg = segments.baseAddress!
+            var count = 0
+            var oy = n0 / outWidth, ox = n0 % outWidth, j = 0
             while j < panelWidth {
                 let run = min(outWidth - ox, panelWidth - j)
-                let iy = oy * stride - padTop + ky
-                let out = d + j
-                if iy < 0 || iy >= height {
-                    out.update(repeating: 0, count: run)
-                } else if stride == 1 {
-                    // Columns t in 0..<run read x[iy, ixStart + t]; only [lo, hi) is inside.
-                    let src = plane + iy * width
-                    let ixStart = ox - padLeft + kx
-                    let lo = min(run, max(0, -ixStart)), hi = max(lo, min(run, width - ixStart))
-                    if lo > 0 { out.update(repeating: 0, count: lo) }
-                    if hi > lo { (out + lo).update(from: src + ixStart + lo, count: hi - lo) }
-                    if run > hi { (out + hi).update(repeating: 0, count: run - hi) }
-                } else {
-                    let src = plane + iy * width
-                    var ix = ox * stride - padLeft + kx
-                    for t in 0..<run {
-                        out[t] = (ix >= 0 && ix < width) ? src[ix] : 0
-                        ix += stride
-                    }
-                }
+                seg[3 * count] = j
+                seg[3 * count + 1] = run
+                seg[3 * count + 2] = (oy + offsetY) * layout.wp + ox + offsetX
+                count += 1
                 j += run
                 ox = 0
                 oy += 1
             }
-            if panelWidth < gemmColumnBlock {
-                (d + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth)
+            // Offset of each tap's window in a channel's phase planes (no divisions per row).
+            let s = layout.stride, taps = kernel * kernel
+            let tapOffset = seg + 3 * gemmColumnBlock
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    tapOffset[ky * kernel + kx] = ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s
+                }
             }
-            d += gemmColumnBlock
-            kx += 1
-            if kx == kernel {
-                kx = 0
-                ky += 1
-                if ky == kernel { ky = 0; ci += 1 }
+            var ci = k0 / taps
+            var tap = k0 % taps
+            var d = dst
+            if panelWidth < gemmColumnBlock {
+                for r in 0..<kc { (dst + r * gemmColumnBlock + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth) }
+            }
+            for _ in 0..<kc {
+                let base = planes + ci * layout.perChannel + tapOffset[tap]
+                for t in 0..<count {
+                    let start = seg[3 * t], len = seg[3 * t + 1]
+                    copyRun(from: base + seg[3 * t + 2], to: d + start, count: len)
+                }
+                d += gemmColumnBlock
+                tap += 1
+                if tap == taps { tap = 0; ci += 1 }
             }
         }
+    }
+}
+
+/// Copies `count` floats with vector moves where the run allows (never reads past it).
+@inline(__always)
+func copyRun(from src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+        store16(load16(src + i), dst + i)
+        i += 16
+    }
+    if i + 8 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self),
+                                                    as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < count {
+        dst[i] = src[i]
+        i += 1
     }
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, Hout, Wout]; y = conv(x) + bias (+ y when `accumulate`).
 ///
 /// An implicit-GEMM convolution: y_b [Cout, Hout·Wout] = W [Cout, Cin·k·k] · B_b, with
-/// B_b packed from the image as the product runs (1×1 convolutions read x_b directly).
-/// `weights` is [Cout, Cin·k·k]. `bias` holds Cout values per image, image b's
-/// at `bias + b * biasBatchStride` (stride 0 shares one bias across the batch).
+/// B_b packed from padded phase planes of x_b as the product runs (1×1 convolutions
+/// read x_b directly). `weights` is [Cout, Cin·k·k]. `bias` holds Cout values per
+/// image, image b's at `bias + b * biasBatchStride` (stride 0 shares one bias).
 func conv2dForward(
     _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
     weights: PackedMatrix, bias: UnsafePointer<Float>, biasBatchStride: Int,
@@ -114,15 +186,20 @@ func conv2dForward(
         try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                         makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
                         cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
-    } else {
-        try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
-                        makeSource: { b in
-                            ConvImageSource(x: x + b * inPlane, height: g.height, width: g.width, kernel: g.kernel,
-                                            stride: g.stride, padTop: g.padding, padLeft: g.padding,
-                                            outWidth: g.outWidth)
-                        },
-                        cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
+        return
     }
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: g.height, width: g.width, stride: g.stride, pad: g.padding)
+    let perImage = g.inChannels * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes)
+    try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
+                    makeSource: { b in
+                        PhaseSource(planes: planes + b * perImage, layout: layout, kernel: g.kernel,
+                                    offsetY: 0, offsetX: 0, outWidth: g.outWidth)
+                    },
+                    cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
 }
 
 /// Plain twin of `conv2dForward` with weights in PyTorch layout [Cout, Cin, k, k].
@@ -209,15 +286,20 @@ func convTranspose2dForward(
     precondition(g.kernel == 4 && g.stride == 2 && g.padding == 1)
     let h = g.height, w = g.width, hw = h * w
     let cout = g.outChannels
-    let inPlane = g.inChannels * hw, outPlane = cout * hw
+    let outPlane = cout * hw
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let planes = try workspace.floats(batch * 4 * outPlane)
+    // Parity (ry, rx) reads padded rows i + ty + ry, columns j + tx + rx.
+    let layout = PhasePlanes(height: h, width: w, stride: 1, pad: 1)
+    let padded = try workspace.floats(batch * g.inChannels * layout.perChannel)
+    layout.fill(x, batch: batch, channels: g.inChannels, height: h, width: w, into: padded)
+    let paddedImage = g.inChannels * layout.perChannel
     try batchedGemm({ weights.parities[$0 & 3] }, n: hw, images: batch * 4, workspace: workspace,
                     makeSource: { i in
                         let parity = i & 3
-                        return ConvImageSource(x: x + (i >> 2) * inPlane, height: h, width: w, kernel: 2, stride: 1,
-                                               padTop: 1 - (parity >> 1), padLeft: 1 - (parity & 1), outWidth: w)
+                        return PhaseSource(planes: padded + (i >> 2) * paddedImage, layout: layout, kernel: 2,
+                                           offsetY: parity >> 1, offsetX: parity & 1, outWidth: w)
                     },
                     cOf: { planes + $0 * outPlane }, ldc: hw,
                     biasOf: { _ in bias }, accumulate: false)

@@ -156,8 +156,8 @@ func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
     store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
 }
 
-/// Floats of per-thread scratch `gemmTile` needs: one packed B block plus an edge tile.
-let gemmScratchFloats = gemmDepthBlock * gemmTaskColumns + gemmRowBlock * gemmColumnBlock
+/// Floats of per-thread scratch `gemmTile` needs: one packed B panel plus an edge tile.
+let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmColumnBlock
 
 /// One task of a GEMM: C rows [m0, m1) × columns [n0, n1) of C [M, N] = A · B (+ C) + rowBias.
 ///
@@ -171,7 +171,7 @@ func gemmTile<Source: PanelSource>(
 ) {
     let k = a.cols
     let packedB = scratch
-    let edge = scratch + gemmDepthBlock * gemmTaskColumns
+    let edge = scratch + gemmDepthBlock * gemmColumnBlock
     let width = n1 - n0
     // Start value of every element: bias (+ the old C). The k loop continues from it.
     for m in m0..<m1 {
@@ -189,14 +189,11 @@ func gemmTile<Source: PanelSource>(
     while k0 < k {
         let kc = min(gemmDepthBlock, k - k0)
         for p in 0..<panelsN {
-            let pn = n0 + p * gemmColumnBlock
-            source.packPanel(k0: k0, kc: kc, n0: pn, width: min(gemmColumnBlock, n1 - pn),
-                             into: packedB + p * kc * gemmColumnBlock)
-        }
-        for p in 0..<panelsN {
+            // Pack one 32-column panel (<= 32 KB, stays in L1) and sweep every row panel over it.
             let pn = n0 + p * gemmColumnBlock
             let cols = min(gemmColumnBlock, n1 - pn)
-            let bPanel = UnsafePointer(packedB + p * kc * gemmColumnBlock)
+            source.packPanel(k0: k0, kc: kc, n0: pn, width: cols, into: packedB)
+            let bPanel = UnsafePointer(packedB)
             var m = m0
             while m < m1 {
                 let rows = min(gemmRowBlock, m1 - m)
