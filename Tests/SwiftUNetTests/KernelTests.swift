@@ -61,6 +61,38 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Winograd F(2×2, 3×3) against the direct definition, with odd sizes (partial 2×2
+    /// tiles), 1×1 and 2×2 images, odd channel counts and more than 32 tiles (several chunks).
+    /// The tolerance is the same 1e-5 as the other kernels: F(2×2) transforms only add,
+    /// subtract and halve, so its error stays at float32 rounding (measured ~1e-7 relative).
+    func testWinogradMatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+            (1, 8, 8, 1, 1), (2, 5, 3, 2, 2), (1, 17, 9, 7, 5), (3, 8, 16, 3, 9), (1, 16, 24, 14, 12), (2, 9, 8, 13, 11),
+        ]
+        var worst: Float = 0
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: 3, stride: 1, padding: 1)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 31)
+            let w = randomValues(c.cout * c.cin * 9, seed: 32)
+            let bias = randomValues(c.b * c.cout, seed: 33)
+            let weights = try packWinogradWeights(w, inChannels: c.cin, outChannels: c.cout)
+            for accumulate in [false, true] {
+                for perImage in [false, true] {
+                    var fast = randomValues(c.b * c.cout * c.h * c.w, seed: 34), plain = fast
+                    try winogradConv3x3(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w, weights: weights,
+                                        bias: bias, biasBatchStride: perImage ? c.cout : 0, y: &fast,
+                                        accumulate: accumulate, workspace: Workspace())
+                    conv2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias,
+                                biasBatchStride: perImage ? c.cout : 0, y: &plain, accumulate: accumulate)
+                    worst = max(worst, relativeError(fast, plain))
+                    assertClose(fast, plain, tolerance: 1e-5, "winograd \(c) acc=\(accumulate) perImage=\(perImage)")
+                }
+            }
+        }
+        print("Winograd F(2x2,3x3) worst relative error vs direct: \(worst)")
+    }
+
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2),

@@ -230,8 +230,11 @@ struct GemmSplit {
     let rowsPerChunk: Int
     let tasksPerImage: Int
 
-    init(m: Int, n: Int, images: Int, threads: Int) {
-        columnChunks = max(1, (n + gemmTaskColumns - 1) / gemmTaskColumns)
+    let columnsPerChunk: Int
+
+    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns) {
+        self.columnsPerChunk = columnsPerChunk
+        columnChunks = max(1, (n + columnsPerChunk - 1) / columnsPerChunk)
         let panels = max(1, (m + gemmRowBlock - 1) / gemmRowBlock)
         let wanted = 4 * threads
         let have = images * columnChunks
@@ -246,8 +249,8 @@ struct GemmSplit {
     @inline(__always)
     func ranges(_ task: Int, m: Int, n: Int) -> (Int, Int, Int, Int) {
         let rc = task % rowChunks, cc = task / rowChunks
-        let m0 = rc * rowsPerChunk, n0 = cc * gemmTaskColumns
-        return (m0, min(m, m0 + rowsPerChunk), n0, min(n, n0 + gemmTaskColumns))
+        let m0 = rc * rowsPerChunk, n0 = cc * columnsPerChunk
+        return (m0, min(m, m0 + rowsPerChunk), n0, min(n, n0 + columnsPerChunk))
     }
 }
 

@@ -9,6 +9,12 @@ final class Conv2d {
     let weight: Parameter
     let bias: Parameter
     private(set) var packed: PackedMatrix?
+    /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
+    private(set) var winograd: WinogradWeights?
+
+    /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
+    /// below that (the RGB-in / RGB-out convolutions) the direct implicit GEMM is faster.
+    static let winogradMinimumChannels = 8
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int = 1, padding: Int = 0) throws {
@@ -26,6 +32,12 @@ final class Conv2d {
     func prepare() throws {
         let k = inChannels * kernel * kernel
         packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k)
+        if kernel == 3 && stride == 1 && padding == 1
+            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
+            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+        } else {
+            winograd = nil
+        }
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -39,6 +51,13 @@ final class Conv2d {
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        if let winograd = winograd {
+            try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
+                                biasBatchStride: perImageBias == nil ? 0 : outChannels,
+                                y: y, accumulate: accumulate, workspace: workspace)
+            return
+        }
         try conv2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
                           weights: packed!, bias: perImageBias ?? UnsafePointer(bias.data),
                           biasBatchStride: perImageBias == nil ? 0 : outChannels,
