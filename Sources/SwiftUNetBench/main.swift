@@ -41,14 +41,18 @@ func forwardFlops(channels c: Int, hidden d: [Int], timeDim t: Int, height: Int,
 }
 
 setvbuf(stdout, nil, _IOLBF, 0)
-let repeats = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 15 : 15
+// Arguments: [repeats] [thread counts, comma-separated] [case indices 0-5, comma-separated]
+let arguments = CommandLine.arguments
+let repeats = arguments.count > 1 ? Int(arguments[1]) ?? 15 : 15
+let threadCounts = arguments.count > 2 ? arguments[2].split(separator: ",").compactMap { Int($0) } : [1, 2]
+let selectedCases = arguments.count > 3 ? Set(arguments[3].split(separator: ",").compactMap { Int($0) }) : Set(0..<6)
 print("SwiftUNet \(BuildInfo.summary), median of \(repeats)")
 let cases: [(size: Int, c: Int, dims: [Int])] = [(32, 3, [32, 64, 128]), (32, 3, [64, 128, 256]), (28, 1, [32, 64, 128])]
-for threads in [1, 2] {
+for threads in threadCounts {
     ThreadPool.shared.numThreads = threads
-    for cfg in cases {
+    for (ci, cfg) in cases.enumerated() where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {
         let model = try DiffusionModel(imageSize: cfg.size, channels: cfg.c, hiddenDims: cfg.dims, timeDim: 128, seed: 0)
-        for batch in [1, 8] {
+        for (bi, batch) in [1, 8].enumerated() where selectedCases.contains(2 * ci + bi) {
             var rng = SplitMix64(seed: 7)
             let n = batch * cfg.c * cfg.size * cfg.size
             let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })

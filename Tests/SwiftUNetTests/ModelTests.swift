@@ -120,6 +120,7 @@ final class ModelTests: XCTestCase {
             (1, [8, 16], 8, 2, 4, 6),
             (3, [8, 16, 24], 16, 1, 8, 8),
             (2, [16, 8], 4, 1, 2, 2),
+            (1, [8, 16], 8, 1, 16, 16),  // 16×16: the first level takes Winograd F(4×4) tiles
         ]
         for c in cases {
             let m = try DiffusionModel(imageSize: c.h, channels: c.c, hiddenDims: c.dims, timeDim: c.td, seed: 3)

@@ -43,11 +43,13 @@ struct PhasePlanes {
     var phasePlane: Int { hp * wp }
     var perChannel: Int { stride * stride * hp * wp }
 
-    init(height: Int, width: Int, stride: Int, pad: Int) {
+    /// `minimumRows`/`minimumColumns` extend the zero padding when windows reach further
+    /// (Winograd tiles overhang the image's far edge).
+    init(height: Int, width: Int, stride: Int, pad: Int, minimumRows: Int = 0, minimumColumns: Int = 0) {
         self.stride = stride
         self.pad = pad
-        hp = (height + 2 * pad + stride - 1) / stride
-        wp = (width + 2 * pad + stride - 1) / stride
+        hp = max(minimumRows, (height + 2 * pad + stride - 1) / stride)
+        wp = max(minimumColumns, (width + 2 * pad + stride - 1) / stride)
     }
 
     /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).

@@ -11,6 +11,14 @@ final class Conv2d {
     private(set) var packed: PackedMatrix?
     /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
     private(set) var winograd: WinogradWeights?
+    /// F(4×4, 3×3) weights, prepared only when `expectedSpatialSize` is large enough
+    /// for 4×4 tiles to fill the vector lanes (they take 4× the memory of the kernel).
+    private(set) var winogradLarge: WinogradWeights?
+    /// The height/width this layer usually sees (set by the model before `prepare`).
+    var expectedSpatialSize = 0
+
+    /// Images at least this high and wide use F(4×4, 3×3) tiles when available.
+    static let largeTileMinimumSize = 16
 
     /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
     /// below that (the RGB-in / RGB-out convolutions) the direct implicit GEMM is faster.
@@ -34,9 +42,13 @@ final class Conv2d {
         packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k)
         if kernel == 3 && stride == 1 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
-            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two)
+            winogradLarge = expectedSpatialSize >= Conv2d.largeTileMinimumSize
+                ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four)
+                : nil
         } else {
             winograd = nil
+            winogradLarge = nil
         }
     }
 
@@ -51,7 +63,8 @@ final class Conv2d {
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
-        if let winograd = winograd {
+        let large = height >= Conv2d.largeTileMinimumSize && width >= Conv2d.largeTileMinimumSize ? winogradLarge : nil
+        if let winograd = large ?? winograd {
             try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
                                 weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
                                 biasBatchStride: perImageBias == nil ? 0 : outChannels,
