@@ -20,6 +20,7 @@ let package = Package(
     products: [
         .library(name: "SwiftUNet", targets: ["SwiftUNet"]),
         .library(name: "SwiftUNetC", type: .dynamic, targets: ["SwiftUNetC"]),
+        .executable(name: "SwiftUNetBench", targets: ["SwiftUNetBench"]),
     ],
     targets: [
         .target(name: "SwiftUNet", swiftSettings: computeSettings),
@@ -29,6 +30,7 @@ let package = Package(
             exclude: ["include"],
             swiftSettings: computeSettings
         ),
+        .executableTarget(name: "SwiftUNetBench", dependencies: ["SwiftUNet"], swiftSettings: computeSettings),
         .testTarget(
             name: "SwiftUNetTests",
             dependencies: ["SwiftUNet"],

@@ -1,4 +1,7 @@
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import SwiftUNet
 
 /// The whole model against an independent composition of the plain kernels,
@@ -117,6 +120,7 @@ final class ModelTests: XCTestCase {
             (1, [8, 16], 8, 2, 4, 6),
             (3, [8, 16, 24], 16, 1, 8, 8),
             (2, [16, 8], 4, 1, 2, 2),
+            (1, [8, 16], 8, 1, 16, 16),  // 16×16: the first level takes Winograd F(4×4) tiles
         ]
         for c in cases {
             let m = try DiffusionModel(imageSize: c.h, channels: c.c, hiddenDims: c.dims, timeDim: c.td, seed: 3)
@@ -165,5 +169,72 @@ final class ModelTests: XCTestCase {
                                        timesteps: [t])
             XCTAssertEqual(single.values, Array(batched.values[(i * per)..<((i + 1) * per)]), "image \(i)")
         }
+    }
+
+    /// Results must be bit-identical for every thread count (tasks tile outputs only).
+    func testForwardIsBitIdenticalAcrossThreadCounts() throws {
+        let m = try DiffusionModel(imageSize: 8, channels: 3, hiddenDims: [8, 16, 32], timeDim: 16, seed: 6)
+        try perturbNorms(m)
+        let x = try Tensor(shape: [2, 3, 8, 8], values: randomValues(2 * 3 * 64, seed: 8))
+        let saved = ThreadPool.shared.numThreads
+        defer { ThreadPool.shared.numThreads = saved }
+        var results: [[Float]] = []
+        for threads in [1, 2, 3] {
+            ThreadPool.shared.numThreads = threads
+            results.append(try m.forward(x, timesteps: [3, 700]).values)
+        }
+        XCTAssertEqual(results[0], results[1], "1 vs 2 threads")
+        XCTAssertEqual(results[0], results[2], "1 vs 3 threads")
+    }
+
+    /// An image's output must not depend on the batch it is computed in, at any thread count.
+    func testImageAloneMatchesImageInBatchAtEveryThreadCount() throws {
+        let m = try DiffusionModel(imageSize: 12, channels: 1, hiddenDims: [16, 24], timeDim: 8, seed: 2)
+        let per = 12 * 12
+        let xs = randomValues(3 * per, seed: 10)
+        let saved = ThreadPool.shared.numThreads
+        defer { ThreadPool.shared.numThreads = saved }
+        for threads in [1, 2, 3] {
+            ThreadPool.shared.numThreads = threads
+            let batched = try m.forward(try Tensor(shape: [3, 1, 12, 12], values: xs), timesteps: [5, 5, 400])
+            for i in 0..<3 {
+                let single = try m.forward(try Tensor(shape: [1, 1, 12, 12], values: Array(xs[(i * per)..<((i + 1) * per)])),
+                                           timesteps: [[5, 5, 400][i]])
+                XCTAssertEqual(single.values, Array(batched.values[(i * per)..<((i + 1) * per)]), "image \(i) threads \(threads)")
+            }
+        }
+    }
+
+    /// Concurrent forwards from several OS threads finish and agree with a sequential one.
+    func testConcurrentForwardsAgree() throws {
+        let m = try DiffusionModel(imageSize: 8, channels: 2, hiddenDims: [8, 16], timeDim: 8, seed: 4)
+        let x = try Tensor(shape: [2, 2, 8, 8], values: randomValues(2 * 2 * 64, seed: 12))
+        let expected = try m.forward(x, timesteps: [1, 2]).values
+        let callers = (0..<4).map { _ in ConcurrentCaller(model: m, x: x) }
+        var threads: [pthread_t] = []
+        for caller in callers {
+            var t = pthread_t()
+            XCTAssertEqual(pthread_create(&t, nil, { raw in
+                Unmanaged<ConcurrentCaller>.fromOpaque(raw!).takeUnretainedValue().run()
+                return nil
+            }, Unmanaged.passUnretained(caller).toOpaque()), 0)
+            threads.append(t)
+        }
+        for t in threads { pthread_join(t, nil) }
+        for (i, caller) in callers.enumerated() { XCTAssertEqual(caller.result, expected, "caller \(i)") }
+    }
+}
+
+/// One OS thread's share of `testConcurrentForwardsAgree`: three forwards, keeps the last.
+private final class ConcurrentCaller {
+    let model: DiffusionModel
+    let x: Tensor
+    var result: [Float] = []
+    init(model: DiffusionModel, x: Tensor) {
+        self.model = model
+        self.x = x
+    }
+    func run() {
+        for _ in 0..<3 { result = (try? model.forward(x, timesteps: [1, 2]).values) ?? [] }
     }
 }

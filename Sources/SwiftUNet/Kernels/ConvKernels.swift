@@ -28,38 +28,152 @@ public struct ConvGeometry: Equatable {
     public var transposedWidth: Int { (width - 1) * stride - 2 * padding + kernel }
 }
 
-/// Unfolds one image for a GEMM convolution.
-/// x [Cin, H, W] → cols [Cin·k·k, Hout·Wout]
-func im2col(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ cols: UnsafeMutablePointer<Float>) {
-    let ho = g.outHeight, wo = g.outWidth, k = g.kernel
-    var row = cols
-    for ci in 0..<g.inChannels {
-        let plane = x + ci * g.height * g.width
-        for ky in 0..<k {
-            for kx in 0..<k {
-                for oy in 0..<ho {
-                    let iy = oy * g.stride - g.padding + ky
-                    let dst = row + oy * wo
-                    if iy < 0 || iy >= g.height {
-                        dst.update(repeating: 0, count: wo)
-                        continue
+/// Zero-padded, stride-phase-split copy of images, so that every row of a
+/// convolution's implicit-im2col B matrix is a run of contiguous floats.
+///
+/// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] with
+/// planes[b, c, py, px, r, q] = x[b, c, r·s + py - pad, q·s + px - pad] (0 outside),
+/// Hp = ⌈(H + 2·pad)/s⌉, Wp = ⌈(W + 2·pad)/s⌉. Then input row oy·s + ky - pad is
+/// phase row oy + ky/s of phase ky % s: contiguous in the output column.
+struct PhasePlanes {
+    let stride: Int
+    let pad: Int
+    let hp: Int
+    let wp: Int
+    var phasePlane: Int { hp * wp }
+    var perChannel: Int { stride * stride * hp * wp }
+
+    /// `minimumRows`/`minimumColumns` extend the zero padding when windows reach further
+    /// (Winograd tiles overhang the image's far edge).
+    init(height: Int, width: Int, stride: Int, pad: Int, minimumRows: Int = 0, minimumColumns: Int = 0) {
+        self.stride = stride
+        self.pad = pad
+        hp = max(minimumRows, (height + 2 * pad + stride - 1) / stride)
+        wp = max(minimumColumns, (width + 2 * pad + stride - 1) / stride)
+    }
+
+    /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).
+    func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
+              into planes: UnsafeMutablePointer<Float>) {
+        let s = stride, pad = pad, hp = hp, wp = wp
+        ThreadPool.shared.parallelFor(batch * channels) { task in
+            let src = x + task * height * width
+            var dst = planes + task * perChannel
+            for py in 0..<s {
+                for px in 0..<s {
+                    for r in 0..<hp {
+                        let iy = r * s + py - pad
+                        let row = dst + r * wp
+                        if iy < 0 || iy >= height {
+                            row.update(repeating: 0, count: wp)
+                            continue
+                        }
+                        let srow = src + iy * width
+                        if s == 1 {
+                            // Interior copy with pad zeros on both sides.
+                            let lo = min(wp, pad), hi = min(wp, pad + width)
+                            row.update(repeating: 0, count: lo)
+                            (row + lo).update(from: srow + (lo - pad), count: hi - lo)
+                            (row + hi).update(repeating: 0, count: wp - hi)
+                        } else {
+                            for q in 0..<wp {
+                                let ix = q * s + px - pad
+                                row[q] = (ix >= 0 && ix < width) ? srow[ix] : 0
+                            }
+                        }
                     }
-                    let src = plane + iy * g.width
-                    for ox in 0..<wo {
-                        let ix = ox * g.stride - g.padding + kx
-                        dst[ox] = (ix >= 0 && ix < g.width) ? src[ix] : 0
-                    }
+                    dst += hp * wp
                 }
-                row += ho * wo
             }
         }
     }
 }
 
+/// The B operand of a convolution as a GEMM, packed panel by panel from
+/// `PhasePlanes` of one image (an implicit im2col; no unfolded copy is ever made).
+///
+/// B [Cin·k·k, Hout·Wout] with B[(ci·k + ky)·k + kx, oy·Wout + ox]
+/// = planes[ci, ky % s, kx % s, oy + ky/s + offsetY, ox + kx/s + offsetX].
+/// The offsets shift the window (the sub-pixel convolutions use them).
+struct PhaseSource: PanelSource {
+    let planes: UnsafePointer<Float>
+    let layout: PhasePlanes
+    let kernel: Int
+    let offsetY: Int
+    let offsetX: Int
+    let outWidth: Int
+
+    @inline(__always)
+    func packPanel(k0: Int, kc: Int, n0: Int, width panelWidth: Int, into dst: UnsafeMutablePointer<Float>) {
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
+            // Split the panel's columns into runs that stay on one output row:
+            // (first column in the panel, length, offset in the phase plane).
+            let seg = segments.baseAddress!
+            var count = 0
+            var oy = n0 / outWidth, ox = n0 % outWidth, j = 0
+            while j < panelWidth {
+                let run = min(outWidth - ox, panelWidth - j)
+                seg[3 * count] = j
+                seg[3 * count + 1] = run
+                seg[3 * count + 2] = (oy + offsetY) * layout.wp + ox + offsetX
+                count += 1
+                j += run
+                ox = 0
+                oy += 1
+            }
+            // Offset of each tap's window in a channel's phase planes (no divisions per row).
+            let s = layout.stride, taps = kernel * kernel
+            let tapOffset = seg + 3 * gemmColumnBlock
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    tapOffset[ky * kernel + kx] = ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s
+                }
+            }
+            var ci = k0 / taps
+            var tap = k0 % taps
+            var d = dst
+            if panelWidth < gemmColumnBlock {
+                for r in 0..<kc { (dst + r * gemmColumnBlock + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth) }
+            }
+            for _ in 0..<kc {
+                let base = planes + ci * layout.perChannel + tapOffset[tap]
+                for t in 0..<count {
+                    let start = seg[3 * t], len = seg[3 * t + 1]
+                    copyRun(from: base + seg[3 * t + 2], to: d + start, count: len)
+                }
+                d += gemmColumnBlock
+                tap += 1
+                if tap == taps { tap = 0; ci += 1 }
+            }
+        }
+    }
+}
+
+/// Copies `count` floats with vector moves where the run allows (never reads past it).
+@inline(__always)
+func copyRun(from src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+        store16(load16(src + i), dst + i)
+        i += 16
+    }
+    if i + 8 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self),
+                                                    as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < count {
+        dst[i] = src[i]
+        i += 1
+    }
+}
+
 /// x [B, Cin, H, W] → y [B, Cout, Hout, Wout]; y = conv(x) + bias (+ y when `accumulate`).
 ///
-/// `weights` is [Cout, Cin·k·k]. `bias` holds Cout values per image, image b's
-/// at `bias + b * biasBatchStride` (stride 0 shares one bias across the batch).
+/// An implicit-GEMM convolution: y_b [Cout, Hout·Wout] = W [Cout, Cin·k·k] · B_b, with
+/// B_b packed from padded phase planes of x_b as the product runs (1×1 convolutions
+/// read x_b directly). `weights` is [Cout, Cin·k·k]. `bias` holds Cout values per
+/// image, image b's at `bias + b * biasBatchStride` (stride 0 shares one bias).
 func conv2dForward(
     _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
     weights: PackedMatrix, bias: UnsafePointer<Float>, biasBatchStride: Int,
@@ -67,21 +181,27 @@ func conv2dForward(
 ) throws {
     let hw = g.height * g.width
     let ohw = g.outHeight * g.outWidth
-    let direct = g.kernel == 1 && g.stride == 1 && g.padding == 0
+    let inPlane = g.inChannels * hw, outPlane = g.outChannels * ohw
+    let cOf = { (b: Int) in y + b * outPlane }
+    let biasOf = { (b: Int) -> UnsafePointer<Float>? in bias + b * biasBatchStride }
+    if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
+        try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
+                        makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
+                        cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
+        return
+    }
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
-    let cols = direct ? nil : try workspace.floats(g.inChannels * g.kernel * g.kernel * ohw)
-    for b in 0..<batch {
-        let xb = x + b * g.inChannels * hw
-        var source = xb
-        if let cols = cols {
-            im2col(xb, g, cols)
-            source = UnsafePointer(cols)
-        }
-        gemm(weights, b: source, ldb: ohw, n: ohw,
-             c: y + b * g.outChannels * ohw, ldc: ohw,
-             rowBias: bias + b * biasBatchStride, accumulate: accumulate)
-    }
+    let layout = PhasePlanes(height: g.height, width: g.width, stride: g.stride, pad: g.padding)
+    let perImage = g.inChannels * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes)
+    try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
+                    makeSource: { b in
+                        PhaseSource(planes: planes + b * perImage, layout: layout, kernel: g.kernel,
+                                    offsetY: 0, offsetX: 0, outWidth: g.outWidth)
+                    },
+                    cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
 }
 
 /// Plain twin of `conv2dForward` with weights in PyTorch layout [Cout, Cin, k, k].
@@ -117,50 +237,86 @@ func conv2dNaive(
     }
 }
 
-/// Packs a ConvTranspose2d weight [Cin, Cout, k, k] as Aᵀ [Cout·k·k, Cin] for `convTranspose2dForward`.
-func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, kernel: Int) throws -> PackedMatrix {
-    let rows = outChannels * kernel * kernel
-    let t = try allocateFloatsOrThrow(rows * inChannels, "transposed-conv weights")
-    defer { freeFloats(t) }
-    for ci in 0..<inChannels {
-        for r in 0..<rows { t[r * inChannels + ci] = w[ci * rows + r] }
-    }
-    return try PackedMatrix(rows: rows, cols: inChannels, source: t, ld: inChannels)
+/// A 4×4 stride-2 padding-1 ConvTranspose2d weight split into its four
+/// sub-pixel 2×2 convolutions, one per output parity (ry, rx).
+///
+/// Output pixel (2i + ry, 2j + rx) only ever meets kernel rows ky ≡ ry + 1 (mod 2)
+/// and columns likewise, so each parity is an ordinary 2×2 convolution of x:
+/// tap t in {0, 1} reads x row i + t - 1 + ry with kernel row (ry == 0 ? 3 - 2t : 2 - 2t).
+struct SubPixelWeights {
+    /// parity 2·ry + rx → [Cout, Cin·2·2]
+    let parities: [PackedMatrix]
 }
 
-/// x [B, Cin, H, W] → y [B, Cout, (H-1)s-2p+k, (W-1)s-2p+k]: PyTorch's ConvTranspose2d.
-///
-/// Computes cols = Wᵀ · x, then scatters each column into the output window it
-/// covers (col2im). `weights` comes from `packTransposedConvWeights`.
-func convTranspose2dForward(
-    _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
-    weights: PackedMatrix, bias: UnsafePointer<Float>,
-    y: UnsafeMutablePointer<Float>, workspace: Workspace
-) throws {
-    let hw = g.height * g.width
-    let ho = g.transposedHeight, wo = g.transposedWidth, k = g.kernel
-    let mark = workspace.mark()
-    defer { workspace.release(to: mark) }
-    let cols = try workspace.floats(g.outChannels * k * k * hw)
-    for b in 0..<batch {
-        gemm(weights, b: x + b * g.inChannels * hw, ldb: hw, n: hw,
-             c: cols, ldc: hw, rowBias: nil, accumulate: false)
-        let yb = y + b * g.outChannels * ho * wo
-        for co in 0..<g.outChannels {
-            let plane = yb + co * ho * wo
-            plane.update(repeating: bias[co], count: ho * wo)
-            for ky in 0..<k {
-                for kx in 0..<k {
-                    let col = cols + ((co * k + ky) * k + kx) * hw
-                    for iy in 0..<g.height {
-                        let oy = iy * g.stride - g.padding + ky
-                        if oy < 0 || oy >= ho { continue }
-                        for ix in 0..<g.width {
-                            let ox = ix * g.stride - g.padding + kx
-                            if ox < 0 || ox >= wo { continue }
-                            plane[oy * wo + ox] += col[iy * g.width + ix]
+/// The kernel row (or column) that tap `t` of sub-pixel parity `r` uses.
+@inline(__always) func subPixelTap(_ r: Int, _ t: Int) -> Int { r == 0 ? 3 - 2 * t : 2 - 2 * t }
+
+/// Packs a ConvTranspose2d weight [Cin, Cout, 4, 4] into four sub-pixel 2×2 convolutions.
+func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, kernel: Int) throws -> SubPixelWeights {
+    precondition(kernel == 4, "only the 4×4 stride-2 transposed convolution is implemented")
+    let cols = inChannels * 4
+    let t = try allocateFloatsOrThrow(max(1, outChannels * cols), "transposed-conv weights")
+    defer { freeFloats(t) }
+    var parities: [PackedMatrix] = []
+    for ry in 0..<2 {
+        for rx in 0..<2 {
+            for co in 0..<outChannels {
+                for ci in 0..<inChannels {
+                    for ty in 0..<2 {
+                        for tx in 0..<2 {
+                            let ky = subPixelTap(ry, ty), kx = subPixelTap(rx, tx)
+                            t[co * cols + (ci * 2 + ty) * 2 + tx] = w[((ci * outChannels + co) * 4 + ky) * 4 + kx]
                         }
                     }
+                }
+            }
+            parities.append(try PackedMatrix(rows: outChannels, cols: cols, source: t, ld: cols))
+        }
+    }
+    return SubPixelWeights(parities: parities)
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W]: PyTorch's ConvTranspose2d(k 4, stride 2, padding 1).
+///
+/// Four sub-pixel 2×2 convolutions (implicit GEMMs, no col2im scatter) write
+/// planes [B, 4, Cout, H·W], which are then interleaved into y.
+func convTranspose2dForward(
+    _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
+    weights: SubPixelWeights, bias: UnsafePointer<Float>,
+    y: UnsafeMutablePointer<Float>, workspace: Workspace
+) throws {
+    precondition(g.kernel == 4 && g.stride == 2 && g.padding == 1)
+    let h = g.height, w = g.width, hw = h * w
+    let cout = g.outChannels
+    let outPlane = cout * hw
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let planes = try workspace.floats(batch * 4 * outPlane)
+    // Parity (ry, rx) reads padded rows i + ty + ry, columns j + tx + rx.
+    let layout = PhasePlanes(height: h, width: w, stride: 1, pad: 1)
+    let padded = try workspace.floats(batch * g.inChannels * layout.perChannel)
+    layout.fill(x, batch: batch, channels: g.inChannels, height: h, width: w, into: padded)
+    let paddedImage = g.inChannels * layout.perChannel
+    try batchedGemm({ weights.parities[$0 & 3] }, n: hw, images: batch * 4, workspace: workspace,
+                    makeSource: { i in
+                        let parity = i & 3
+                        return PhaseSource(planes: padded + (i >> 2) * paddedImage, layout: layout, kernel: 2,
+                                           offsetY: parity >> 1, offsetX: parity & 1, outWidth: w)
+                    },
+                    cOf: { planes + $0 * outPlane }, ldc: hw,
+                    biasOf: { _ in bias }, accumulate: false)
+    // Interleave: y[b, co, 2i + ry, 2j + rx] = planes[b, 2ry + rx, co, i, j].
+    ThreadPool.shared.parallelFor(batch * cout) { task in
+        let b = task / cout, co = task % cout
+        let dst = y + task * 4 * hw
+        for i in 0..<h {
+            for ry in 0..<2 {
+                let row = dst + (2 * i + ry) * 2 * w
+                let even = planes + ((b * 4 + 2 * ry) * cout + co) * hw + i * w
+                let odd = even + outPlane
+                for j in 0..<w {
+                    row[2 * j] = even[j]
+                    row[2 * j + 1] = odd[j]
                 }
             }
         }

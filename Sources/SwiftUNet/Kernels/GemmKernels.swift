@@ -1,25 +1,286 @@
 /// Single-precision matrix multiply kernels.
 ///
-/// All matrices are row-major. The weight operand `A` is packed once (when
-/// weights are loaded) into `PackedMatrix`; the data operand `B` is read in place.
+/// All matrices are row-major. The weight operand `A` [M, K] is packed once
+/// (when weights are loaded) into `PackedMatrix`; the data operand `B` [K, N]
+/// is packed panel by panel while the product runs, by a `PanelSource` that
+/// may build it on the fly (an implicit im2col for convolutions).
+///
+/// Arithmetic contract (what makes results independent of threads and batch):
+/// every output element is computed as
+///     c = rowBias[m] (+ C_old when accumulating), then c = fma(A[m,k], B[k,n], c) for k = 0..<K in order,
+/// by the same instructions whatever the tile, task or thread it falls in.
 
-/// A weight matrix A [rows, cols] prepared for `gemm`.
+/// Rows of A per micro-tile (hidden sizes are multiples of 8, so no waste there).
+let gemmRowBlock = 8
+/// Columns of B per micro-tile: two SIMD16 vectors.
+let gemmColumnBlock = 32
+/// K rows per packed B block: a 256×32 B panel (32 KB) stays in L1 while the
+/// A panels of the block (M×256 floats) stay in L2.
+let gemmDepthBlock = 256
+/// Columns of B per task (multiple of `gemmColumnBlock`).
+let gemmTaskColumns = 128
+
+typealias Vec16 = SIMD16<Float>
+
+@inline(__always) func load16(_ p: UnsafePointer<Float>) -> Vec16 {
+    UnsafeRawPointer(p).loadUnaligned(as: Vec16.self)
+}
+@inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vec16.self)
+}
+
+/// A weight matrix A [rows, cols] prepared for `gemm`: panels of 8 rows, each
+/// stored k-major ([cols][8]), rows past the end zero-filled.
 public final class PackedMatrix {
     public let rows: Int
     public let cols: Int
     let data: UnsafeMutablePointer<Float>
+    /// Number of 8-row panels.
+    let panels: Int
 
     /// Packs `source` [rows, cols] with leading dimension `ld` (>= cols).
     init(rows: Int, cols: Int, source: UnsafePointer<Float>, ld: Int) throws {
         self.rows = rows
         self.cols = cols
-        data = try allocateFloatsOrThrow(rows * cols, "packed weights")
+        panels = (rows + gemmRowBlock - 1) / gemmRowBlock
+        let count = max(1, panels * gemmRowBlock * cols)
+        data = try allocateFloatsOrThrow(count, "packed weights")
+        data.initialize(repeating: 0, count: count)
         for r in 0..<rows {
-            (data + r * cols).update(from: source + r * ld, count: cols)
+            let panel = data + (r / gemmRowBlock) * gemmRowBlock * cols
+            let lane = r % gemmRowBlock
+            for k in 0..<cols { panel[k * gemmRowBlock + lane] = source[r * ld + k] }
         }
     }
 
     deinit { freeFloats(data) }
+
+    /// Element (r, k) of the original matrix (for tests and slow paths).
+    func element(_ r: Int, _ k: Int) -> Float {
+        data[(r / gemmRowBlock) * gemmRowBlock * cols + k * gemmRowBlock + r % gemmRowBlock]
+    }
+}
+
+/// Something that can write a block of the B operand in packed panel form.
+protocol PanelSource {
+    /// Writes B rows [k0, k0+kc) × columns [n0, n0+width) (width <= 32) into
+    /// `dst` [kc][32], zero-filling columns width..<32.
+    func packPanel(k0: Int, kc: Int, n0: Int, width: Int, into dst: UnsafeMutablePointer<Float>)
+}
+
+/// B is a plain row-major matrix [K, N] with leading dimension `ld`.
+struct DenseSource: PanelSource {
+    let b: UnsafePointer<Float>
+    let ld: Int
+
+    @inline(__always)
+    func packPanel(k0: Int, kc: Int, n0: Int, width: Int, into dst: UnsafeMutablePointer<Float>) {
+        var src = b + k0 * ld + n0
+        var d = dst
+        if width == gemmColumnBlock {
+            for _ in 0..<kc {
+                store16(load16(src), d)
+                store16(load16(src + 16), d + 16)
+                src += ld
+                d += gemmColumnBlock
+            }
+        } else {
+            for _ in 0..<kc {
+                d.update(from: src, count: width)
+                (d + width).update(repeating: 0, count: gemmColumnBlock - width)
+                src += ld
+                d += gemmColumnBlock
+            }
+        }
+    }
+}
+
+/// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
+/// Sixteen SIMD16 accumulators stay in registers over the whole k loop.
+@inline(__always)
+func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    var c00 = load16(c), c01 = load16(c + 16)
+    var c10 = load16(c + ldc), c11 = load16(c + ldc + 16)
+    var c20 = load16(c + 2 * ldc), c21 = load16(c + 2 * ldc + 16)
+    var c30 = load16(c + 3 * ldc), c31 = load16(c + 3 * ldc + 16)
+    var c40 = load16(c + 4 * ldc), c41 = load16(c + 4 * ldc + 16)
+    var c50 = load16(c + 5 * ldc), c51 = load16(c + 5 * ldc + 16)
+    var c60 = load16(c + 6 * ldc), c61 = load16(c + 6 * ldc + 16)
+    var c70 = load16(c + 7 * ldc), c71 = load16(c + 7 * ldc + 16)
+    var pa = a, pb = b
+    for _ in 0..<kc {
+        let b0 = load16(pb), b1 = load16(pb + 16)
+        var s = Vec16(repeating: pa[0]); c00.addProduct(s, b0); c01.addProduct(s, b1)
+        s = Vec16(repeating: pa[1]); c10.addProduct(s, b0); c11.addProduct(s, b1)
+        s = Vec16(repeating: pa[2]); c20.addProduct(s, b0); c21.addProduct(s, b1)
+        s = Vec16(repeating: pa[3]); c30.addProduct(s, b0); c31.addProduct(s, b1)
+        s = Vec16(repeating: pa[4]); c40.addProduct(s, b0); c41.addProduct(s, b1)
+        s = Vec16(repeating: pa[5]); c50.addProduct(s, b0); c51.addProduct(s, b1)
+        s = Vec16(repeating: pa[6]); c60.addProduct(s, b0); c61.addProduct(s, b1)
+        s = Vec16(repeating: pa[7]); c70.addProduct(s, b0); c71.addProduct(s, b1)
+        pa += gemmRowBlock
+        pb += gemmColumnBlock
+    }
+    store16(c00, c); store16(c01, c + 16)
+    store16(c10, c + ldc); store16(c11, c + ldc + 16)
+    store16(c20, c + 2 * ldc); store16(c21, c + 2 * ldc + 16)
+    store16(c30, c + 3 * ldc); store16(c31, c + 3 * ldc + 16)
+    store16(c40, c + 4 * ldc); store16(c41, c + 4 * ldc + 16)
+    store16(c50, c + 5 * ldc); store16(c51, c + 5 * ldc + 16)
+    store16(c60, c + 6 * ldc); store16(c61, c + 6 * ldc + 16)
+    store16(c70, c + 7 * ldc); store16(c71, c + 7 * ldc + 16)
+}
+
+/// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
+@inline(__always)
+func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    var c0 = load16(c), c1 = load16(c + ldc), c2 = load16(c + 2 * ldc), c3 = load16(c + 3 * ldc)
+    var c4 = load16(c + 4 * ldc), c5 = load16(c + 5 * ldc), c6 = load16(c + 6 * ldc), c7 = load16(c + 7 * ldc)
+    var pa = a, pb = b
+    for _ in 0..<kc {
+        let b0 = load16(pb)
+        c0.addProduct(Vec16(repeating: pa[0]), b0)
+        c1.addProduct(Vec16(repeating: pa[1]), b0)
+        c2.addProduct(Vec16(repeating: pa[2]), b0)
+        c3.addProduct(Vec16(repeating: pa[3]), b0)
+        c4.addProduct(Vec16(repeating: pa[4]), b0)
+        c5.addProduct(Vec16(repeating: pa[5]), b0)
+        c6.addProduct(Vec16(repeating: pa[6]), b0)
+        c7.addProduct(Vec16(repeating: pa[7]), b0)
+        pa += gemmRowBlock
+        pb += gemmColumnBlock
+    }
+    store16(c0, c); store16(c1, c + ldc); store16(c2, c + 2 * ldc); store16(c3, c + 3 * ldc)
+    store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
+}
+
+/// Floats of per-thread scratch `gemmTile` needs: one packed B panel plus an edge tile.
+let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmColumnBlock
+
+/// One task of a GEMM: C rows [m0, m1) × columns [n0, n1) of C [M, N] = A · B (+ C) + rowBias.
+///
+/// c [M, ldc] → c; B comes from `source`; `scratch` holds `gemmScratchFloats`.
+/// n1 - n0 <= gemmTaskColumns; m0 is a multiple of 8.
+@inline(__always)
+func gemmTile<Source: PanelSource>(
+    _ a: PackedMatrix, source: Source, m0: Int, m1: Int, n0: Int, n1: Int,
+    c: UnsafeMutablePointer<Float>, ldc: Int,
+    rowBias: UnsafePointer<Float>?, accumulate: Bool, scratch: UnsafeMutablePointer<Float>
+) {
+    let k = a.cols
+    let packedB = scratch
+    let edge = scratch + gemmDepthBlock * gemmColumnBlock
+    let width = n1 - n0
+    // Start value of every element: bias (+ the old C). The k loop continues from it.
+    for m in m0..<m1 {
+        let row = c + m * ldc + n0
+        let bias = rowBias?[m] ?? 0
+        if accumulate {
+            for j in 0..<width { row[j] += bias }
+        } else {
+            row.update(repeating: bias, count: width)
+        }
+    }
+    if k == 0 { return }
+    let panelsN = (width + gemmColumnBlock - 1) / gemmColumnBlock
+    var k0 = 0
+    while k0 < k {
+        let kc = min(gemmDepthBlock, k - k0)
+        for p in 0..<panelsN {
+            // Pack one 32-column panel (<= 32 KB, stays in L1) and sweep every row panel over it.
+            let pn = n0 + p * gemmColumnBlock
+            let cols = min(gemmColumnBlock, n1 - pn)
+            source.packPanel(k0: k0, kc: kc, n0: pn, width: cols, into: packedB)
+            let bPanel = UnsafePointer(packedB)
+            var m = m0
+            while m < m1 {
+                let rows = min(gemmRowBlock, m1 - m)
+                let aPanel = UnsafePointer(a.data + (m / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
+                let ct = c + m * ldc + pn
+                if rows == gemmRowBlock && cols == gemmColumnBlock {
+                    microKernel8x32(kc, aPanel, bPanel, ct, ldc)
+                } else if rows == gemmRowBlock && cols == 16 {
+                    microKernel8x16(kc, aPanel, bPanel, ct, ldc)
+                } else {
+                    // Ragged tile: run the full kernel on a zero-padded copy.
+                    edge.update(repeating: 0, count: gemmRowBlock * gemmColumnBlock)
+                    for r in 0..<rows { (edge + r * gemmColumnBlock).update(from: ct + r * ldc, count: cols) }
+                    if cols <= 16 {
+                        microKernel8x16(kc, aPanel, bPanel, edge, gemmColumnBlock)
+                    } else {
+                        microKernel8x32(kc, aPanel, bPanel, edge, gemmColumnBlock)
+                    }
+                    for r in 0..<rows { (ct + r * ldc).update(from: edge + r * gemmColumnBlock, count: cols) }
+                }
+                m += gemmRowBlock
+            }
+        }
+        k0 += kc
+    }
+}
+
+/// How a batch of GEMMs with the same A is cut into tasks: per image, column
+/// chunks of `gemmTaskColumns`, and row chunks when that alone leaves too few
+/// tasks to keep every thread busy. The split never changes any result.
+struct GemmSplit {
+    let columnChunks: Int
+    let rowChunks: Int
+    let rowsPerChunk: Int
+    let tasksPerImage: Int
+
+    let columnsPerChunk: Int
+
+    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns) {
+        self.columnsPerChunk = columnsPerChunk
+        columnChunks = max(1, (n + columnsPerChunk - 1) / columnsPerChunk)
+        let panels = max(1, (m + gemmRowBlock - 1) / gemmRowBlock)
+        let wanted = 4 * threads
+        let have = images * columnChunks
+        let rc = threads > 1 && have < wanted ? min(panels, (wanted + have - 1) / have) : 1
+        let panelsPerChunk = (panels + rc - 1) / rc
+        rowsPerChunk = panelsPerChunk * gemmRowBlock
+        rowChunks = (panels + panelsPerChunk - 1) / panelsPerChunk
+        tasksPerImage = columnChunks * rowChunks
+    }
+
+    /// (rows, columns) of one task of one image.
+    @inline(__always)
+    func ranges(_ task: Int, m: Int, n: Int) -> (Int, Int, Int, Int) {
+        let rc = task % rowChunks, cc = task / rowChunks
+        let m0 = rc * rowsPerChunk, n0 = cc * columnsPerChunk
+        return (m0, min(m, m0 + rowsPerChunk), n0, min(n, n0 + columnsPerChunk))
+    }
+}
+
+/// Runs `images` GEMMs in parallel: image i's C = A_i · B_i (+ C) + bias_i.
+///
+/// Every A_i = `aOf(i)` has the same shape. `makeSource(i)` gives image i's B, `cOf(i)` its C [M, ldc], `biasOf(i)` its row bias.
+@inline(__always)
+func batchedGemm<Source: PanelSource>(
+    _ aOf: (Int) -> PackedMatrix, n: Int, images: Int, workspace: Workspace,
+    makeSource: (Int) -> Source, cOf: (Int) -> UnsafeMutablePointer<Float>, ldc: Int,
+    biasOf: (Int) -> UnsafePointer<Float>?, accumulate: Bool
+) throws {
+    if images == 0 || n == 0 { return }
+    let m = aOf(0).rows
+    if m == 0 { return }
+    let pool = ThreadPool.shared
+    let threads = pool.threadsFor(images * 4)
+    let split = GemmSplit(m: m, n: n, images: images, threads: threads)
+    let taskCount = images * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let scratch = try workspace.floats(maxThreads * gemmScratchFloats)
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let image = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: m, n: n)
+        gemmTile(aOf(image), source: makeSource(image), m0: m0, m1: m1, n0: n0, n1: n1,
+                 c: cOf(image), ldc: ldc, rowBias: biasOf(image), accumulate: accumulate,
+                 scratch: scratch + thread * gemmScratchFloats)
+    }
 }
 
 /// C [M, N] = A [M, K] · B [K, N] (+ C when `accumulate`) (+ rowBias[m] per row).
@@ -31,8 +292,17 @@ func gemm(
     c: UnsafeMutablePointer<Float>, ldc: Int,
     rowBias: UnsafePointer<Float>?, accumulate: Bool
 ) {
-    gemmPlain(m: a.rows, n: n, k: a.cols, a: a.data, lda: a.cols, b: b, ldb: ldb,
-              c: c, ldc: ldc, rowBias: rowBias, accumulate: accumulate)
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: a.rows, n: n, images: 1, threads: pool.numThreads)
+    let maxThreads = pool.threadsFor(split.tasksPerImage)
+    let scratch = allocateFloats(maxThreads * gemmScratchFloats)!
+    defer { freeFloats(scratch) }
+    let source = DenseSource(b: b, ld: ldb)
+    pool.parallelFor(split.tasksPerImage, maxThreads: maxThreads) { task, thread in
+        let (m0, m1, n0, n1) = split.ranges(task, m: a.rows, n: n)
+        gemmTile(a, source: source, m0: m0, m1: m1, n0: n0, n1: n1, c: c, ldc: ldc,
+                 rowBias: rowBias, accumulate: accumulate, scratch: scratch + thread * gemmScratchFloats)
+    }
 }
 
 /// The plain twin of `gemm`: C [M, N] = A [M, K] · B [K, N] (+ C) (+ rowBias).

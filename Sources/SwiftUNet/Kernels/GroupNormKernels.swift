@@ -4,12 +4,44 @@ import Glibc
 import Darwin
 #endif
 
+/// e^x for 16 lanes: Cody–Waite reduction x = n·ln2 + r, |r| <= ln2/2, then a
+/// degree-6 Taylor polynomial (truncation < 1.2e-7 relative) scaled by 2^n.
+/// Inputs are clamped to [-87.3, 88.3] so 2^n stays a normal float.
+@inline(__always)
+func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
+    // pointwiseMin/Max and integer lane ops compile to single AVX-512 instructions;
+    // SIMD `rounded` and float→int conversions do not (they are scalarised), hence
+    // the round-to-nearest via the 1.5·2^23 "magic" addend.
+    let xc = pointwiseMax(pointwiseMin(x, SIMD16(repeating: 88.3)), SIMD16(repeating: -87.3))
+    let magic = SIMD16<Float>(repeating: 12_582_912)     // 1.5·2^23: t's low mantissa bits hold round(x·log2e)
+    let t = xc * 1.442_695_04 + magic
+    let n = t - magic
+    var r = xc - n * 0.693_145_75           // ln2 high part (exact product with small n)
+    r = r - n * 1.428_606_8e-6              // ln2 low part
+    var p = SIMD16<Float>(repeating: 1.0 / 720)
+    p = p * r + 1.0 / 120
+    p = p * r + 1.0 / 24
+    p = p * r + 1.0 / 6
+    p = p * r + 0.5
+    p = p * r + 1
+    p = p * r + 1
+    let exponent = (unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+    return p * unsafeBitCast(exponent, to: SIMD16<Float>.self)
+}
+
+/// x·sigmoid(x) for 16 lanes.
+@inline(__always)
+func silu16(_ v: SIMD16<Float>) -> SIMD16<Float> {
+    v / (1 + exp16(-v))
+}
+
 /// x [B, C, H, W] → y [B, C, H, W]: GroupNorm(groups, C) with affine gamma/beta,
-/// followed by SiLU when `silu` is set.
+/// followed by SiLU when `silu` is set (fused: one read, one write).
 ///
 /// Statistics are the biased mean and variance over (C/groups × H × W) per
-/// sample, accumulated in float64 in a fixed order, so a sample's result does
-/// not depend on the batch or the thread count.
+/// sample (two passes: mean, then squared deviations), summed in a fixed order
+/// (16 float lanes per channel, channels then added in float64), so a sample's
+/// result depends on neither the batch nor the thread count.
 func groupNormForward(
     _ x: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, groups: Int,
     gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float, silu: Bool,
@@ -17,32 +49,56 @@ func groupNormForward(
 ) {
     let cpg = channels / groups
     let groupSize = cpg * spatial
+    let vectorEnd = spatial & ~15
     ThreadPool.shared.parallelFor(batch * groups) { task in
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
         let src = x + base
         var sum = 0.0
-        for i in 0..<groupSize { sum += Double(src[i]) }
+        for c in 0..<cpg {
+            let s = src + c * spatial
+            var lanes = SIMD16<Float>()
+            var i = 0
+            while i < vectorEnd { lanes += load16(s + i); i += 16 }
+            var tail: Float = 0
+            while i < spatial { tail += s[i]; i += 1 }
+            sum += Double(lanes.sum()) + Double(tail)
+        }
         let mean = sum / Double(groupSize)
+        let meanF = Float(mean)
         var sq = 0.0
-        for i in 0..<groupSize {
-            let d = Double(src[i]) - mean
-            sq += d * d
+        for c in 0..<cpg {
+            let s = src + c * spatial
+            var lanes = SIMD16<Float>()
+            let m16 = SIMD16<Float>(repeating: meanF)
+            var i = 0
+            while i < vectorEnd { let d = load16(s + i) - m16; lanes += d * d; i += 16 }
+            var tail: Float = 0
+            while i < spatial { let d = s[i] - meanF; tail += d * d; i += 1 }
+            sq += Double(lanes.sum()) + Double(tail)
         }
         let invStd = 1.0 / (sq / Double(groupSize) + Double(eps)).squareRoot()
         for c in 0..<cpg {
             let ch = g * cpg + c
             // (x - mean) first: folding the mean into the shift loses accuracy
             // when the variance is tiny and the scale huge.
-            let scale = Float(invStd) * gamma[ch], shift = beta[ch], m = Float(mean)
+            let scale = Float(invStd) * gamma[ch], shift = beta[ch]
             let s = src + c * spatial, d = y + base + c * spatial
-            if silu {
-                for i in 0..<spatial {
-                    let v = (s[i] - m) * scale + shift
-                    d[i] = v / (1 + expf(-v))
-                }
-            } else {
-                for i in 0..<spatial { d[i] = (s[i] - m) * scale + shift }
+            let scale16 = SIMD16<Float>(repeating: scale), shift16 = SIMD16<Float>(repeating: shift)
+            let m16 = SIMD16<Float>(repeating: meanF)
+            var i = 0
+            while i < vectorEnd {
+                let v = (load16(s + i) - m16) * scale16 + shift16
+                store16(silu ? silu16(v) : v, d + i)
+                i += 16
+            }
+            if i < spatial {
+                // Tail: the same vector arithmetic on a zero-padded copy.
+                var lanes = SIMD16<Float>()
+                for t in 0..<(spatial - i) { lanes[t] = s[i + t] }
+                var v = (lanes - m16) * scale16 + shift16
+                if silu { v = silu16(v) }
+                for t in 0..<(spatial - i) { d[i + t] = v[t] }
             }
         }
     }

@@ -9,6 +9,20 @@ final class Conv2d {
     let weight: Parameter
     let bias: Parameter
     private(set) var packed: PackedMatrix?
+    /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
+    private(set) var winograd: WinogradWeights?
+    /// F(4×4, 3×3) weights, prepared only when `expectedSpatialSize` is large enough
+    /// for 4×4 tiles to fill the vector lanes (they take 4× the memory of the kernel).
+    private(set) var winogradLarge: WinogradWeights?
+    /// The height/width this layer usually sees (set by the model before `prepare`).
+    var expectedSpatialSize = 0
+
+    /// Images at least this high and wide use F(4×4, 3×3) tiles when available.
+    static let largeTileMinimumSize = 16
+
+    /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
+    /// below that (the RGB-in / RGB-out convolutions) the direct implicit GEMM is faster.
+    static let winogradMinimumChannels = 8
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int = 1, padding: Int = 0) throws {
@@ -26,6 +40,16 @@ final class Conv2d {
     func prepare() throws {
         let k = inChannels * kernel * kernel
         packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k)
+        if kernel == 3 && stride == 1 && padding == 1
+            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
+            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two)
+            winogradLarge = expectedSpatialSize >= Conv2d.largeTileMinimumSize
+                ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four)
+                : nil
+        } else {
+            winograd = nil
+            winogradLarge = nil
+        }
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -39,6 +63,14 @@ final class Conv2d {
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        let large = height >= Conv2d.largeTileMinimumSize && width >= Conv2d.largeTileMinimumSize ? winogradLarge : nil
+        if let winograd = large ?? winograd {
+            try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
+                                biasBatchStride: perImageBias == nil ? 0 : outChannels,
+                                y: y, accumulate: accumulate, workspace: workspace)
+            return
+        }
         try conv2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
                           weights: packed!, bias: perImageBias ?? UnsafePointer(bias.data),
                           biasBatchStride: perImageBias == nil ? 0 : outChannels,
@@ -56,10 +88,11 @@ final class ConvTranspose2d {
     let padding: Int
     let weight: Parameter
     let bias: Parameter
-    private(set) var packed: PackedMatrix?
+    private(set) var packed: SubPixelWeights?
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int, padding: Int) throws {
+        precondition(kernel == 4 && stride == 2 && padding == 1, "only ConvTranspose2d(k 4, stride 2, padding 1) is implemented")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernel = kernel

@@ -24,6 +24,12 @@ final class ResBlock {
             : try Conv2d(registry, prefix + ".skip", inChannels: inChannels, outChannels: outChannels, kernel: 1)
     }
 
+    /// Tells the 3×3 convolutions the image size they usually see (picks Winograd tiles).
+    func setExpectedSpatialSize(_ size: Int) {
+        conv1.expectedSpatialSize = size
+        conv2.expectedSpatialSize = size
+    }
+
     func prepare() throws {
         try conv1.prepare()
         try conv2.prepare()

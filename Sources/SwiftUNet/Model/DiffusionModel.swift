@@ -47,6 +47,11 @@ public final class DiffusionModel {
         outNorm = try GroupNorm(registry, "out_norm", channels: d[0])
         outConv = try Conv2d(registry, "out_conv", inChannels: d[0], outChannels: channels, kernel: 3, padding: 1)
         parameters = registry.parameters
+        // Each level's convolutions learn the size they will usually see at imageSize.
+        for (i, block) in downBlocks.enumerated() { block.res.setExpectedSpatialSize(imageSize >> i) }
+        middleIn.setExpectedSpatialSize(imageSize >> levels)
+        middleOut.setExpectedSpatialSize(imageSize >> levels)
+        for (j, block) in upBlocks.enumerated() { block.res.setExpectedSpatialSize(imageSize >> (levels - 1 - j)) }
 
         var rng = SplitMix64(seed: seed)
         for p in parameters { p.initialize(using: &rng) }

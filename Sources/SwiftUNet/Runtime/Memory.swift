@@ -65,6 +65,8 @@ final class Mutex {
     }
     @inline(__always) func lock() { pthread_mutex_lock(m) }
     @inline(__always) func unlock() { pthread_mutex_unlock(m) }
+    /// Takes the lock if it is free; never blocks.
+    @inline(__always) func tryLock() -> Bool { pthread_mutex_trylock(m) == 0 }
     @inline(__always) func withLock<R>(_ body: () throws -> R) rethrows -> R {
         lock(); defer { unlock() }
         return try body()

@@ -3,20 +3,49 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// The worker threads shared by every model.
 ///
-/// `parallelFor` splits a range of independent tasks over the workers. Tasks
-/// must not depend on which thread runs them, which keeps results identical
-/// for every thread count.
+/// `parallelFor` splits a range of independent tasks over persistent pthreads
+/// (created once, then parked). Tasks must not depend on which thread runs
+/// them, which keeps results identical for every thread count.
+///
+/// One parallel region runs at a time. A caller that finds the pool busy (a
+/// second OS thread calling forward concurrently, or a task that itself calls
+/// `parallelFor`) runs its tasks inline on its own thread instead of waiting,
+/// so there is no deadlock and no unbounded waiting.
 public final class ThreadPool {
     public static let shared = ThreadPool()
 
-    private let lock = Mutex()
+    private let settingsLock = Mutex()
     private var threads: Int
+
+    /// Held by the thread that currently owns the workers.
+    private let regionLock = Mutex()
+    /// Workers started so far (they live until the process exits).
+    private var workers: [pthread_t] = []
+
+    // The current region, written by its owner before `ticket` is published.
+    private var regionBody: ((Int, Int) -> Void)? = nil
+    private var regionCount = 0
+    /// (generation << 16) | helpers: one word, so a worker never pairs one
+    /// region's generation with another's helper count.
+    private let ticket = Atomic<Int>(0)
+    /// Next task index to hand out in the current region.
+    private let nextTask = Atomic<Int>(0)
+    /// Helpers of the current region that have not finished yet.
+    private let busyHelpers = Atomic<Int>(0)
+
+    private let sleepMutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let wakeUp: UnsafeMutablePointer<pthread_cond_t>
 
     private init() {
         threads = ThreadPool.defaultThreadCount()
+        sleepMutex = .allocate(capacity: 1)
+        pthread_mutex_init(sleepMutex, nil)
+        wakeUp = .allocate(capacity: 1)
+        pthread_cond_init(wakeUp, nil)
     }
 
     /// SWIFTUNET_NUM_THREADS when set to a positive integer, else the CPUs available.
@@ -29,12 +58,129 @@ public final class ThreadPool {
     }
 
     public var numThreads: Int {
-        get { lock.withLock { threads } }
-        set { lock.withLock { threads = max(1, min(newValue, 256)) } }
+        get { settingsLock.withLock { threads } }
+        set { settingsLock.withLock { threads = max(1, min(newValue, 256)) } }
+    }
+
+    /// How many threads a region of `count` tasks would use at most (>= 1). Callers
+    /// that need per-thread scratch allocate this many and pass it as `maxThreads`.
+    public func threadsFor(_ count: Int) -> Int {
+        max(1, min(numThreads, count))
     }
 
     /// Runs `body(i)` for every i in 0..<count.
     public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
-        for i in 0..<count { body(i) }
+        parallelFor(count, maxThreads: threadsFor(count)) { task, _ in body(task) }
+    }
+
+    /// Runs `body(task, thread)` for every task in 0..<count, where `thread` in
+    /// 0..<maxThreads identifies the running thread (for per-thread scratch).
+    public func parallelFor(_ count: Int, maxThreads: Int, _ body: (Int, Int) -> Void) {
+        if count <= 0 { return }
+        let participants = min(maxThreads, threadsFor(count))
+        if participants <= 1 || !regionLock.tryLock() {
+            for i in 0..<count { body(i, 0) }
+            return
+        }
+        defer { regionLock.unlock() }
+        let helpers = participants - 1
+        startWorkers(upTo: helpers)
+        withoutActuallyEscaping(body) { escapable in
+            regionBody = escapable
+            regionCount = count
+            nextTask.store(0, ordering: .relaxed)
+            busyHelpers.store(helpers, ordering: .relaxed)
+            let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
+            pthread_mutex_lock(sleepMutex)
+            ticket.store((generation << 16) | helpers, ordering: .releasing)
+            pthread_cond_broadcast(wakeUp)
+            pthread_mutex_unlock(sleepMutex)
+
+            runTasks(thread: 0)
+            // Wait for the helpers: they hold `escapable` until they finish.
+            var spins = 0
+            while busyHelpers.load(ordering: .acquiring) != 0 {
+                spins += 1
+                if spins > 2000 { sched_yield() }
+            }
+            regionBody = nil
+        }
+    }
+
+    @inline(__always)
+    private func runTasks(thread: Int) {
+        let body = regionBody!
+        let count = regionCount
+        while true {
+            let i = nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
+            if i >= count { break }
+            body(i, thread)
+        }
+    }
+
+    private func startWorkers(upTo n: Int) {
+        while workers.count < n {
+            let index = workers.count + 1
+            // The worker must start from the generation before the region about to be
+            // published (it may first run after the publication).
+            let generation = ticket.load(ordering: .relaxed) >> 16
+            let context = Unmanaged.passRetained(WorkerContext(pool: self, index: index, generation: generation)).toOpaque()
+            var thread = pthread_t()
+            var attributes = pthread_attr_t()
+            pthread_attr_init(&attributes)
+            pthread_attr_setstacksize(&attributes, 1 << 20)
+            let started = pthread_create(&thread, &attributes, { raw in
+                let context = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
+                context.pool.workerLoop(index: context.index, seen: context.generation)
+                return nil
+            }, context)
+            pthread_attr_destroy(&attributes)
+            if started != 0 {
+                Unmanaged<WorkerContext>.fromOpaque(context).release()
+                // Without the thread the region could never finish; run without it.
+                fatalError("SwiftUNet: cannot start a worker thread")
+            }
+            workers.append(thread)
+        }
+    }
+
+    /// A worker: spin briefly for the next region (regions come in quick
+    /// succession during a forward), then sleep on the condition variable.
+    private func workerLoop(index: Int, seen start: Int) {
+        var seen = start
+        while true {
+            var word = ticket.load(ordering: .acquiring)
+            var spins = 0
+            while word >> 16 == seen && spins < 200_000 {
+                spins += 1
+                word = ticket.load(ordering: .acquiring)
+            }
+            if word >> 16 == seen {
+                pthread_mutex_lock(sleepMutex)
+                word = ticket.load(ordering: .acquiring)
+                while word >> 16 == seen {
+                    pthread_cond_wait(wakeUp, sleepMutex)
+                    word = ticket.load(ordering: .acquiring)
+                }
+                pthread_mutex_unlock(sleepMutex)
+            }
+            seen = word >> 16
+            let helpers = word & 0xFFFF
+            if index <= helpers {
+                runTasks(thread: index)
+                busyHelpers.wrappingSubtract(1, ordering: .releasing)
+            }
+        }
+    }
+}
+
+private final class WorkerContext {
+    let pool: ThreadPool
+    let index: Int
+    let generation: Int
+    init(pool: ThreadPool, index: Int, generation: Int) {
+        self.pool = pool
+        self.index = index
+        self.generation = generation
     }
 }

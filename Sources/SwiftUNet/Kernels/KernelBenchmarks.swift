@@ -1,0 +1,40 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Seconds on a monotonic clock.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// Micro-benchmarks of single kernels, for the benchmark executable.
+public enum KernelBenchmarks {
+    /// Median seconds of `repeats` runs of C [m, n] = A [m, k] · B [k, n] over `images`
+    /// independent B/C pairs (one parallel region, as a convolution layer would run).
+    public static func gemmSeconds(m: Int, n: Int, k: Int, images: Int, repeats: Int) throws -> Double {
+        var rng = SplitMix64(seed: 1)
+        let a = try allocateFloatsOrThrow(m * k, "bench A")
+        let b = try allocateFloatsOrThrow(images * k * n, "bench B")
+        let c = try allocateFloatsOrThrow(images * m * n, "bench C")
+        defer { freeFloats(a); freeFloats(b); freeFloats(c) }
+        for i in 0..<(m * k) { a[i] = rng.nextUnitFloat() - 0.5 }
+        for i in 0..<(images * k * n) { b[i] = rng.nextUnitFloat() - 0.5 }
+        let packed = try PackedMatrix(rows: m, cols: k, source: a, ld: k)
+        let ws = Workspace()
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let t0 = monotonicSeconds()
+            try batchedGemm({ _ in packed }, n: n, images: images, workspace: ws,
+                            makeSource: { DenseSource(b: b + $0 * k * n, ld: n) },
+                            cOf: { c + $0 * m * n }, ldc: n, biasOf: { _ in nil }, accumulate: false)
+            times.append(monotonicSeconds() - t0)
+            try ws.reset()
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+}

@@ -1,0 +1,240 @@
+/// Winograd F(2×2, 3×3) convolution (Lavin & Gray 2016) for 3×3, stride 1, padding 1.
+///
+/// Each 2×2 output tile comes from a 4×4 input tile d (rows 2ty-1..2ty+2, columns likewise):
+///     Y = Aᵀ [ Σ_ci (G g Gᵀ)[co, ci] ⊙ (Bᵀ d_ci B) ] A
+/// so the 36 multiplies of a direct 2×2×3×3 tile become 16, done as 16 GEMMs
+/// U_ξ [Cout, Cin] · V_ξ [Cin, tiles]. Errors stay near float32 rounding (the
+/// transforms only add, subtract and halve); the measured error against the
+/// float64 reference is reported by `testWinogradMatchesNaive`.
+///
+/// Work is cut into tasks of 32 tiles of one image: the input transform writes
+/// V straight into the packed-B panel layout [Cin][32] the micro-kernel reads,
+/// the 16 products land in a per-thread buffer, and the output transform adds
+/// bias (and the old y) and writes the 2×2 pixels. Tiles are fixed by the image
+/// geometry, so results depend on neither the batch nor the thread count.
+
+/// Output tile size of a Winograd convolution: F(2×2, 3×3) or F(4×4, 3×3).
+enum WinogradTile: Int {
+    case two = 2
+    case four = 4
+    /// Input tile side α = m + 2.
+    var alpha: Int { rawValue + 2 }
+    /// Number of transformed positions ξ (α²), each one GEMM.
+    var positions: Int { alpha * alpha }
+}
+
+/// The α² transformed weight matrices U_ξ = (G g Gᵀ)_ξ [Cout, Cin], ξ = α·row + column.
+struct WinogradWeights {
+    let tile: WinogradTile
+    let positions: [PackedMatrix]
+    var outChannels: Int { positions[0].rows }
+    var inChannels: Int { positions[0].cols }
+}
+
+/// G of F(m×m, 3×3) [α, 3] (Lavin & Gray 2016).
+private func winogradG(_ tile: WinogradTile) -> [[Double]] {
+    switch tile {
+    case .two:
+        return [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+    case .four:
+        return [[1.0 / 4, 0, 0], [-1.0 / 6, -1.0 / 6, -1.0 / 6], [-1.0 / 6, 1.0 / 6, -1.0 / 6],
+                [1.0 / 24, 1.0 / 12, 1.0 / 6], [1.0 / 24, -1.0 / 12, 1.0 / 6], [0, 0, 1]]
+    }
+}
+
+/// Transforms Conv2d weights [Cout, Cin, 3, 3] into `WinogradWeights` (in float64, rounded once).
+func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
+                         tile: WinogradTile = .two) throws -> WinogradWeights {
+    let g = winogradG(tile), alpha = tile.alpha
+    let count = max(1, outChannels * inChannels)
+    let u = try allocateFloatsOrThrow(tile.positions * count, "Winograd weights")
+    defer { freeFloats(u) }
+    var t = [[Double]](repeating: [0, 0, 0], count: alpha)
+    for co in 0..<outChannels {
+        for ci in 0..<inChannels {
+            let k = w + (co * inChannels + ci) * 9
+            // t = G · k [α, 3], then U = t · Gᵀ [α, α].
+            for i in 0..<alpha {
+                for j in 0..<3 {
+                    t[i][j] = g[i][0] * Double(k[j]) + g[i][1] * Double(k[3 + j]) + g[i][2] * Double(k[6 + j])
+                }
+            }
+            for i in 0..<alpha {
+                for j in 0..<alpha {
+                    let v = t[i][0] * g[j][0] + t[i][1] * g[j][1] + t[i][2] * g[j][2]
+                    u[(i * alpha + j) * count + co * inChannels + ci] = Float(v)
+                }
+            }
+        }
+    }
+    var positions: [PackedMatrix] = []
+    for xi in 0..<tile.positions {
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + xi * count, ld: inChannels))
+    }
+    return WinogradWeights(tile: tile, positions: positions)
+}
+
+/// Bᵀ of F(2×2, 3×3) applied to 4 vectors.
+@inline(__always)
+func winogradInput2(_ d: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
+    let d0 = d[0], d1 = d[stride], d2 = d[2 * stride], d3 = d[3 * stride]
+    out[0] = d0 - d2
+    out[outStride] = d1 + d2
+    out[2 * outStride] = d2 - d1
+    out[3 * outStride] = d1 - d3
+}
+
+/// Bᵀ of F(4×4, 3×3) applied to 6 vectors.
+@inline(__always)
+func winogradInput4(_ d: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
+    let d0 = d[0], d1 = d[stride], d2 = d[2 * stride], d3 = d[3 * stride], d4 = d[4 * stride], d5 = d[5 * stride]
+    let four: Float = 4, five: Float = 5, two: Float = 2
+    out[0] = four * d0 - five * d2 + d4
+    out[outStride] = d3 + d4 - four * (d1 + d2)
+    out[2 * outStride] = four * (d1 - d2) - d3 + d4
+    out[3 * outStride] = two * (d3 - d1) - d2 + d4
+    out[4 * outStride] = two * (d1 - d3) - d2 + d4
+    out[5 * outStride] = four * d1 - five * d3 + d5
+}
+
+/// Aᵀ of F(2×2, 3×3) applied to 4 vectors (2 results).
+@inline(__always)
+func winogradOutput2(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
+    let m0 = m[0], m1 = m[stride], m2 = m[2 * stride], m3 = m[3 * stride]
+    out[0] = m0 + m1 + m2
+    out[outStride] = m1 - m2 - m3
+}
+
+/// Aᵀ of F(4×4, 3×3) applied to 6 vectors (4 results).
+@inline(__always)
+func winogradOutput4(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
+    let m0 = m[0], m1 = m[stride], m2 = m[2 * stride], m3 = m[3 * stride], m4 = m[4 * stride], m5 = m[5 * stride]
+    let sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4
+    let two: Float = 2, four: Float = 4, eight: Float = 8
+    out[0] = m0 + sum12 + sum34
+    out[outStride] = diff12 + two * diff34
+    out[2 * outStride] = sum12 + four * sum34
+    out[3 * outStride] = diff12 + eight * diff34 + m5
+}
+
+/// Floats of per-thread scratch for `winogradConv3x3`.
+func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
+    let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    let p = tile.positions
+    // V [α²][Cin][32] + products [α²][rows][32] + input tiles [α²][32] + two α×α blocks of Vec16.
+    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + p * gemmColumnBlock + 2 * p * 16
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
+/// Winograd F(2×2, 3×3); y = conv(x) + bias (+ y when `accumulate`), bias per image
+/// at `bias + b * biasBatchStride`.
+func winogradConv3x3(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
+    weights: WinogradWeights, bias: UnsafePointer<Float>, biasBatchStride: Int,
+    y: UnsafeMutablePointer<Float>, accumulate: Bool, workspace: Workspace
+) throws {
+    let cout = weights.outChannels
+    let tile = weights.tile, m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
+    let tilesHigh = (h + m - 1) / m, tilesWide = (w + m - 1) / m, tiles = tilesHigh * tilesWide
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // Input tile element (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j): an α×α,
+    // stride-m, padding-1 window, so stride-m phase planes make every row of tiles contiguous.
+    let layout = PhasePlanes(height: h, width: w, stride: m, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+    let perImage = cin * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4), columnsPerChunk: gemmColumnBlock)
+    let taskCount = batch * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
+    let scratch = try workspace.floats(maxThreads * scratchFloats)
+    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let b = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+        let width = n1 - n0
+        let v = scratch + thread * scratchFloats                   // [α²][Cin][32]
+        let products = v + positions * cin * gemmColumnBlock        // [α²][rowsPadded][32]
+        let d = products + positions * rowsPadded * gemmColumnBlock // [α²][32]
+        let blockA = UnsafeMutableRawPointer(d + positions * gemmColumnBlock).bindMemory(to: Vec16.self, capacity: 2 * positions)
+        let blockB = blockA + positions
+        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: alpha,
+                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let vPlane = cin * gemmColumnBlock
+        // V_ξ[ci, t] = (Bᵀ d B)_ξ for the chunk's tiles, 16 lanes at a time.
+        for ci in 0..<cin {
+            source.packPanel(k0: ci * positions, kc: positions, n0: n0, width: width, into: d)
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                for i in 0..<positions { blockA[i] = load16(d + i * gemmColumnBlock + o) }
+                // Columns of every row, then rows of every column.
+                for i in 0..<alpha {
+                    if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
+                    else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
+                }
+                for j in 0..<alpha {
+                    if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
+                    else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
+                }
+                let dst = v + ci * gemmColumnBlock + o
+                for xi in 0..<positions { store16(blockA[xi], dst + xi * vPlane) }
+            }
+        }
+        // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ.
+        for xi in 0..<positions {
+            let u = weights.positions[xi]
+            let vPanel = UnsafePointer(v + xi * vPlane)
+            var row = m0
+            while row < m1 {
+                let out = products + (xi * rowsPadded + row) * gemmColumnBlock
+                out.update(repeating: 0, count: gemmRowBlock * gemmColumnBlock)
+                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
+                if width <= 16 {
+                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock)
+                } else {
+                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock)
+                }
+                row += gemmRowBlock
+            }
+        }
+        // Y = Aᵀ M A, + bias (+ old y), written where the m×m tile lies inside the image.
+        let yImage = y + b * cout * h * w
+        let biasImage = bias + b * biasBatchStride
+        let step = rowsPadded * gemmColumnBlock
+        for co in m0..<m1 {
+            let yPlane = yImage + co * h * w
+            let biasValue = Vec16(repeating: biasImage[co])
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                let base = products + co * gemmColumnBlock + o
+                for i in 0..<positions { blockA[i] = load16(base + i * step) }
+                // Rows of every column (α → m), then columns of every row; result Y [m][m] in blockA.
+                for j in 0..<alpha {
+                    if tile == .two { winogradOutput2(blockA + j, alpha, blockB + j, alpha) }
+                    else { winogradOutput4(blockA + j, alpha, blockB + j, alpha) }
+                }
+                for i in 0..<m {
+                    if tile == .two { winogradOutput2(blockB + i * alpha, 1, blockA + i * m, 1) }
+                    else { winogradOutput4(blockB + i * alpha, 1, blockA + i * m, 1) }
+                }
+                for i in 0..<(m * m) { blockA[i] += biasValue }
+                for lane in 0..<min(16, width - o) {
+                    let t = n0 + o + lane
+                    let oy = (t / tilesWide) * m, ox = (t % tilesWide) * m
+                    let rows = min(m, h - oy), cols = min(m, w - ox)
+                    for r in 0..<rows {
+                        let p = yPlane + (oy + r) * w + ox
+                        if accumulate {
+                            for c in 0..<cols { p[c] += blockA[r * m + c][lane] }
+                        } else {
+                            for c in 0..<cols { p[c] = blockA[r * m + c][lane] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

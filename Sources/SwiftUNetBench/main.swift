@@ -1,0 +1,102 @@
+// Benchmark of the SwiftUNet forward: the six cases of the performance issue,
+// at 1 and 2 threads, median milliseconds and GFLOP/s (FLOPs counted as a
+// direct convolution would do them), plus a GEMM-only throughput line.
+//
+//     swift run -c release SwiftUNetBench [repeats]
+import SwiftUNet
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// 2·MACs of one image's forward, counted as direct convolutions and matmuls.
+func forwardFlops(channels c: Int, hidden d: [Int], timeDim t: Int, height: Int, width: Int) -> Double {
+    var macs = 0.0
+    func conv(_ cin: Int, _ cout: Int, _ k: Int, _ outPixels: Int) { macs += Double(cin * cout * k * k * outPixels) }
+    func res(_ cin: Int, _ cout: Int, _ p: Int) {
+        conv(cin, cout, 3, p); conv(cout, cout, 3, p)
+        if cin != cout { conv(cin, cout, 1, p) }
+        macs += Double(t * cout)
+    }
+    macs += Double(t * 4 * t * 2)
+    var p = height * width
+    conv(c, d[0], 3, p)
+    let levels = d.count - 1
+    for i in 0..<levels {
+        res(d[i], d[i + 1], p)
+        conv(d[i + 1], d[i + 1], 4, p / 4)
+        p /= 4
+    }
+    let dl = d[levels]
+    res(dl, dl, p)
+    conv(dl, 3 * dl, 1, p); macs += Double(2 * p * p * dl); conv(dl, dl, 1, p)
+    res(dl, dl, p)
+    for j in 0..<levels {
+        let i = levels - 1 - j
+        macs += Double(d[i + 1] * d[i + 1] * 16 * p)  // transposed conv: 4 taps per output pixel
+        p *= 4
+        res(2 * d[i + 1], d[i], p)
+    }
+    conv(d[0], c, 3, p)
+    return 2 * macs
+}
+
+setvbuf(stdout, nil, _IOLBF, 0)
+// Arguments: [repeats] [thread counts, comma-separated] [case indices 0-5, comma-separated]
+let arguments = CommandLine.arguments
+let repeats = arguments.count > 1 ? Int(arguments[1]) ?? 15 : 15
+let threadCounts = arguments.count > 2 ? arguments[2].split(separator: ",").compactMap { Int($0) } : [1, 2]
+let selectedCases = arguments.count > 3 ? Set(arguments[3].split(separator: ",").compactMap { Int($0) }) : Set(0..<6)
+print("SwiftUNet \(BuildInfo.summary), median of \(repeats)")
+let cases: [(size: Int, c: Int, dims: [Int])] = [(32, 3, [32, 64, 128]), (32, 3, [64, 128, 256]), (28, 1, [32, 64, 128])]
+for threads in threadCounts {
+    ThreadPool.shared.numThreads = threads
+    for (ci, cfg) in cases.enumerated() where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {
+        let model = try DiffusionModel(imageSize: cfg.size, channels: cfg.c, hiddenDims: cfg.dims, timeDim: 128, seed: 0)
+        for (bi, batch) in [1, 8].enumerated() where selectedCases.contains(2 * ci + bi) {
+            var rng = SplitMix64(seed: 7)
+            let n = batch * cfg.c * cfg.size * cfg.size
+            let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })
+            let out = try Tensor(zeros: x.shape)
+            let t = (0..<batch).map { Int64(($0 * 137) % 1000) }
+            var times: [Double] = [], cpuTimes: [Double] = []
+            for r in 0..<(repeats + 2) {
+                let c0 = processCPUSeconds()
+                let t0 = monotonicSeconds()
+                try t.withUnsafeBufferPointer {
+                    try model.forward(x.data, batch: batch, channels: cfg.c, height: cfg.size, width: cfg.size,
+                                      timesteps: $0.baseAddress!, out: out.data)
+                }
+                if r >= 2 {
+                    times.append(monotonicSeconds() - t0)
+                    cpuTimes.append(processCPUSeconds() - c0)
+                }
+            }
+            times.sort()
+            cpuTimes.sort()
+            let median = times[times.count / 2]
+            let flops = Double(batch) * forwardFlops(channels: cfg.c, hidden: cfg.dims, timeDim: 128, height: cfg.size, width: cfg.size)
+            let label = "\(cfg.size)x\(cfg.size)x\(cfg.c) \(cfg.dims) b=\(batch) threads=\(threads)"
+            print(label + String(repeating: " ", count: max(0, 44 - label.count))
+                  + " median \(fmt(median * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms  \(fmt(flops / median / 1e9)) GFLOP/s"
+                  + "  cpu \(fmt(cpuTimes[cpuTimes.count / 2] * 1e3)) ms  arena \(model.arenaBytes / 1024) KiB")
+        }
+    }
+    // GEMM alone: a 128 × 1024 × 1152 product (a 3×3 conv of 128 channels at 32×32) over 4 images.
+    let (m, nn, k, images) = (128, 1024, 1152, 4)
+    let s = try KernelBenchmarks.gemmSeconds(m: m, n: nn, k: k, images: images, repeats: repeats)
+    print("GEMM \(m)x\(nn)x\(k) x\(images) threads=\(threads): \(fmt(s * 1e3)) ms  \(fmt(2.0 * Double(m * nn * k * images) / s / 1e9)) GFLOP/s")
+}
+
+func fmt(_ v: Double) -> String {
+    let r = (v * 100).rounded() / 100
+    return String(r)
+}
+
+/// User + system CPU seconds of this process (all threads): a load-independent
+/// cost measure on a shared machine.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6
+        + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) * 1e-6
+}
