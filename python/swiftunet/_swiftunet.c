@@ -872,6 +872,8 @@ static PyObject *py_ddim_timesteps(PyObject *module, PyObject *args)
     }
     Py_buffer ov;
     if (PyObject_GetBuffer(o_obj, &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0) {
+        PyErr_Clear(); /* a BufferError for read-only buffers: say what is expected instead */
+        PyErr_SetString(PyExc_TypeError, "out must be a writable C-contiguous int64 array");
         return NULL;
     }
     char c = scalar_format(&ov);
@@ -973,6 +975,8 @@ static PyObject *py_randn(PyObject *module, PyObject *args)
     }
     Py_buffer ov;
     if (PyObject_GetBuffer(o_obj, &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0) {
+        PyErr_Clear(); /* a BufferError for read-only buffers: say what is expected instead */
+        PyErr_SetString(PyExc_TypeError, "out must be a writable C-contiguous float32 array");
         return NULL;
     }
     if (ov.itemsize != 4 || scalar_format(&ov) != 'f' || ((uintptr_t)ov.buf) % 4 != 0) {

@@ -557,8 +557,91 @@ def child_main():
         sys.stdout.flush()
 
 
+def binding_child_main(seed_value, calls):
+    """Random arguments, of random count, to every function of the private
+    binding `swiftunet._swiftunet` (reachable by any user): each call returns
+    or raises ValueError/TypeError/MemoryError/IndexError/OverflowError."""
+    import faulthandler
+    import random
+
+    faulthandler.enable()
+    import swiftunet
+    from swiftunet import _swiftunet as binding
+
+    m = swiftunet.DiffusionModel(4, 1, hidden_dims=[8, 16], time_dim=4)
+    handle = m._handle
+    rng = random.Random(seed_value)
+    ints = [0, 1, -1, 2, 3, 4, 8, 16, 2**31, 2**63 - 1, -2**63, 2**64, 10**30]
+
+    def array():
+        n = rng.choice([0, 1, 2, 3, 4, 16, 64, 1000])
+        dt = rng.choice([np.float32, np.float64, np.int64, np.int32, np.uint8, np.float16, bool])
+        k = rng.randrange(8)
+        if k == 0:
+            return np.zeros(n, dt)
+        if k == 1:
+            return np.zeros(2 * n, dt)[::2]
+        if k == 2:
+            return np.zeros((n, 2), dt).T
+        if k == 3:
+            a = np.zeros(n, dt)
+            a.flags.writeable = False
+            return a
+        if k == 4:
+            return b"\0" * (4 * n)
+        if k == 5:
+            return bytearray(4 * n)
+        if k == 6:
+            return memoryview(np.zeros(n, np.float32))
+        return np.zeros(n, np.float32)
+
+    def argument():
+        k = rng.randrange(6)
+        if k in (0, 1):
+            return rng.choice(ints)
+        if k == 2:
+            return handle
+        if k == 3:
+            return array()
+        if k == 4:
+            return rng.choice([None, "cosine", "linear", "ddim", 1.5, float("nan"), [], (8, 16), (8,), [handle],
+                               [np.zeros(4, np.float32)], lambda *a: 0, object()])
+        return rng.choice(ints)
+
+    functions = sorted(n for n in dir(binding) if callable(getattr(binding, n)) and not n.startswith("_")
+                       and n not in ("Model", "set_num_threads"))
+    def arity(name):
+        # From the docstring's first line, "name(a, b, c) -> ...".
+        doc = (getattr(binding, name).__doc__ or "").split("\n")[0]
+        if "(" not in doc or ")" not in doc:
+            return None
+        inner = doc[doc.index("(") + 1:doc.index(")")].strip()
+        return len(inner.split(",")) if inner else 0
+
+    arities = {n: arity(n) for n in functions}
+    allowed = (ValueError, TypeError, MemoryError, IndexError, OverflowError)
+    for i in range(calls):
+        name = rng.choice(functions)
+        n_args = arities[name] if arities[name] is not None and rng.random() < 0.8 else rng.randrange(0, 15)
+        args = [argument() for _ in range(n_args)]
+        sys.stdout.write(json.dumps({"start": i, "call": name, "args": [type(a).__name__ for a in args]}) + "\n")
+        sys.stdout.flush()
+        try:
+            getattr(binding, name)(*args)
+            problem = None
+        except allowed:
+            problem = None
+        except BaseException as exc:
+            problem = f"{name}({', '.join(type(a).__name__ for a in args)}) raised {type(exc).__name__}: {exc}"
+        sys.stdout.write(json.dumps({"done": i, "problem": problem}) + "\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__" and "--child" in sys.argv:
     child_main()
+    sys.exit(0)
+if __name__ == "__main__" and "--binding" in sys.argv:
+    binding_child_main(int(sys.argv[2]), int(sys.argv[3]))
     sys.exit(0)
 
 
@@ -794,3 +877,27 @@ if __name__ != "__main__":
         done, crash = run_batch([good, {"kind": "__raise__"}, good], selftest=True)
         assert crash is None
         assert done[0] is None and done[2] is None and "unexpected KeyError" in done[1]
+
+
+    BINDING_CALLS = int(os.environ.get("SWIFTUNET_FUZZ_BINDING_CALLS", "20000"))
+
+    @pytest.mark.parametrize("stream", [0, 1])
+    def test_fuzz_raw_binding(stream):
+        """Random argument lists thrown at every function of swiftunet._swiftunet."""
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--binding", str(int(FUZZ_SEED or 0) * 2 + stream),
+             str(BINDING_CALLS)],
+            capture_output=True, text=True, timeout=60 + BINDING_CALLS / 50,
+        )
+        started, problems, done = None, [], 0
+        for line in proc.stdout.splitlines():
+            msg = json.loads(line)
+            if "start" in msg:
+                started = msg
+            else:
+                done += 1
+                if msg["problem"]:
+                    problems.append(msg["problem"])
+        assert proc.returncode == 0 and done == BINDING_CALLS, (
+            f"the child died ({proc.returncode}) in call {started}\n{proc.stderr[-3000:]}")
+        assert not problems, problems[:5]
