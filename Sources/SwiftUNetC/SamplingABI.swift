@@ -153,7 +153,8 @@ public func swiftunet_model_sample(
                     throw argumentError("x_T must not partly overlap out")
                 }
             }
-            let need = m.estimatedWorkspaceBytes(batch: Int(n), height: Int(height), width: Int(width))
+            let chunk = m.samplingChunkSize(count: Int(n), height: Int(height), width: Int(width))
+            let need = m.estimatedWorkspaceBytes(batch: chunk, height: Int(height), width: Int(width))
                 + 12 * Double(count)
             if let budget = exceedsUsableMemory(need) {
                 throw SwiftUNetError.outOfMemory(

@@ -203,6 +203,25 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(a.values, x.values)
     }
 
+    func testChunkedForwardsGiveTheSameImages() throws {
+        let m = try smallModel()
+        let s = try NoiseSchedule.cosine(30)
+        let whole = try Tensor(zeros: [5, 2, 8, 8]), chunked = try Tensor(zeros: [5, 2, 8, 8])
+        try m.sample(count: 5, height: 8, width: 8, schedule: s, sampler: .ddim(steps: 6, eta: 0.3), seed: 4,
+                     out: whole.data)
+        try m.sample(count: 5, height: 8, width: 8, schedule: s, sampler: .ddim(steps: 6, eta: 0.3), seed: 4,
+                     out: chunked.data, maxBatch: 2)
+        assertClose(chunked.values, whole.values, tolerance: 1e-5)
+        XCTAssertEqual(m.samplingChunkSize(count: 7, height: 8, width: 8), 7)
+        let big = try DiffusionModel(imageSize: 32, channels: 3, hiddenDims: [32, 64, 128], timeDim: 128)
+        let chunk = big.samplingChunkSize(count: 100_000, height: 32, width: 32)
+        XCTAssertGreaterThanOrEqual(chunk, 1)
+        XCTAssertLessThan(chunk, 100_000)
+        XCTAssertLessThanOrEqual(big.estimatedWorkspaceBytes(batch: chunk, height: 32, width: 32),
+                                 DiffusionModel.samplingActivationBudget)
+        XCTAssertEqual(big.samplingChunkSize(count: 100_000, height: 4096, width: 4096), 1)
+    }
+
     func testDDPMUsesEveryTimestepAndStartAndInterrupt() throws {
         let m = try smallModel()
         let s = try NoiseSchedule.linear(6)

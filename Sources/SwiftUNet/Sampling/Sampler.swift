@@ -134,9 +134,13 @@ extension DiffusionModel {
     /// every step, on the calling thread; returning false stops the loop with
     /// `SwiftUNetError.interrupted` (the model stays usable; `out` then holds a
     /// partly denoised state).
+    ///
+    /// Each step's forward covers all images at once, or chunks of at most
+    /// `samplingChunkSize` (and `maxBatch`, when given) images.
     public func sample(count: Int, height: Int, width: Int, schedule: NoiseSchedule, sampler: SamplerKind,
                        seed: UInt64, clip: Bool = true, start: UnsafePointer<Float>? = nil,
-                       out: UnsafeMutablePointer<Float>, progress: ((Int, Int) -> Bool)? = nil) throws {
+                       out: UnsafeMutablePointer<Float>, progress: ((Int, Int) -> Bool)? = nil,
+                       maxBatch: Int? = nil) throws {
         let timesteps = try sampler.timesteps(for: schedule)
         if count < 0 { throw SwiftUNetError.invalidArgument("n must be >= 0, got \(count)") }
         // Shapes only (batch 0 needs no timesteps).
@@ -169,11 +173,18 @@ extension DiffusionModel {
         }
         var tBuffer = [Int64](repeating: 0, count: count)
 
+        var chunk = samplingChunkSize(count: count, height: height, width: width)
+        if let limit = maxBatch { chunk = max(1, min(chunk, limit)) }
         for (k, t) in timesteps.enumerated() {
             for i in 0..<count { tBuffer[i] = Int64(t) }
             try tBuffer.withUnsafeBufferPointer { tp in
-                try forward(UnsafePointer(out), batch: count, channels: config.channels, height: height, width: width,
-                            timesteps: tp.baseAddress!, out: eps)
+                var first = 0
+                while first < count {
+                    let m = min(chunk, count - first)
+                    try forward(UnsafePointer(out + first * perImage), batch: m, channels: config.channels,
+                                height: height, width: width, timesteps: tp.baseAddress!, out: eps + first * perImage)
+                    first += m
+                }
             }
             switch sampler {
             case .ddim(_, let eta):
@@ -188,6 +199,21 @@ extension DiffusionModel {
             }
             if let p = progress, !p(k + 1, timesteps.count) { throw SwiftUNetError.interrupted }
         }
+    }
+
+    /// Activation memory one sampling forward may use; larger runs are split into
+    /// several forwards of fewer images (the random stream and the update are
+    /// unchanged: they always cover the whole batch).
+    public static let samplingActivationBudget: Double = 2 * 1024 * 1024 * 1024
+
+    /// Images per forward call of `sample`: all `count` when their activations fit
+    /// `samplingActivationBudget`, else as many as do (at least 1). Depends only on
+    /// the configuration and the arguments, never on the thread count.
+    public func samplingChunkSize(count: Int, height: Int, width: Int) -> Int {
+        let one = estimatedWorkspaceBytes(batch: 1, height: height, width: width)
+        let perImage = max(1, estimatedWorkspaceBytes(batch: 2, height: height, width: width) - one)
+        let fits = (DiffusionModel.samplingActivationBudget - (one - perImage)) / perImage
+        return max(1, min(count, fits >= Double(count) ? count : Int(max(1, fits))))
     }
 
     /// Convenience: `count` images as a tensor [count, C, size, size] (size defaults to image_size).
