@@ -547,3 +547,24 @@ def test_reference_exports_sampling():
         assert callable(getattr(R, name)), name
     import swiftunet.reference_sampling as RS
     assert RS.ddim_sample is R.ddim_sample
+
+
+def test_reference_sampling_imports_standalone():
+    # Needs numpy only: loadable from its file, outside the package.
+    import importlib.util
+    import swiftunet.reference_sampling as RS
+    spec = importlib.util.spec_from_file_location("standalone_reference_sampling", RS.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    np.testing.assert_array_equal(mod.randn_libm((3, 4), 9), swiftunet.randn((3, 4), 9))
+
+
+def test_schedule_pickle_and_repr():
+    import pickle
+    for s in (swiftunet.NoiseSchedule.cosine(10), swiftunet.NoiseSchedule.linear(5, 0.01, 0.02),
+              swiftunet.NoiseSchedule([0.1, 0.2])):
+        s2 = pickle.loads(pickle.dumps(s))
+        assert s2 == s
+        np.testing.assert_array_equal(s2.alphas_cumprod, s.alphas_cumprod)
+    assert repr(swiftunet.NoiseSchedule.cosine(10)) == "NoiseSchedule.cosine(10)"
+    assert "beta_end=0.02" in repr(swiftunet.NoiseSchedule.linear(5, 0.01, 0.02))
