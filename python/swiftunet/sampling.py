@@ -276,13 +276,16 @@ class _StderrBar:
         self.total, self.desc, self.n = total, desc, 0
         self.start = time.monotonic()
         self.last = -1.0
+        self.drawn = -1
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last < 0.1 and self.n < self.total:
             return
-        self.last = now
+        if self.n == self.drawn and self.last >= 0 and not force:
+            return
+        self.last, self.drawn = now, self.n
         width = 30
         frac = self.n / self.total if self.total else 1.0
         filled = int(width * frac)
@@ -297,7 +300,8 @@ class _StderrBar:
         self._draw()
 
     def close(self) -> None:
-        self._draw(force=True)
+        if self.drawn != self.n:
+            self._draw(force=True)
         sys.stderr.write("\n")
         sys.stderr.flush()
 
