@@ -9,6 +9,8 @@ Times `swiftunet.sample(m, n, sampler="ddim", steps=S)` against S calls of
 that both see the same machine load, and reports the medians and the
 overhead = sample / forwards - 1 (the DDIM arithmetic, the x_T draw, the
 timesteps buffer and the per-step progress callback with its GIL round trip).
+It also compares per-step medians (each sample step timed by a progress hook,
+each forward timed alone), which are far less sensitive to a busy machine.
 """
 
 import argparse
@@ -57,12 +59,28 @@ def main():
         t0 = time.perf_counter()
         sample()
         tsm.append(time.perf_counter() - t0)
+    # Per step: the hook's timestamps give each step's wall time (forward +
+    # update + callback); medians over many steps shrug off load bursts.
+    step_times, fwd_times = [], []
+    for _ in range(a.repeats):
+        stamps = []
+        swiftunet.sample(m, n=a.n, sampler="ddim", steps=a.steps, eta=a.eta, schedule=s, seed=0,
+                         progress=lambda done, total: stamps.append(time.perf_counter()))
+        step_times += [b - a_ for a_, b in zip(stamps, stamps[1:])]
+        for t in tb:
+            t0 = time.perf_counter()
+            m(x, t, out=buf)
+            fwd_times.append(time.perf_counter() - t0)
     mf, ms = statistics.median(tf), statistics.median(tsm)
     print(f"model {dims} {a.size}x{a.size}x3, n={a.n}, {a.steps} DDIM steps (eta {a.eta}), "
           f"{swiftunet.get_num_threads()} threads, {a.repeats} repeats")
     print(f"  {a.steps} forwards : median {mf:.3f} s  (min {min(tf):.3f})")
     print(f"  sample()    : median {ms:.3f} s  (min {min(tsm):.3f})")
     print(f"  overhead    : {100 * (ms / mf - 1):+.2f}% (medians), {100 * (min(tsm) / min(tf) - 1):+.2f}% (minima)")
+    sm, fm = statistics.median(step_times), statistics.median(fwd_times)
+    print(f"  per step    : sample step median {sm * 1e3:.2f} ms vs forward median {fm * 1e3:.2f} ms over "
+          f"{len(step_times)} / {len(fwd_times)} steps -> overhead {100 * (sm / fm - 1):+.2f}% "
+          f"({(sm - fm) * 1e3:+.3f} ms per step)")
 
 
 if __name__ == "__main__":
