@@ -1141,3 +1141,75 @@ def test_get_param_never_sees_a_half_replaced_tensor():
     _run_threads([writer, reader])
     assert reads[0] > 0
     assert not problems, f"{len(problems)} torn copies of {name}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forward_in_a_forked_child():
+    """multiprocessing's fork start method (DataLoader workers, ...): a model
+    used in the parent works in a forked child, whatever worker threads or
+    locks the library keeps, instead of hanging there."""
+    m = swiftunet.DiffusionModel(**TINY2, seed=4)
+    x = rand((2, 3, 8, 8), seed=9)
+    want = m(x, [3, 4])
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when the result is right
+        code = 1
+        try:
+            y = m(x, [3, 4])
+            m.load_state_dict(m.state_dict())
+            fresh = swiftunet.DiffusionModel(**TINY2, seed=4)
+            code = 0 if np.array_equal(y, want) and np.array_equal(fresh(x, [3, 4]), want) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in forward (60 s)")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+
+
+_NO_THREADS_CHILD = textwrap.dedent(
+    """
+    import json, resource
+    import numpy as np
+    import swiftunet
+
+    swiftunet.set_num_threads(1)
+    m = swiftunet.DiffusionModel(16, 3, hidden_dims=[16, 32], time_dim=16)
+    x = np.ones((4, 3, 16, 16), np.float32)
+    want = m(x, 1)
+
+    def vm_size():
+        with open("/proc/self/status") as f:
+            return [int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:")][0]
+
+    # Leave no room for a worker's stack: starting the pool's threads fails.
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + (256 << 10), hard))
+    swiftunet.set_num_threads(2)
+    try:
+        result = "same" if np.array_equal(m(x, 1), want) else "different"
+    except MemoryError:
+        result = "MemoryError"
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    after = "same" if np.array_equal(m(x, 1), want) else "different"
+    print(json.dumps({"under_limit": result, "after": after}))
+    """
+)
+
+
+def test_thread_creation_failure_is_not_a_crash():
+    """When the pool cannot start a worker thread (thread or memory limits of a
+    container), forward runs with fewer threads or raises MemoryError; it used
+    to trap in Swift (fatalError), killing the interpreter."""
+    proc = subprocess.run([sys.executable, "-c", _NO_THREADS_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["under_limit"] in ("same", "MemoryError"), r
+    assert r["after"] == "same", r

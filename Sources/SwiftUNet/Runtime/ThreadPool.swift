@@ -25,6 +25,8 @@ public final class ThreadPool {
     private let regionLock = Mutex()
     /// Workers started so far (they live until the process exits).
     private var workers: [pthread_t] = []
+    /// The process the workers belong to: after fork() the child has none of them.
+    private var workersPid: pid_t = getpid()
 
     // The current region, written by its owner before `ticket` is published.
     private var regionBody: ((Int, Int) -> Void)? = nil
@@ -83,8 +85,12 @@ public final class ThreadPool {
             return
         }
         defer { regionLock.unlock() }
-        let helpers = participants - 1
-        startWorkers(upTo: helpers)
+        if workersPid != getpid() { forgetWorkersAfterFork() }
+        let helpers = startWorkers(upTo: participants - 1)
+        if helpers == 0 {
+            for i in 0..<count { body(i, 0) }
+            return
+        }
         withoutActuallyEscaping(body) { escapable in
             regionBody = escapable
             regionCount = count
@@ -118,7 +124,20 @@ public final class ThreadPool {
         }
     }
 
-    private func startWorkers(upTo n: Int) {
+    /// In a child process after fork() only the forking thread exists: the
+    /// workers listed are the parent's, and the sleep mutex may have been
+    /// copied while one of them held it. Start afresh; workers are started
+    /// again on demand. (Called with `regionLock` held.)
+    private func forgetWorkersAfterFork() {
+        workers.removeAll()
+        pthread_mutex_init(sleepMutex, nil)
+        pthread_cond_init(wakeUp, nil)
+        workersPid = getpid()
+    }
+
+    /// Starts workers until there are `n`, as far as the system allows; returns
+    /// how many helpers a region can use (<= n).
+    private func startWorkers(upTo n: Int) -> Int {
         while workers.count < n {
             let index = workers.count + 1
             // The worker must start from the generation before the region about to be
@@ -136,12 +155,14 @@ public final class ThreadPool {
             }, context)
             pthread_attr_destroy(&attributes)
             if started != 0 {
+                // Out of threads or memory (container limits, RLIMIT_AS, ...): run the
+                // region with the workers there are (possibly none) instead of trapping.
                 Unmanaged<WorkerContext>.fromOpaque(context).release()
-                // Without the thread the region could never finish; run without it.
-                fatalError("SwiftUNet: cannot start a worker thread")
+                break
             }
             workers.append(thread)
         }
+        return min(n, workers.count)
     }
 
     /// A worker: spin briefly for the next region (regions come in quick
