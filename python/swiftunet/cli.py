@@ -88,6 +88,9 @@ def cmd_bench(args, extra: List[str]) -> int:
     if bench is not None and not args.quick_forward:
         print(f"running {bench}", flush=True)
         return subprocess.call([sys.executable, str(bench)] + extra)
+    if bench is None and not args.quick_forward:
+        print("benchmarks/bench.py not found (it lives in the source tree); quick forward timing instead",
+              flush=True)
     import numpy as np
 
     import swiftunet
