@@ -537,6 +537,47 @@ def test_sigint_stops_sampling(tiny):
     _check_usable(tiny)
 
 
+def test_gil_is_released_while_steps_run(model, cosine):
+    # Each hook call wakes a Python thread. With the GIL released during a step
+    # (forward + update), that thread runs right after the hook returns, early in
+    # the step. If the loop held the GIL, it could only run when the step ended
+    # and Python code ran again, just before the next hook (checked by hand with
+    # a GIL-holding regex in place of the step: 0 of 10 steps pass). One step
+    # out of ten suffices, so a busy machine does not make this flaky.
+    stamps = []
+    go = threading.Event()
+    done = threading.Event()
+
+    def background():
+        while not done.is_set():
+            if go.wait(0.5):
+                go.clear()
+                stamps.append(("bg", time.perf_counter()))
+
+    th = threading.Thread(target=background, daemon=True)
+    th.start()
+
+    def hook(k, total):
+        stamps.append(("enter", time.perf_counter()))
+        go.set()
+        stamps.append(("exit", time.perf_counter()))
+
+    try:
+        swiftunet.sample(model, n=8, image_size=32, steps=10, schedule=cosine, seed=1, progress=hook)
+    finally:
+        done.set()
+        go.set()
+        th.join(10)
+    early = long_steps = 0
+    for (a, ta), (b, tb), (c, tc) in zip(stamps, stamps[1:], stamps[2:]):
+        if (a, b, c) == ("exit", "bg", "enter") and tc - ta > 0.002:
+            long_steps += 1
+            early += tb - ta < 0.5 * (tc - ta)
+    if long_steps == 0:
+        pytest.skip("every step took < 2 ms: too short to tell when the other thread ran")
+    assert early >= 1, stamps
+
+
 # ---------------------------------------------------------------------------
 # the reference module
 
