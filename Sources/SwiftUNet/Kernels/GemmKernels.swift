@@ -97,17 +97,19 @@ struct DenseSource: PanelSource {
 
 /// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
 /// Sixteen SIMD16 accumulators stay in registers over the whole k loop.
+/// With `fromZero` the old C is not read (the sums start at +0, as zero-filled C would).
 @inline(__always)
 func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    var c00 = load16(c), c01 = load16(c + 16)
-    var c10 = load16(c + ldc), c11 = load16(c + ldc + 16)
-    var c20 = load16(c + 2 * ldc), c21 = load16(c + 2 * ldc + 16)
-    var c30 = load16(c + 3 * ldc), c31 = load16(c + 3 * ldc + 16)
-    var c40 = load16(c + 4 * ldc), c41 = load16(c + 4 * ldc + 16)
-    var c50 = load16(c + 5 * ldc), c51 = load16(c + 5 * ldc + 16)
-    var c60 = load16(c + 6 * ldc), c61 = load16(c + 6 * ldc + 16)
-    var c70 = load16(c + 7 * ldc), c71 = load16(c + 7 * ldc + 16)
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c00 = start(c), c01 = start(c + 16)
+    var c10 = start(c + ldc), c11 = start(c + ldc + 16)
+    var c20 = start(c + 2 * ldc), c21 = start(c + 2 * ldc + 16)
+    var c30 = start(c + 3 * ldc), c31 = start(c + 3 * ldc + 16)
+    var c40 = start(c + 4 * ldc), c41 = start(c + 4 * ldc + 16)
+    var c50 = start(c + 5 * ldc), c51 = start(c + 5 * ldc + 16)
+    var c60 = start(c + 6 * ldc), c61 = start(c + 6 * ldc + 16)
+    var c70 = start(c + 7 * ldc), c71 = start(c + 7 * ldc + 16)
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = load16(pb), b1 = load16(pb + 16)
@@ -135,9 +137,10 @@ func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
 /// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
 @inline(__always)
 func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    var c0 = load16(c), c1 = load16(c + ldc), c2 = load16(c + 2 * ldc), c3 = load16(c + 3 * ldc)
-    var c4 = load16(c + 4 * ldc), c5 = load16(c + 5 * ldc), c6 = load16(c + 6 * ldc), c7 = load16(c + 7 * ldc)
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
+    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = load16(pb)

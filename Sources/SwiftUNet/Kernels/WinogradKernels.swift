@@ -190,12 +190,11 @@ func winogradConv3x3(
             var row = m0
             while row < m1 {
                 let out = products + (xi * rowsPadded + row) * gemmColumnBlock
-                out.update(repeating: 0, count: gemmRowBlock * gemmColumnBlock)
                 let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
                 if width <= 16 {
-                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock)
+                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
                 } else {
-                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock)
+                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
                 }
                 row += gemmRowBlock
             }

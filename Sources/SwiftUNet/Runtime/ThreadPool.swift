@@ -34,8 +34,10 @@ public final class ThreadPool {
     private let ticket = Atomic<Int>(0)
     /// Next task index to hand out in the current region.
     private let nextTask = Atomic<Int>(0)
-    /// Helpers of the current region that have not finished yet.
-    private let busyHelpers = Atomic<Int>(0)
+    /// Bit 0: the region is closed to new helpers; bits 1...: helpers inside it.
+    /// The owner closes the region once it runs out of tasks and then waits only
+    /// for helpers that joined, never for one that has not woken up yet.
+    private let regionState = Atomic<Int>(0)
 
     private let sleepMutex: UnsafeMutablePointer<pthread_mutex_t>
     private let wakeUp: UnsafeMutablePointer<pthread_cond_t>
@@ -89,7 +91,7 @@ public final class ThreadPool {
             regionBody = escapable
             regionCount = count
             nextTask.store(0, ordering: .relaxed)
-            busyHelpers.store(helpers, ordering: .relaxed)
+            regionState.store(0, ordering: .releasing)
             let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
             pthread_mutex_lock(sleepMutex)
             ticket.store((generation << 16) | helpers, ordering: .releasing)
@@ -97,9 +99,10 @@ public final class ThreadPool {
             pthread_mutex_unlock(sleepMutex)
 
             runTasks(thread: 0)
-            // Wait for the helpers: they hold `escapable` until they finish.
+            // Close the region, then wait for the helpers inside: they hold `escapable`.
+            regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
             var spins = 0
-            while busyHelpers.load(ordering: .acquiring) != 0 {
+            while regionState.load(ordering: .acquiring) >> 1 != 0 {
                 spins += 1
                 if spins > 2000 { sched_yield() }
             }
@@ -116,6 +119,18 @@ public final class ThreadPool {
             if i >= count { break }
             body(i, thread)
         }
+    }
+
+    /// Enters the current region unless its owner has already closed it.
+    private func join() -> Bool {
+        var state = regionState.load(ordering: .acquiring)
+        while state & 1 == 0 {
+            let (exchanged, current) = regionState.compareExchange(
+                expected: state, desired: state + 2, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            state = current
+        }
+        return false
     }
 
     private func startWorkers(upTo n: Int) {
@@ -166,9 +181,9 @@ public final class ThreadPool {
             }
             seen = word >> 16
             let helpers = word & 0xFFFF
-            if index <= helpers {
+            if index <= helpers && join() {
                 runTasks(thread: index)
-                busyHelpers.wrappingSubtract(1, ordering: .releasing)
+                regionState.wrappingSubtract(2, ordering: .releasing)
             }
         }
     }
