@@ -105,7 +105,8 @@ struct PhaseSource: PanelSource {
 
     @inline(__always)
     func packPanel(k0: Int, kc: Int, n0: Int, width panelWidth: Int, into dst: UnsafeMutablePointer<Float>) {
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
+        // Int32 keeps the table under the 1 KiB that Swift will place on the stack.
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
             // Split the panel's columns into runs that stay on one output row:
             // (first column in the panel, length, offset in the phase plane).
             let seg = segments.baseAddress!
@@ -113,9 +114,9 @@ struct PhaseSource: PanelSource {
             var oy = n0 / outWidth, ox = n0 % outWidth, j = 0
             while j < panelWidth {
                 let run = min(outWidth - ox, panelWidth - j)
-                seg[3 * count] = j
-                seg[3 * count + 1] = run
-                seg[3 * count + 2] = (oy + offsetY) * layout.wp + ox + offsetX
+                seg[3 * count] = Int32(truncatingIfNeeded: j)
+                seg[3 * count + 1] = Int32(truncatingIfNeeded: run)
+                seg[3 * count + 2] = Int32(truncatingIfNeeded: (oy + offsetY) * layout.wp + ox + offsetX)
                 count += 1
                 j += run
                 ox = 0
@@ -126,7 +127,8 @@ struct PhaseSource: PanelSource {
             let tapOffset = seg + 3 * gemmColumnBlock
             for ky in 0..<kernel {
                 for kx in 0..<kernel {
-                    tapOffset[ky * kernel + kx] = ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s
+                    tapOffset[ky * kernel + kx] = Int32(truncatingIfNeeded:
+                        ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s)
                 }
             }
             var ci = k0 / taps
@@ -136,10 +138,10 @@ struct PhaseSource: PanelSource {
                 for r in 0..<kc { (dst + r * gemmColumnBlock + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth) }
             }
             for _ in 0..<kc {
-                let base = planes + ci * layout.perChannel + tapOffset[tap]
+                let base = planes + ci * layout.perChannel + Int(tapOffset[tap])
                 for t in 0..<count {
-                    let start = seg[3 * t], len = seg[3 * t + 1]
-                    copyRun(from: base + seg[3 * t + 2], to: d + start, count: len)
+                    let start = Int(seg[3 * t]), len = Int(seg[3 * t + 1])
+                    copyRun(from: base + Int(seg[3 * t + 2]), to: d + start, count: len)
                 }
                 d += gemmColumnBlock
                 tap += 1

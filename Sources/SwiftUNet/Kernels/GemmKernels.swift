@@ -236,10 +236,14 @@ struct GemmSplit {
     let columnsPerChunk: Int
 
     init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns) {
-        self.columnsPerChunk = columnsPerChunk
-        columnChunks = max(1, (n + columnsPerChunk - 1) / columnsPerChunk)
-        let panels = max(1, (m + gemmRowBlock - 1) / gemmRowBlock)
         let wanted = 4 * threads
+        // Too few tasks: narrow the column chunks first (no repeated packing), then
+        // split rows (each row chunk packs its own copy of B).
+        var columns = columnsPerChunk
+        if threads > 1 && images * ((n + columns - 1) / columns) < wanted { columns = gemmColumnBlock }
+        self.columnsPerChunk = columns
+        columnChunks = max(1, (n + columns - 1) / columns)
+        let panels = max(1, (m + gemmRowBlock - 1) / gemmRowBlock)
         let have = images * columnChunks
         let rc = threads > 1 && have < wanted ? min(panels, (wanted + have - 1) / have) : 1
         let panelsPerChunk = (panels + rc - 1) / rc

@@ -39,6 +39,10 @@ public final class ThreadPool {
     /// for helpers that joined, never for one that has not woken up yet.
     private let regionState = Atomic<Int>(0)
 
+    /// Checks of the ticket before a worker yields between checks, then before it sleeps.
+    static let pureSpinChecks = 4_000
+    static let spinChecks = 20_000
+
     private let sleepMutex: UnsafeMutablePointer<pthread_mutex_t>
     private let wakeUp: UnsafeMutablePointer<pthread_cond_t>
 
@@ -165,9 +169,13 @@ public final class ThreadPool {
         var seen = start
         while true {
             var word = ticket.load(ordering: .acquiring)
+            // Spin briefly (regions of one forward follow each other within microseconds),
+            // yielding the CPU after the first few thousand checks so that on a busy
+            // machine a spinning helper does not starve the thread that owns the region.
             var spins = 0
-            while word >> 16 == seen && spins < 200_000 {
+            while word >> 16 == seen && spins < ThreadPool.spinChecks {
                 spins += 1
+                if spins > ThreadPool.pureSpinChecks { sched_yield() }
                 word = ticket.load(ordering: .acquiring)
             }
             if word >> 16 == seen {
