@@ -38,3 +38,26 @@ public enum KernelBenchmarks {
         return times[times.count / 2]
     }
 }
+
+extension KernelBenchmarks {
+    /// Tasks run by each pool thread over `regions` regions of `tasks` busy tasks
+    /// (a check that helpers do take part).
+    public static func poolParticipation(regions: Int, tasks: Int, spin: Int) -> [Int] {
+        let pool = ThreadPool.shared
+        let maxThreads = pool.threadsFor(tasks)
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: maxThreads * 16)
+        counts.initialize(repeating: 0, count: maxThreads * 16)
+        defer { counts.deallocate() }
+        let sink = UnsafeMutablePointer<Double>.allocate(capacity: tasks)
+        defer { sink.deallocate() }
+        for _ in 0..<regions {
+            pool.parallelFor(tasks, maxThreads: maxThreads) { task, thread in
+                var x = Double(task)
+                for _ in 0..<spin { x = x * 0.999_999 + 1e-9 }
+                sink[task] = x
+                counts[thread * 16] += 1
+            }
+        }
+        return (0..<maxThreads).map { counts[$0 * 16] }
+    }
+}
