@@ -278,16 +278,20 @@ func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outCh
     return SubPixelWeights(parities: parities)
 }
 
-/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W]: PyTorch's ConvTranspose2d(k 4, stride 2, padding 1).
+/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`): PyTorch's
+/// ConvTranspose2d(k 4, stride 2, padding 1).
 ///
 /// Four sub-pixel 2×2 convolutions (implicit GEMMs, no col2im scatter) write
 /// planes [B, 4, Cout, H·W], which are then interleaved into y.
 func convTranspose2dForward(
     _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
     weights: SubPixelWeights, bias: UnsafePointer<Float>,
-    y: UnsafeMutablePointer<Float>, workspace: Workspace
+    y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace
 ) throws {
     precondition(g.kernel == 4 && g.stride == 2 && g.padding == 1)
+    // Image b's output starts at y + b·outputBatchStride (default: packed [B, Cout, 2H, 2W]);
+    // a larger stride lets the caller place it inside a channel concatenation.
+    let yStride = outputBatchStride ?? g.outChannels * 4 * g.height * g.width
     let h = g.height, w = g.width, hw = h * w
     let cout = g.outChannels
     let outPlane = cout * hw
@@ -310,7 +314,7 @@ func convTranspose2dForward(
     // Interleave: y[b, co, 2i + ry, 2j + rx] = planes[b, 2ry + rx, co, i, j].
     ThreadPool.shared.parallelFor(batch * cout) { task in
         let b = task / cout, co = task % cout
-        let dst = y + task * 4 * hw
+        let dst = y + b * yStride + co * 4 * hw
         for i in 0..<h {
             for ry in 0..<2 {
                 let row = dst + (2 * i + ry) * 2 * w

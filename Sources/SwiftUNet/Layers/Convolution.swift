@@ -114,10 +114,11 @@ final class ConvTranspose2d {
                      kernel: kernel, stride: stride, padding: padding)
     }
 
-    /// x [B, Cin, H, W] → y [B, Cout, (H-1)s-2p+k, (W-1)s-2p+k]
+    /// x [B, Cin, H, W] → y [B, Cout, 2H, 2W], image b at y + b·outputBatchStride (default packed).
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
-                 into y: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+                 into y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace) throws {
         try convTranspose2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
-                                   weights: packed!, bias: bias.data, y: y, workspace: workspace)
+                                   weights: packed!, bias: bias.data, y: y, outputBatchStride: outputBatchStride,
+                                   workspace: workspace)
     }
 }
