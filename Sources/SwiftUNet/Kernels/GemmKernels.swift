@@ -235,8 +235,10 @@ struct GemmSplit {
 
     let columnsPerChunk: Int
 
-    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns) {
-        let wanted = 4 * threads
+    /// `tasksPerThread`: how many tasks per thread to aim for (load balance against the
+    /// cost of repeating B's packing in every row chunk).
+    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns, tasksPerThread: Int = 4) {
+        let wanted = tasksPerThread * threads
         // Too few tasks: narrow the column chunks first (no repeated packing), then
         // split rows (each row chunk packs its own copy of B).
         var columns = columnsPerChunk

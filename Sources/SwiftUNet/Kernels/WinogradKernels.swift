@@ -117,12 +117,17 @@ func winogradOutput4(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: Uns
     out[3 * outStride] = diff12 + eight * diff34 + m5
 }
 
+/// Input channels whose tiles are gathered per packing call (8·36·32 floats = 36 KB, in L1).
+let winogradChannelGroup = 8
+
 /// Floats of per-thread scratch for `winogradConv3x3`.
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
     let p = tile.positions
-    // V [α²][Cin][32] + products [α²][rows][32] + input tiles [α²][32] + two α×α blocks of Vec16.
-    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + p * gemmColumnBlock + 2 * p * 16
+    // V [α²][Cin][32] + products [α²][rows][32] + input tiles of a channel group [8·α²][32]
+    // + two α×α blocks of Vec16.
+    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock
+        + winogradChannelGroup * p * gemmColumnBlock + 2 * p * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
@@ -146,7 +151,8 @@ func winogradConv3x3(
     layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
 
     let pool = ThreadPool.shared
-    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4), columnsPerChunk: gemmColumnBlock)
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
@@ -158,15 +164,21 @@ func winogradConv3x3(
         let width = n1 - n0
         let v = scratch + thread * scratchFloats                   // [α²][Cin][32]
         let products = v + positions * cin * gemmColumnBlock        // [α²][rowsPadded][32]
-        let d = products + positions * rowsPadded * gemmColumnBlock // [α²][32]
-        let blockA = UnsafeMutableRawPointer(d + positions * gemmColumnBlock).bindMemory(to: Vec16.self, capacity: 2 * positions)
+        let gathered = products + positions * rowsPadded * gemmColumnBlock // [group][α²][32]
+        let blockA = UnsafeMutableRawPointer(gathered + winogradChannelGroup * positions * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 2 * positions)
         let blockB = blockA + positions
         let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: alpha,
                                  offsetY: 0, offsetX: 0, outWidth: tilesWide)
         let vPlane = cin * gemmColumnBlock
         // V_ξ[ci, t] = (Bᵀ d B)_ξ for the chunk's tiles, 16 lanes at a time.
         for ci in 0..<cin {
-            source.packPanel(k0: ci * positions, kc: positions, n0: n0, width: width, into: d)
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * positions, kc: group * positions, n0: n0, width: width, into: gathered)
+            }
+            let d = gathered + inGroup * positions * gemmColumnBlock
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
                 for i in 0..<positions { blockA[i] = load16(d + i * gemmColumnBlock + o) }
