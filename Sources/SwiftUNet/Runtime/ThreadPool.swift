@@ -34,10 +34,14 @@ public final class ThreadPool {
     private let ticket = Atomic<Int>(0)
     /// Next task index to hand out in the current region.
     private let nextTask = Atomic<Int>(0)
-    /// Bit 0: the region is closed to new helpers; bits 1...: helpers inside it.
+    /// Bit 0: the region is closed to new helpers; bits 1..<32: helpers inside it;
+    /// bits 32...: the region's generation, so a helper can only join the region
+    /// whose ticket (and helper count, and scratch size) it read.
     /// The owner closes the region once it runs out of tasks and then waits only
     /// for helpers that joined, never for one that has not woken up yet.
-    private let regionState = Atomic<Int>(0)
+    private let regionState = Atomic<Int>(1)
+
+    @inline(__always) private static func stateGeneration(_ generation: Int) -> Int { (generation & 0x7FFF_FFFF) << 32 }
 
     /// Checks of the ticket before a worker yields between checks, then before it sleeps.
     static let pureSpinChecks = 4_000
@@ -95,8 +99,8 @@ public final class ThreadPool {
             regionBody = escapable
             regionCount = count
             nextTask.store(0, ordering: .relaxed)
-            regionState.store(0, ordering: .releasing)
             let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
+            regionState.store(ThreadPool.stateGeneration(generation), ordering: .releasing)
             pthread_mutex_lock(sleepMutex)
             ticket.store((generation << 16) | helpers, ordering: .releasing)
             pthread_cond_broadcast(wakeUp)
@@ -106,7 +110,7 @@ public final class ThreadPool {
             // Close the region, then wait for the helpers inside: they hold `escapable`.
             regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
             var spins = 0
-            while regionState.load(ordering: .acquiring) >> 1 != 0 {
+            while (regionState.load(ordering: .acquiring) >> 1) & 0x7FFF_FFFF != 0 {
                 spins += 1
                 if spins > 2000 { sched_yield() }
             }
@@ -125,10 +129,11 @@ public final class ThreadPool {
         }
     }
 
-    /// Enters the current region unless its owner has already closed it.
-    private func join() -> Bool {
+    /// Enters region `generation` unless its owner has already closed it (or moved on).
+    private func join(generation: Int) -> Bool {
+        let tag = ThreadPool.stateGeneration(generation)
         var state = regionState.load(ordering: .acquiring)
-        while state & 1 == 0 {
+        while state & 1 == 0 && state & ~0xFFFF_FFFF == tag {
             let (exchanged, current) = regionState.compareExchange(
                 expected: state, desired: state + 2, ordering: .acquiringAndReleasing)
             if exchanged { return true }
@@ -189,7 +194,7 @@ public final class ThreadPool {
             }
             seen = word >> 16
             let helpers = word & 0xFFFF
-            if index <= helpers && join() {
+            if index <= helpers && join(generation: seen) {
                 runTasks(thread: index)
                 regionState.wrappingSubtract(2, ordering: .releasing)
             }
