@@ -57,6 +57,13 @@ if arguments.count > 1 && arguments[1] == "pool" {
     }
     exit(0)
 }
+if arguments.count > 1 && arguments[1] == "micro" {
+    for _ in 0..<3 {
+        let r = KernelBenchmarks.microKernelRates()
+        print("micro-kernel 8x32: \(fmt(r.wide)) GFLOP/s  8x16: \(fmt(r.narrow))  16x16: \(fmt(r.tall)) GFLOP/s")
+    }
+    exit(0)
+}
 for threads in threadCounts {
     ThreadPool.shared.numThreads = threads
     for (ci, cfg) in cases.enumerated() where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {

@@ -5,7 +5,7 @@ import XCTest
 /// of the vector width, batch 1 and 1×1 images.
 final class KernelTests: XCTestCase {
     func testGemmMatchesPlainLoops() throws {
-        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (6, 32, 16), (13, 17, 29), (64, 100, 9), (3, 257, 70)] {
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (6, 32, 16), (13, 17, 29), (64, 100, 9), (3, 257, 70), (24, 48, 19), (40, 16, 300)] {
             let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2)
             let bias = randomValues(m, seed: 3)
             let packed = try a.withUnsafeBufferPointer { try PackedMatrix(rows: m, cols: k, source: $0.baseAddress!, ld: k) }

@@ -159,6 +159,48 @@ func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
     store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
 }
 
+/// 16×16 micro-kernel for panels with at most 16 live columns: two 8-row A panels
+/// (`a0` rows 0..<8, `a1` rows 8..<16) so that 16 independent FMA chains cover the
+/// FMA latency (the 8×16 kernel's 8 chains run at about half the rate). Same
+/// per-lane arithmetic as the other kernels.
+@inline(__always)
+func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
+    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
+    let d = c + 8 * ldc
+    var d0 = start(d), d1 = start(d + ldc), d2 = start(d + 2 * ldc), d3 = start(d + 3 * ldc)
+    var d4 = start(d + 4 * ldc), d5 = start(d + 5 * ldc), d6 = start(d + 6 * ldc), d7 = start(d + 7 * ldc)
+    var pa = a0, qa = a1, pb = b
+    for _ in 0..<kc {
+        let b0 = load16(pb)
+        c0.addProduct(Vec16(repeating: pa[0]), b0)
+        c1.addProduct(Vec16(repeating: pa[1]), b0)
+        c2.addProduct(Vec16(repeating: pa[2]), b0)
+        c3.addProduct(Vec16(repeating: pa[3]), b0)
+        c4.addProduct(Vec16(repeating: pa[4]), b0)
+        c5.addProduct(Vec16(repeating: pa[5]), b0)
+        c6.addProduct(Vec16(repeating: pa[6]), b0)
+        c7.addProduct(Vec16(repeating: pa[7]), b0)
+        d0.addProduct(Vec16(repeating: qa[0]), b0)
+        d1.addProduct(Vec16(repeating: qa[1]), b0)
+        d2.addProduct(Vec16(repeating: qa[2]), b0)
+        d3.addProduct(Vec16(repeating: qa[3]), b0)
+        d4.addProduct(Vec16(repeating: qa[4]), b0)
+        d5.addProduct(Vec16(repeating: qa[5]), b0)
+        d6.addProduct(Vec16(repeating: qa[6]), b0)
+        d7.addProduct(Vec16(repeating: qa[7]), b0)
+        pa += gemmRowBlock
+        qa += gemmRowBlock
+        pb += gemmColumnBlock
+    }
+    store16(c0, c); store16(c1, c + ldc); store16(c2, c + 2 * ldc); store16(c3, c + 3 * ldc)
+    store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
+    store16(d0, d); store16(d1, d + ldc); store16(d2, d + 2 * ldc); store16(d3, d + 3 * ldc)
+    store16(d4, d + 4 * ldc); store16(d5, d + 5 * ldc); store16(d6, d + 6 * ldc); store16(d7, d + 7 * ldc)
+}
+
 /// Floats of per-thread scratch `gemmTile` needs: one packed B panel plus an edge tile.
 let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmColumnBlock
 
@@ -202,6 +244,11 @@ func gemmTile<Source: PanelSource>(
                 let rows = min(gemmRowBlock, m1 - m)
                 let aPanel = UnsafePointer(a.data + (m / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
                 let ct = c + m * ldc + pn
+                if cols == 16 && m1 - m >= 2 * gemmRowBlock {
+                    microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, bPanel, ct, ldc)
+                    m += 2 * gemmRowBlock
+                    continue
+                }
                 if rows == gemmRowBlock && cols == gemmColumnBlock {
                     microKernel8x32(kc, aPanel, bPanel, ct, ldc)
                 } else if rows == gemmRowBlock && cols == 16 {

@@ -203,6 +203,11 @@ func winogradConv3x3(
             while row < m1 {
                 let out = products + (xi * rowsPadded + row) * gemmColumnBlock
                 let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
                 if width <= 16 {
                     microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
                 } else {
