@@ -76,10 +76,18 @@ struct PhasePlanes {
                             (row + lo).update(from: srow + (lo - pad), count: hi - lo)
                             (row + hi).update(repeating: 0, count: wp - hi)
                         } else {
-                            for q in 0..<wp {
-                                let ix = q * s + px - pad
-                                row[q] = (ix >= 0 && ix < width) ? srow[ix] : 0
+                            // Columns q with 0 <= q·s + px - pad < width form one range [lo, hi).
+                            let first = pad - px
+                            let lo = min(wp, max(0, (first + s - 1) / s))
+                            let last = width - 1 + pad - px   // q·s <= last (integer division would round a negative up)
+                            let hi = last < 0 ? lo : max(lo, min(wp, last / s + 1))
+                            row.update(repeating: 0, count: lo)
+                            var ix = lo * s - first
+                            for q in lo..<hi {
+                                row[q] = srow[ix]
+                                ix += s
                             }
+                            (row + hi).update(repeating: 0, count: wp - hi)
                         }
                     }
                     dst += hp * wp
