@@ -56,14 +56,20 @@ struct PhasePlanes {
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
               into planes: UnsafeMutablePointer<Float>) {
         let s = stride, pad = pad, hp = hp, wp = wp
+        let phasePlane = hp * wp
         ThreadPool.shared.parallelFor(batch * channels) { task in
             let src = x + task * height * width
-            var dst = planes + task * perChannel
+            let dst = planes + task * perChannel
+            if pad == 1 && (s == 2 || s == 4) {
+                fillPadOneRows(src, height: height, width: width, into: dst, phasePlane: phasePlane)
+                return
+            }
+            var plane = dst
             for py in 0..<s {
                 for px in 0..<s {
                     for r in 0..<hp {
                         let iy = r * s + py - pad
-                        let row = dst + r * wp
+                        let row = plane + r * wp
                         if iy < 0 || iy >= height {
                             row.update(repeating: 0, count: wp)
                             continue
@@ -90,11 +96,64 @@ struct PhasePlanes {
                             (row + hi).update(repeating: 0, count: wp - hi)
                         }
                     }
-                    dst += hp * wp
+                    plane += phasePlane
                 }
             }
         }
     }
+
+    /// The stride-2 and stride-4, padding-1 fill, one input row at a time: all of a channel's
+    /// planes are zeroed, then each image row is split into its s column phases with
+    /// constant-index lane shuffles (16 pixels per step), the ragged end pixel by pixel.
+    /// x [H, W] → planes [s, s, Hp, Wp]
+    @inline(__always)
+    private func fillPadOneRows(_ src: UnsafePointer<Float>, height: Int, width: Int,
+                                into dst: UnsafeMutablePointer<Float>, phasePlane: Int) {
+        let s = stride
+        dst.update(repeating: 0, count: perChannel)
+        for iy in 0..<height {
+            // Padded row iy + 1 is phase row (iy + 1) / s of row phase (iy + 1) % s.
+            let py = (iy + 1) % s, r = (iy + 1) / s
+            let rowBase = dst + py * s * phasePlane + r * wp     // column phase 0 of this row
+            let srow = src + iy * width
+            // Padded column ix + 1 = q·s + px.
+            var ix = 0
+            if s == 4 {
+                let p0 = rowBase, p1 = rowBase + phasePlane, p2 = rowBase + 2 * phasePlane, p3 = rowBase + 3 * phasePlane
+                while ix + 16 <= width {
+                    let v = load16(srow + ix)
+                    let q = ix / 4
+                    // ix + l + 1 ≡ px (mod 4): lanes 0,4,8,12 → px 1; 1,5,… → 2; 2,6,… → 3; 3,7,… → px 0 (next q).
+                    storeFour(SIMD4(v[0], v[4], v[8], v[12]), p1 + q)
+                    storeFour(SIMD4(v[1], v[5], v[9], v[13]), p2 + q)
+                    storeFour(SIMD4(v[2], v[6], v[10], v[14]), p3 + q)
+                    storeFour(SIMD4(v[3], v[7], v[11], v[15]), p0 + q + 1)
+                    ix += 16
+                }
+            } else {
+                let p0 = rowBase, p1 = rowBase + phasePlane
+                while ix + 16 <= width {
+                    let v = load16(srow + ix)
+                    let q = ix / 2
+                    storeEight(SIMD8(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), p1 + q)
+                    storeEight(SIMD8(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]), p0 + q + 1)
+                    ix += 16
+                }
+            }
+            while ix < width {
+                let p = ix + 1
+                rowBase[(p % s) * phasePlane + p / s] = srow[ix]
+                ix += 1
+            }
+        }
+    }
+}
+
+@inline(__always) private func storeFour(_ v: SIMD4<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
+}
+@inline(__always) private func storeEight(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
 /// The B operand of a convolution as a GEMM, packed panel by panel from
