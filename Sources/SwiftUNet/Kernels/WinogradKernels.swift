@@ -117,6 +117,19 @@ func winogradOutput4(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: Uns
     out[3 * outStride] = diff12 + eight * diff34 + m5
 }
 
+/// One output row of four adjacent F(4×4) tiles: lanes 4g..<4g+4 of the tiles' row
+/// vectors a, b, c, d (output columns 0, 1, 2, 3 of each tile), interleaved tile by tile.
+/// Constant lane indices let the compiler use two-source permutes instead of scalar moves.
+@inline(__always)
+func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: Int) -> Vec16 {
+    switch group {
+    case 0: return Vec16(a[0], b[0], c[0], d[0], a[1], b[1], c[1], d[1], a[2], b[2], c[2], d[2], a[3], b[3], c[3], d[3])
+    case 1: return Vec16(a[4], b[4], c[4], d[4], a[5], b[5], c[5], d[5], a[6], b[6], c[6], d[6], a[7], b[7], c[7], d[7])
+    case 2: return Vec16(a[8], b[8], c[8], d[8], a[9], b[9], c[9], d[9], a[10], b[10], c[10], d[10], a[11], b[11], c[11], d[11])
+    default: return Vec16(a[12], b[12], c[12], d[12], a[13], b[13], c[13], d[13], a[14], b[14], c[14], d[14], a[15], b[15], c[15], d[15])
+    }
+}
+
 /// Input channels whose tiles are gathered per packing call (8·36·32 floats = 36 KB, in L1).
 let winogradChannelGroup = 8
 
@@ -237,7 +250,24 @@ func winogradConv3x3(
                     else { winogradOutput4(blockB + i * alpha, 1, blockA + i * m, 1) }
                 }
                 for i in 0..<(m * m) { blockA[i] += biasValue }
-                for lane in 0..<min(16, width - o) {
+                var firstScalarLane = 0
+                if tile == .four && tilesWide % 4 == 0 {
+                    // Groups of four tiles on one tile row, wholly inside the image: 16-wide rows.
+                    for group in 0..<4 {
+                        let t = n0 + o + 4 * group
+                        if t + 4 > n1 { break }
+                        let oy = (t / tilesWide) * 4, ox = (t % tilesWide) * 4
+                        if oy + 4 > h || ox + 16 > w { break }
+                        for r in 0..<4 {
+                            let row = interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
+                                                        group: group)
+                            let p = yPlane + (oy + r) * w + ox
+                            store16(accumulate ? load16(p) + row : row, p)
+                        }
+                        firstScalarLane = 4 * group + 4
+                    }
+                }
+                for lane in firstScalarLane..<min(16, width - o) {
                     let t = n0 + o + lane
                     let oy = (t / tilesWide) * m, ox = (t % tilesWide) * m
                     let rows = min(m, h - oy), cols = min(m, w - ox)
