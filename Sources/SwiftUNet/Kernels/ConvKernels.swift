@@ -251,8 +251,10 @@ func conv2dForward(
     let hw = g.height * g.width
     let ohw = g.outHeight * g.outWidth
     let inPlane = g.inChannels * hw, outPlane = g.outChannels * ohw
-    let cOf = { (b: Int) in y + b * outPlane }
-    let biasOf = { (b: Int) -> UnsafePointer<Float>? in bias + b * biasBatchStride }
+    // Local functions, not closure constants: a closure stored in a `let` escapes and
+    // would cost a heap allocation per call.
+    func cOf(_ b: Int) -> UnsafeMutablePointer<Float> { y + b * outPlane }
+    func biasOf(_ b: Int) -> UnsafePointer<Float>? { bias + b * biasBatchStride }
     if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
         try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                         makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
