@@ -189,6 +189,28 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The vector exp behind SiLU and softmax: within 1e-6 relative of float64 exp over the
+    /// range that matters (SiLU and softmax never need e^x beyond float range).
+    func testFastExpIsAccurate() {
+        var worst = 0.0
+        var x: Float = -87
+        while x < 88 {
+            var lanes = SIMD16<Float>()
+            for l in 0..<16 { lanes[l] = x + Float(l) * 0.000_37 }
+            let e = exp16(lanes)
+            for l in 0..<16 {
+                let exact = exp(Double(lanes[l]))
+                worst = max(worst, abs(Double(e[l]) - exact) / exact)
+            }
+            x += 0.0137
+        }
+        XCTAssertLessThan(worst, 1e-6, "exp16 worst relative error \(worst)")
+        // SiLU saturates cleanly at both ends.
+        let s = silu16(SIMD16<Float>(repeating: -200))
+        XCTAssertEqual(s[0], 0, accuracy: 1e-30)
+        XCTAssertEqual(silu16(SIMD16<Float>(repeating: 200))[3], 200)
+    }
+
     func testSinusoidalEmbeddingIsSinesThenCosines() {
         let t: [Int64] = [0, 7, 999]
         var e = [Float](repeating: 0, count: 3 * 8)
