@@ -207,7 +207,7 @@ let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmCo
 /// One task of a GEMM: C rows [m0, m1) × columns [n0, n1) of C [M, N] = A · B (+ C) + rowBias.
 ///
 /// c [M, ldc] → c; B comes from `source`; `scratch` holds `gemmScratchFloats`.
-/// n1 - n0 <= gemmTaskColumns; m0 is a multiple of 8.
+/// m0 is a multiple of 8; any column range works (B is packed one 32-column panel at a time).
 @inline(__always)
 func gemmTile<Source: PanelSource>(
     _ a: PackedMatrix, source: Source, m0: Int, m1: Int, n0: Int, n1: Int,
