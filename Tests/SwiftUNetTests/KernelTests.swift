@@ -211,6 +211,16 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(silu16(SIMD16<Float>(repeating: 200))[3], 200)
     }
 
+    func testLinearMatchesNaive() {
+        for (b, nIn, nOut) in [(1, 1, 1), (3, 17, 5), (2, 128, 33), (1, 200, 8)] {
+            let x = randomValues(b * nIn, seed: 51), w = randomValues(nOut * nIn, seed: 52), bias = randomValues(nOut, seed: 53)
+            var fast = [Float](repeating: .nan, count: b * nOut), plain = fast
+            linearForward(x, batch: b, inFeatures: nIn, outFeatures: nOut, weight: w, bias: bias, y: &fast)
+            linearNaive(x, batch: b, inFeatures: nIn, outFeatures: nOut, weight: w, bias: bias, y: &plain)
+            assertClose(fast, plain, tolerance: 1e-5, "linear b=\(b) \(nIn)→\(nOut)")
+        }
+    }
+
     func testSinusoidalEmbeddingIsSinesThenCosines() {
         let t: [Int64] = [0, 7, 999]
         var e = [Float](repeating: 0, count: 3 * 8)
