@@ -141,6 +141,28 @@ final class KernelTests: XCTestCase {
         print("direct float32 relative error vs float64 direct: \(relativeError(direct, reference))")
     }
 
+    /// The 4×4 stride-2 convolution by Winograd F(2×2, 2×2) on input phases, against the
+    /// direct definition: odd sizes (partial tiles, an unused last row/column), 2×2 and
+    /// 3×3 images (one output pixel), odd channel counts, several 32-tile chunks.
+    func testStridedWinogradMatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+            (1, 8, 8, 2, 2), (2, 5, 3, 3, 3), (1, 17, 9, 7, 6), (3, 8, 16, 4, 10), (1, 16, 24, 32, 18), (2, 9, 8, 13, 37),
+        ]
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: 4, stride: 2, padding: 1)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 61)
+            let w = randomValues(c.cout * c.cin * 16, seed: 62)
+            let bias = randomValues(c.cout, seed: 63)
+            let weights = try packStridedWinogradWeights(w, inChannels: c.cin, outChannels: c.cout)
+            var fast = [Float](repeating: .nan, count: c.b * c.cout * g.outHeight * g.outWidth), plain = fast
+            try winogradConv4x4Stride2(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w, weights: weights,
+                                       bias: bias, y: &fast, workspace: Workspace())
+            conv2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias, biasBatchStride: 0, y: &plain, accumulate: false)
+            assertClose(fast, plain, tolerance: 1e-5, "strided winograd \(c)")
+        }
+    }
+
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2),

@@ -290,3 +290,188 @@ func winogradConv3x3(
         }
     }
 }
+
+// MARK: - 4×4 stride-2 convolution by Winograd F(2×2, 2×2)
+
+/// Weights of a 4×4, stride-2, padding-1 convolution as Winograd F(2×2, 2×2) over
+/// its four input phases: U_ξ [Cout, 4·Cin], column (ci·4 + 2py + px), ξ = 3·row + column.
+///
+/// Output pixel (oy, ox) reads padded pixels (2oy + ky, 2ox + kx); with ky = 2ty + py that is
+/// phase (py, px) at (oy + ty, ox + tx): a 2×2 correlation of each phase plane with the
+/// kernel taps w[2ty + py, 2tx + px]. F(2×2, 2×2) does each 2×2 output tile with 9
+/// multiplies instead of 16 (transforms: adds only, G = [1 0; 1 1; 0 1],
+/// Bᵀ = [1 -1 0; 0 1 0; 0 -1 1], Aᵀ = [1 1 0; 0 1 1]).
+struct StridedWinogradWeights {
+    let positions: [PackedMatrix]
+    var outChannels: Int { positions[0].rows }
+    /// 4·Cin
+    var phaseChannels: Int { positions[0].cols }
+}
+
+/// Conv2d weights [Cout, Cin, 4, 4] → `StridedWinogradWeights` (float64, rounded once).
+func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> StridedWinogradWeights {
+    let cols = 4 * inChannels
+    let count = max(1, outChannels * cols)
+    let u = try allocateFloatsOrThrow(9 * count, "Winograd weights")
+    defer { freeFloats(u) }
+    let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
+    for co in 0..<outChannels {
+        for ci in 0..<inChannels {
+            let k = w + (co * inChannels + ci) * 16
+            for py in 0..<2 {
+                for px in 0..<2 {
+                    // taps[ty][tx] = w[2ty + py, 2tx + px]; U = G · taps · Gᵀ.
+                    for i in 0..<3 {
+                        for j in 0..<3 {
+                            var v = 0.0
+                            for ty in 0..<2 {
+                                for tx in 0..<2 {
+                                    v += g[i][ty] * Double(k[(2 * ty + py) * 4 + 2 * tx + px]) * g[j][tx]
+                                }
+                            }
+                            u[(i * 3 + j) * count + co * cols + ci * 4 + py * 2 + px] = Float(v)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    var positions: [PackedMatrix] = []
+    for xi in 0..<9 {
+        positions.append(try PackedMatrix(rows: outChannels, cols: cols, source: u + xi * count, ld: cols))
+    }
+    return StridedWinogradWeights(positions: positions)
+}
+
+/// Floats of per-thread scratch for `winogradConv4x4Stride2`.
+func stridedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
+    let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    // V [9][4·Cin][32] + products [9][rows][32] + gathered 6×6 windows [group·36][32] + blocks.
+    return 9 * 4 * inChannels * gemmColumnBlock + 9 * rows * gemmColumnBlock
+        + winogradChannelGroup * 36 * gemmColumnBlock + 2 * 9 * 16
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] (Ho = ⌊H/2⌋, Wo = ⌊W/2⌋): 4×4 convolution, stride 2,
+/// padding 1, by Winograd F(2×2, 2×2) on the four input phases; y = conv(x) + bias.
+///
+/// Output tile (TY, TX) (pixels 2TY.., 2TX..) reads the padded 6×6 window at (4TY, 4TX): the
+/// same stride-4 gather as F(4×4, 3×3); sub-window (py, px) of it, rows 2i + py and
+/// columns 2j + px, is the phase's 3×3 input tile.
+func winogradConv4x4Stride2(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
+    weights: StridedWinogradWeights, bias: UnsafePointer<Float>,
+    y: UnsafeMutablePointer<Float>, workspace: Workspace
+) throws {
+    let cout = weights.outChannels, k = weights.phaseChannels
+    let ho = h / 2, wo = w / 2
+    let tilesHigh = (ho + 1) / 2, tilesWide = (wo + 1) / 2, tiles = tilesHigh * tilesWide
+    if ho == 0 || wo == 0 || batch == 0 { return }
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: h, width: w, stride: 4, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+    let perImage = cin * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+    let taskCount = batch * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let scratchFloats = stridedWinogradScratchFloats(inChannels: cin, outChannels: cout)
+    let scratch = try workspace.floats(maxThreads * scratchFloats)
+    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let b = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+        let width = n1 - n0
+        let v = scratch + thread * scratchFloats                    // [9][4·Cin][32]
+        let products = v + 9 * k * gemmColumnBlock                  // [9][rowsPadded][32]
+        let gathered = products + 9 * rowsPadded * gemmColumnBlock  // [group][36][32]
+        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 36 * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 18)
+        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 6,
+                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let vPlane = k * gemmColumnBlock
+        for ci in 0..<cin {
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * 36, kc: group * 36, n0: n0, width: width, into: gathered)
+            }
+            let window = gathered + inGroup * 36 * gemmColumnBlock
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                for py in 0..<2 {
+                    for px in 0..<2 {
+                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
+                            load16(window + ((2 * i + py) * 6 + 2 * j + px) * gemmColumnBlock + o)
+                        }
+                        // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
+                        for i in 0..<3 {
+                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
+                            block[i * 3] = a - c
+                            block[i * 3 + 1] = c
+                            block[i * 3 + 2] = e - c
+                        }
+                        let dst = v + (ci * 4 + py * 2 + px) * gemmColumnBlock + o
+                        for j in 0..<3 {
+                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
+                            store16(r0 - r1, dst + j * vPlane)
+                            store16(r1, dst + (3 + j) * vPlane)
+                            store16(r2 - r1, dst + (6 + j) * vPlane)
+                        }
+                    }
+                }
+            }
+        }
+        for xi in 0..<9 {
+            let u = weights.positions[xi]
+            let vPanel = UnsafePointer(v + xi * vPlane)
+            var row = m0
+            while row < m1 {
+                let out = products + (xi * rowsPadded + row) * gemmColumnBlock
+                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(k, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
+                if width <= 16 {
+                    microKernel8x16(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                } else {
+                    microKernel8x32(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                }
+                row += gemmRowBlock
+            }
+        }
+        // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
+        let yImage = y + b * cout * ho * wo
+        let step = rowsPadded * gemmColumnBlock
+        for co in m0..<m1 {
+            let yPlane = yImage + co * ho * wo
+            let biasValue = Vec16(repeating: bias[co])
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                let base = products + co * gemmColumnBlock + o
+                @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
+                let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)   // rows 0 + 1
+                let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)   // rows 1 + 2
+                block[0] = s0 + s1 + biasValue
+                block[1] = s1 + s2 + biasValue
+                block[2] = r0 + r1 + biasValue
+                block[3] = r1 + r2 + biasValue
+                for lane in 0..<min(16, width - o) {
+                    let t = n0 + o + lane
+                    let oy = (t / tilesWide) * 2, ox = (t % tilesWide) * 2
+                    let p = yPlane + oy * wo + ox
+                    let right = ox + 1 < wo, below = oy + 1 < ho
+                    p[0] = block[0][lane]
+                    if right { p[1] = block[1][lane] }
+                    if below { p[wo] = block[2][lane] }
+                    if right && below { p[wo + 1] = block[3][lane] }
+                }
+            }
+        }
+    }
+}

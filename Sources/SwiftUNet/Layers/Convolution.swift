@@ -14,6 +14,9 @@ final class Conv2d {
     /// F(4×4, 3×3) weights, prepared only when `expectedSpatialSize` is large enough
     /// for 4×4 tiles to fill the vector lanes (they take 4× the memory of the kernel).
     private(set) var winogradLarge: WinogradWeights?
+    /// Set for 4×4 stride-2 padding-1 convolutions (the down-sampling ones): Winograd
+    /// F(2×2, 2×2) over the four input phases.
+    private(set) var stridedWinograd: StridedWinogradWeights?
     /// The height/width this layer usually sees (set by the model before `prepare`).
     var expectedSpatialSize = 0
 
@@ -50,6 +53,10 @@ final class Conv2d {
             winograd = nil
             winogradLarge = nil
         }
+        stridedWinograd = kernel == 4 && stride == 2 && padding == 1
+            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+            ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            : nil
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -63,6 +70,11 @@ final class Conv2d {
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        if let strided = stridedWinograd, !accumulate, perImageBias == nil {
+            try winogradConv4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                       weights: strided, bias: bias.data, y: y, workspace: workspace)
+            return
+        }
         let large = height >= Conv2d.largeTileMinimumSize && width >= Conv2d.largeTileMinimumSize ? winogradLarge : nil
         if let winograd = large ?? winograd {
             try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
