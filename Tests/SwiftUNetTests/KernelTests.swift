@@ -165,7 +165,7 @@ final class KernelTests: XCTestCase {
 
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
-            (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2),
+            (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2), (1, 9, 12, 9, 20),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
@@ -181,6 +181,12 @@ final class KernelTests: XCTestCase {
                                        y: &fast, workspace: Workspace())
             convTranspose2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias, y: &plain)
             assertClose(fast, plain, tolerance: 1e-5, "convT \(c)")
+            // The Winograd F(2×2, 2×2) sub-pixel route (odd sizes leave partial tiles).
+            var winograd = [Float](repeating: .nan, count: outCount)
+            let wWeights = try packTransposedWinogradWeights(w, inChannels: c.cin, outChannels: c.cout)
+            try winogradConvTranspose4x4Stride2(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w,
+                                                weights: wWeights, bias: bias, y: &winograd, workspace: Workspace())
+            assertClose(winograd, plain, tolerance: 1e-5, "Winograd convT \(c)")
         }
     }
 

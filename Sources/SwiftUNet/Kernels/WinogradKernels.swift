@@ -475,3 +475,189 @@ func winogradConv4x4Stride2(
         }
     }
 }
+
+// MARK: - 4×4 stride-2 transposed convolution by Winograd F(2×2, 2×2) per sub-pixel parity
+
+/// ConvTranspose2d(k 4, stride 2, padding 1) weights as four sub-pixel 2×2 kernels, each in
+/// Winograd F(2×2, 2×2) form: parity p = 2·ry + rx, U_{p,ξ} [Cout, Cin] at index 9·p + ξ.
+struct TransposedWinogradWeights {
+    let positions: [PackedMatrix]
+    var outChannels: Int { positions[0].rows }
+    var inChannels: Int { positions[0].cols }
+}
+
+/// ConvTranspose2d weights [Cin, Cout, 4, 4] → `TransposedWinogradWeights` (float64, rounded once).
+func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> TransposedWinogradWeights {
+    let count = max(1, outChannels * inChannels)
+    let u = try allocateFloatsOrThrow(36 * count, "Winograd weights")
+    defer { freeFloats(u) }
+    let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
+    for ry in 0..<2 {
+        for rx in 0..<2 {
+            let parity = 2 * ry + rx
+            for ci in 0..<inChannels {
+                for co in 0..<outChannels {
+                    // taps[ty][tx] = w[ci, co, subPixelTap(ry, ty), subPixelTap(rx, tx)].
+                    @inline(__always) func tap(_ ty: Int, _ tx: Int) -> Double {
+                        Double(w[((ci * outChannels + co) * 4 + subPixelTap(ry, ty)) * 4 + subPixelTap(rx, tx)])
+                    }
+                    for i in 0..<3 {
+                        for j in 0..<3 {
+                            var v = 0.0
+                            for ty in 0..<2 {
+                                for tx in 0..<2 { v += g[i][ty] * tap(ty, tx) * g[j][tx] }
+                            }
+                            u[(9 * parity + i * 3 + j) * count + co * inChannels + ci] = Float(v)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    var positions: [PackedMatrix] = []
+    for p in 0..<36 {
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + p * count, ld: inChannels))
+    }
+    return TransposedWinogradWeights(positions: positions)
+}
+
+/// Floats of per-thread scratch for `winogradConvTranspose4x4Stride2`.
+func transposedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
+    let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    // V [36][Cin][32] + products [36][rows][32] + gathered 4×4 windows [group·16][32] + blocks.
+    return 36 * inChannels * gemmColumnBlock + 36 * rows * gemmColumnBlock
+        + winogradChannelGroup * 16 * gemmColumnBlock + 2 * 9 * 16
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`):
+/// ConvTranspose2d(k 4, stride 2, padding 1) as four sub-pixel 2×2 convolutions, each by
+/// Winograd F(2×2, 2×2).
+///
+/// Parity (ry, rx) output (i, j) — pixel (2i + ry, 2j + rx) — reads padded input rows
+/// i + ry + t, t ∈ {0, 1}. A tile of 2×2 parity outputs at (2TY, 2TX) therefore reads
+/// the padded 4×4 window at (2TY, 2TX), rows ry..<ry+3 and columns rx..<rx+3 of it, and
+/// all four parities of the tile together fill the 4×4 output block at (4TY, 4TX).
+func winogradConvTranspose4x4Stride2(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
+    weights: TransposedWinogradWeights, bias: UnsafePointer<Float>,
+    y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace
+) throws {
+    let cout = weights.outChannels
+    let ho = 2 * h, wo = 2 * w
+    let yStride = outputBatchStride ?? cout * ho * wo
+    let tilesHigh = (h + 1) / 2, tilesWide = (w + 1) / 2, tiles = tilesHigh * tilesWide
+    if batch == 0 || tiles == 0 { return }
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: h, width: w, stride: 2, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+    let perImage = cin * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+    let taskCount = batch * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let scratchFloats = transposedWinogradScratchFloats(inChannels: cin, outChannels: cout)
+    let scratch = try workspace.floats(maxThreads * scratchFloats)
+    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let b = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+        let width = n1 - n0
+        let v = scratch + thread * scratchFloats                     // [36][Cin][32]
+        let products = v + 36 * cin * gemmColumnBlock                // [36][rowsPadded][32]
+        let gathered = products + 36 * rowsPadded * gemmColumnBlock  // [group][16][32]
+        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 16 * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 18)
+        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 4,
+                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let vPlane = cin * gemmColumnBlock
+        for ci in 0..<cin {
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * 16, kc: group * 16, n0: n0, width: width, into: gathered)
+            }
+            let window = gathered + inGroup * 16 * gemmColumnBlock
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                for ry in 0..<2 {
+                    for rx in 0..<2 {
+                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
+                            load16(window + ((i + ry) * 4 + j + rx) * gemmColumnBlock + o)
+                        }
+                        for i in 0..<3 {
+                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
+                            block[i * 3] = a - c
+                            block[i * 3 + 1] = c
+                            block[i * 3 + 2] = e - c
+                        }
+                        let dst = v + 9 * (2 * ry + rx) * vPlane + ci * gemmColumnBlock + o
+                        for j in 0..<3 {
+                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
+                            store16(r0 - r1, dst + j * vPlane)
+                            store16(r1, dst + (3 + j) * vPlane)
+                            store16(r2 - r1, dst + (6 + j) * vPlane)
+                        }
+                    }
+                }
+            }
+        }
+        for p in 0..<36 {
+            let u = weights.positions[p]
+            let vPanel = UnsafePointer(v + p * vPlane)
+            var row = m0
+            while row < m1 {
+                let out = products + (p * rowsPadded + row) * gemmColumnBlock
+                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
+                if width <= 16 {
+                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                } else {
+                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                }
+                row += gemmRowBlock
+            }
+        }
+        let yImage = y + b * yStride
+        let step = rowsPadded * gemmColumnBlock
+        for co in m0..<m1 {
+            let yPlane = yImage + co * ho * wo
+            let biasValue = Vec16(repeating: bias[co])
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                // block[4·parity + 2a + b] = output (a, b) of that parity for 16 tiles.
+                for parity in 0..<4 {
+                    let base = products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o
+                    @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
+                    let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)
+                    let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)
+                    block[4 * parity] = s0 + s1 + biasValue
+                    block[4 * parity + 1] = s1 + s2 + biasValue
+                    block[4 * parity + 2] = r0 + r1 + biasValue
+                    block[4 * parity + 3] = r1 + r2 + biasValue
+                }
+                for lane in 0..<min(16, width - o) {
+                    let t = n0 + o + lane
+                    let ty = t / tilesWide, tx = t % tilesWide
+                    // Parity output (2ty + a, 2tx + b) is pixel (4ty + 2a + ry, 4tx + 2b + rx).
+                    let rows = min(4, ho - 4 * ty), cols = min(4, wo - 4 * tx)
+                    let p = yPlane + 4 * ty * wo + 4 * tx
+                    for r in 0..<rows {
+                        let a = r >> 1, ry = r & 1
+                        for c in 0..<cols {
+                            let bb = c >> 1, rx = c & 1
+                            p[r * wo + c] = block[4 * (2 * ry + rx) + 2 * a + bb][lane]
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

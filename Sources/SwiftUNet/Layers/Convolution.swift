@@ -101,6 +101,8 @@ final class ConvTranspose2d {
     let weight: Parameter
     let bias: Parameter
     private(set) var packed: SubPixelWeights?
+    /// Winograd F(2×2, 2×2) form of the four sub-pixel kernels (channels >= 8).
+    private(set) var winograd: TransposedWinogradWeights?
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int, padding: Int) throws {
@@ -119,6 +121,9 @@ final class ConvTranspose2d {
     func prepare() throws {
         packed = try packTransposedConvWeights(weight.data, inChannels: inChannels,
                                                outChannels: outChannels, kernel: kernel)
+        winograd = min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+            ? try packTransposedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            : nil
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -129,6 +134,12 @@ final class ConvTranspose2d {
     /// x [B, Cin, H, W] → y [B, Cout, 2H, 2W], image b at y + b·outputBatchStride (default packed).
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace) throws {
+        if let winograd = winograd {
+            try winogradConvTranspose4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                                weights: winograd, bias: bias.data, y: y,
+                                                outputBatchStride: outputBatchStride, workspace: workspace)
+            return
+        }
         try convTranspose2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
                                    weights: packed!, bias: bias.data, y: y, outputBatchStride: outputBatchStride,
                                    workspace: workspace)
