@@ -202,7 +202,8 @@ struct PhaseSource: PanelSource {
             var tap = k0 % taps
             var d = dst
             if panelWidth < gemmColumnBlock {
-                for r in 0..<kc { (dst + r * gemmColumnBlock + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth) }
+                // Zero the unused columns inline (a memset call per row costs more than the row).
+                for r in 0..<kc { zeroRun(dst + r * gemmColumnBlock + panelWidth, count: gemmColumnBlock - panelWidth) }
             }
             for _ in 0..<kc {
                 let base = planes + ci * layout.perChannel + Int(tapOffset[tap])
@@ -215,6 +216,20 @@ struct PhaseSource: PanelSource {
                 if tap == taps { tap = 0; ci += 1 }
             }
         }
+    }
+}
+
+/// Zeroes `count` floats with vector stores where the run allows.
+@inline(__always)
+func zeroRun(_ dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+        store16(Vec16(), dst + i)
+        i += 16
+    }
+    while i < count {
+        dst[i] = 0
+        i += 1
     }
 }
 
