@@ -48,6 +48,22 @@ let threadCounts = arguments.count > 2 ? arguments[2].split(separator: ",").comp
 let selectedCases = arguments.count > 3 ? Set(arguments[3].split(separator: ",").compactMap { Int($0) }) : Set(0..<6)
 print("SwiftUNet \(BuildInfo.summary), median of \(repeats)")
 let cases: [(size: Int, c: Int, dims: [Int])] = [(32, 3, [32, 64, 128]), (32, 3, [64, 128, 256]), (28, 1, [32, 64, 128])]
+if arguments.count > 1 && arguments[1] == "pool" {
+    ThreadPool.shared.numThreads = 2
+    for spin in [1_000, 100_000] {
+        let t0 = monotonicSeconds()
+        let counts = KernelBenchmarks.poolParticipation(regions: 200, tasks: 16, spin: spin)
+        print("pool: 200 regions x 16 tasks of \(spin) steps: tasks per thread \(counts), \(fmt((monotonicSeconds() - t0) * 1e3)) ms")
+    }
+    exit(0)
+}
+if arguments.count > 1 && arguments[1] == "micro" {
+    for _ in 0..<3 {
+        let r = KernelBenchmarks.microKernelRates()
+        print("micro-kernel 8x32: \(fmt(r.wide)) GFLOP/s  8x16: \(fmt(r.narrow))  16x16: \(fmt(r.tall)) GFLOP/s")
+    }
+    exit(0)
+}
 for threads in threadCounts {
     ThreadPool.shared.numThreads = threads
     for (ci, cfg) in cases.enumerated() where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {

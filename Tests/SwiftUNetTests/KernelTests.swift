@@ -5,7 +5,7 @@ import XCTest
 /// of the vector width, batch 1 and 1×1 images.
 final class KernelTests: XCTestCase {
     func testGemmMatchesPlainLoops() throws {
-        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (6, 32, 16), (13, 17, 29), (64, 100, 9), (3, 257, 70)] {
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (6, 32, 16), (13, 17, 29), (64, 100, 9), (3, 257, 70), (24, 48, 19), (40, 16, 300)] {
             let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2)
             let bias = randomValues(m, seed: 3)
             let packed = try a.withUnsafeBufferPointer { try PackedMatrix(rows: m, cols: k, source: $0.baseAddress!, ld: k) }
@@ -34,7 +34,7 @@ final class KernelTests: XCTestCase {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, s: Int, p: Int)] = [
             (1, 1, 1, 1, 1, 1, 1, 0), (1, 3, 8, 1, 1, 3, 1, 1), (2, 3, 5, 7, 9, 3, 1, 1),
             (1, 8, 8, 6, 10, 4, 2, 1), (3, 5, 7, 2, 2, 4, 2, 1), (2, 16, 24, 5, 3, 1, 1, 0),
-            (1, 9, 17, 11, 13, 3, 1, 1),
+            (1, 9, 17, 11, 13, 3, 1, 1), (1, 3, 5, 5, 37, 4, 2, 1),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
@@ -67,7 +67,7 @@ final class KernelTests: XCTestCase {
     /// subtract and halve, so its error stays at float32 rounding (measured ~1e-7 relative).
     func testWinogradMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
-            (1, 8, 8, 1, 1), (2, 5, 3, 2, 2), (1, 17, 9, 7, 5), (3, 8, 16, 3, 9), (1, 16, 24, 14, 12), (2, 9, 8, 13, 11),
+            (1, 8, 8, 1, 1), (2, 5, 3, 2, 2), (1, 17, 9, 7, 5), (3, 8, 16, 3, 9), (1, 16, 24, 14, 12), (2, 9, 8, 13, 11), (1, 8, 8, 5, 35),
         ]
         var worst: Float = 0
         for c in cases {
@@ -141,9 +141,31 @@ final class KernelTests: XCTestCase {
         print("direct float32 relative error vs float64 direct: \(relativeError(direct, reference))")
     }
 
+    /// The 4×4 stride-2 convolution by Winograd F(2×2, 2×2) on input phases, against the
+    /// direct definition: odd sizes (partial tiles, an unused last row/column), 2×2 and
+    /// 3×3 images (one output pixel), odd channel counts, several 32-tile chunks.
+    func testStridedWinogradMatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+            (1, 8, 8, 2, 2), (2, 5, 3, 3, 3), (1, 17, 9, 7, 6), (3, 8, 16, 4, 10), (1, 16, 24, 32, 18), (2, 9, 8, 13, 37),
+        ]
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: 4, stride: 2, padding: 1)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 61)
+            let w = randomValues(c.cout * c.cin * 16, seed: 62)
+            let bias = randomValues(c.cout, seed: 63)
+            let weights = try packStridedWinogradWeights(w, inChannels: c.cin, outChannels: c.cout)
+            var fast = [Float](repeating: .nan, count: c.b * c.cout * g.outHeight * g.outWidth), plain = fast
+            try winogradConv4x4Stride2(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w, weights: weights,
+                                       bias: bias, y: &fast, workspace: Workspace())
+            conv2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias, biasBatchStride: 0, y: &plain, accumulate: false)
+            assertClose(fast, plain, tolerance: 1e-5, "strided winograd \(c)")
+        }
+    }
+
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
-            (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2),
+            (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2), (1, 9, 12, 9, 20),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
@@ -159,6 +181,12 @@ final class KernelTests: XCTestCase {
                                        y: &fast, workspace: Workspace())
             convTranspose2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias, y: &plain)
             assertClose(fast, plain, tolerance: 1e-5, "convT \(c)")
+            // The Winograd F(2×2, 2×2) sub-pixel route (odd sizes leave partial tiles).
+            var winograd = [Float](repeating: .nan, count: outCount)
+            let wWeights = try packTransposedWinogradWeights(w, inChannels: c.cin, outChannels: c.cout)
+            try winogradConvTranspose4x4Stride2(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w,
+                                                weights: wWeights, bias: bias, y: &winograd, workspace: Workspace())
+            assertClose(winograd, plain, tolerance: 1e-5, "Winograd convT \(c)")
         }
     }
 
@@ -177,14 +205,47 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    func testAttentionMatchesNaive() {
-        for (c, n, heads) in [(8, 1, 4), (16, 7, 4), (32, 64, 4), (24, 33, 4), (12, 5, 1)] {
+    func testAttentionMatchesNaive() throws {
+        // n = 130 spans three key blocks (64, 64, 2) of the online softmax; the * 4 scale
+        // makes logits large enough that a softmax without the running max would overflow.
+        for (c, n, heads) in [(8, 1, 4), (16, 7, 4), (32, 64, 4), (24, 33, 4), (12, 5, 1), (20, 130, 4)] {
             let qkv = randomValues(3 * c * n, seed: 15).map { $0 * 4 }
             var fast = [Float](repeating: .nan, count: c * n), plain = fast
-            var scratch = [Float](repeating: 0, count: attentionScratchCount(channels: c, positions: n, heads: heads))
-            attentionForward(qkv: qkv, channels: c, positions: n, heads: heads, o: &fast, scratch: &scratch)
+            try attentionBatched(qkv: qkv, batch: 1, channels: c, positions: n, heads: heads, o: &fast, workspace: Workspace())
             attentionNaive(qkv: qkv, channels: c, positions: n, heads: heads, o: &plain)
             assertClose(fast, plain, tolerance: 1e-5, "attention c=\(c) n=\(n)")
+        }
+    }
+
+    /// The vector exp behind SiLU and softmax: within 1e-6 relative of float64 exp over the
+    /// range that matters (SiLU and softmax never need e^x beyond float range).
+    func testFastExpIsAccurate() {
+        var worst = 0.0
+        var x: Float = -87
+        while x < 88 {
+            var lanes = SIMD16<Float>()
+            for l in 0..<16 { lanes[l] = x + Float(l) * 0.000_37 }
+            let e = exp16(lanes)
+            for l in 0..<16 {
+                let exact = exp(Double(lanes[l]))
+                worst = max(worst, abs(Double(e[l]) - exact) / exact)
+            }
+            x += 0.0137
+        }
+        XCTAssertLessThan(worst, 1e-6, "exp16 worst relative error \(worst)")
+        // SiLU saturates cleanly at both ends.
+        let s = silu16(SIMD16<Float>(repeating: -200))
+        XCTAssertEqual(s[0], 0, accuracy: 1e-30)
+        XCTAssertEqual(silu16(SIMD16<Float>(repeating: 200))[3], 200)
+    }
+
+    func testLinearMatchesNaive() {
+        for (b, nIn, nOut) in [(1, 1, 1), (3, 17, 5), (2, 128, 33), (1, 200, 8)] {
+            let x = randomValues(b * nIn, seed: 51), w = randomValues(nOut * nIn, seed: 52), bias = randomValues(nOut, seed: 53)
+            var fast = [Float](repeating: .nan, count: b * nOut), plain = fast
+            linearForward(x, batch: b, inFeatures: nIn, outFeatures: nOut, weight: w, bias: bias, y: &fast)
+            linearNaive(x, batch: b, inFeatures: nIn, outFeatures: nOut, weight: w, bias: bias, y: &plain)
+            assertClose(fast, plain, tolerance: 1e-5, "linear b=\(b) \(nIn)→\(nOut)")
         }
     }
 

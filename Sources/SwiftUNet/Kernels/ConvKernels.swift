@@ -56,14 +56,20 @@ struct PhasePlanes {
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
               into planes: UnsafeMutablePointer<Float>) {
         let s = stride, pad = pad, hp = hp, wp = wp
+        let phasePlane = hp * wp
         ThreadPool.shared.parallelFor(batch * channels) { task in
             let src = x + task * height * width
-            var dst = planes + task * perChannel
+            let dst = planes + task * perChannel
+            if pad == 1 && (s == 2 || s == 4) {
+                fillPadOneRows(src, height: height, width: width, into: dst, phasePlane: phasePlane)
+                return
+            }
+            var plane = dst
             for py in 0..<s {
                 for px in 0..<s {
                     for r in 0..<hp {
                         let iy = r * s + py - pad
-                        let row = dst + r * wp
+                        let row = plane + r * wp
                         if iy < 0 || iy >= height {
                             row.update(repeating: 0, count: wp)
                             continue
@@ -76,17 +82,78 @@ struct PhasePlanes {
                             (row + lo).update(from: srow + (lo - pad), count: hi - lo)
                             (row + hi).update(repeating: 0, count: wp - hi)
                         } else {
-                            for q in 0..<wp {
-                                let ix = q * s + px - pad
-                                row[q] = (ix >= 0 && ix < width) ? srow[ix] : 0
+                            // Columns q with 0 <= q·s + px - pad < width form one range [lo, hi).
+                            let first = pad - px
+                            let lo = min(wp, max(0, (first + s - 1) / s))
+                            let last = width - 1 + pad - px   // q·s <= last (integer division would round a negative up)
+                            let hi = last < 0 ? lo : max(lo, min(wp, last / s + 1))
+                            row.update(repeating: 0, count: lo)
+                            var ix = lo * s - first
+                            for q in lo..<hi {
+                                row[q] = srow[ix]
+                                ix += s
                             }
+                            (row + hi).update(repeating: 0, count: wp - hi)
                         }
                     }
-                    dst += hp * wp
+                    plane += phasePlane
                 }
             }
         }
     }
+
+    /// The stride-2 and stride-4, padding-1 fill, one input row at a time: all of a channel's
+    /// planes are zeroed, then each image row is split into its s column phases with
+    /// constant-index lane shuffles (16 pixels per step), the ragged end pixel by pixel.
+    /// x [H, W] → planes [s, s, Hp, Wp]
+    @inline(__always)
+    private func fillPadOneRows(_ src: UnsafePointer<Float>, height: Int, width: Int,
+                                into dst: UnsafeMutablePointer<Float>, phasePlane: Int) {
+        let s = stride
+        dst.update(repeating: 0, count: perChannel)
+        for iy in 0..<height {
+            // Padded row iy + 1 is phase row (iy + 1) / s of row phase (iy + 1) % s.
+            let py = (iy + 1) % s, r = (iy + 1) / s
+            let rowBase = dst + py * s * phasePlane + r * wp     // column phase 0 of this row
+            let srow = src + iy * width
+            // Padded column ix + 1 = q·s + px.
+            var ix = 0
+            if s == 4 {
+                let p0 = rowBase, p1 = rowBase + phasePlane, p2 = rowBase + 2 * phasePlane, p3 = rowBase + 3 * phasePlane
+                while ix + 16 <= width {
+                    let v = load16(srow + ix)
+                    let q = ix / 4
+                    // ix + l + 1 ≡ px (mod 4): lanes 0,4,8,12 → px 1; 1,5,… → 2; 2,6,… → 3; 3,7,… → px 0 (next q).
+                    storeFour(SIMD4(v[0], v[4], v[8], v[12]), p1 + q)
+                    storeFour(SIMD4(v[1], v[5], v[9], v[13]), p2 + q)
+                    storeFour(SIMD4(v[2], v[6], v[10], v[14]), p3 + q)
+                    storeFour(SIMD4(v[3], v[7], v[11], v[15]), p0 + q + 1)
+                    ix += 16
+                }
+            } else {
+                let p0 = rowBase, p1 = rowBase + phasePlane
+                while ix + 16 <= width {
+                    let v = load16(srow + ix)
+                    let q = ix / 2
+                    storeEight(SIMD8(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), p1 + q)
+                    storeEight(SIMD8(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]), p0 + q + 1)
+                    ix += 16
+                }
+            }
+            while ix < width {
+                let p = ix + 1
+                rowBase[(p % s) * phasePlane + p / s] = srow[ix]
+                ix += 1
+            }
+        }
+    }
+}
+
+@inline(__always) private func storeFour(_ v: SIMD4<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
+}
+@inline(__always) private func storeEight(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
 /// The B operand of a convolution as a GEMM, packed panel by panel from
@@ -105,7 +172,8 @@ struct PhaseSource: PanelSource {
 
     @inline(__always)
     func packPanel(k0: Int, kc: Int, n0: Int, width panelWidth: Int, into dst: UnsafeMutablePointer<Float>) {
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
+        // Int32 keeps the table under the 1 KiB that Swift will place on the stack.
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: 3 * gemmColumnBlock + kernel * kernel) { segments in
             // Split the panel's columns into runs that stay on one output row:
             // (first column in the panel, length, offset in the phase plane).
             let seg = segments.baseAddress!
@@ -113,9 +181,9 @@ struct PhaseSource: PanelSource {
             var oy = n0 / outWidth, ox = n0 % outWidth, j = 0
             while j < panelWidth {
                 let run = min(outWidth - ox, panelWidth - j)
-                seg[3 * count] = j
-                seg[3 * count + 1] = run
-                seg[3 * count + 2] = (oy + offsetY) * layout.wp + ox + offsetX
+                seg[3 * count] = Int32(truncatingIfNeeded: j)
+                seg[3 * count + 1] = Int32(truncatingIfNeeded: run)
+                seg[3 * count + 2] = Int32(truncatingIfNeeded: (oy + offsetY) * layout.wp + ox + offsetX)
                 count += 1
                 j += run
                 ox = 0
@@ -126,26 +194,42 @@ struct PhaseSource: PanelSource {
             let tapOffset = seg + 3 * gemmColumnBlock
             for ky in 0..<kernel {
                 for kx in 0..<kernel {
-                    tapOffset[ky * kernel + kx] = ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s
+                    tapOffset[ky * kernel + kx] = Int32(truncatingIfNeeded:
+                        ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s)
                 }
             }
             var ci = k0 / taps
             var tap = k0 % taps
             var d = dst
             if panelWidth < gemmColumnBlock {
-                for r in 0..<kc { (dst + r * gemmColumnBlock + panelWidth).update(repeating: 0, count: gemmColumnBlock - panelWidth) }
+                // Zero the unused columns inline (a memset call per row costs more than the row).
+                for r in 0..<kc { zeroRun(dst + r * gemmColumnBlock + panelWidth, count: gemmColumnBlock - panelWidth) }
             }
             for _ in 0..<kc {
-                let base = planes + ci * layout.perChannel + tapOffset[tap]
+                let base = planes + ci * layout.perChannel + Int(tapOffset[tap])
                 for t in 0..<count {
-                    let start = seg[3 * t], len = seg[3 * t + 1]
-                    copyRun(from: base + seg[3 * t + 2], to: d + start, count: len)
+                    let start = Int(seg[3 * t]), len = Int(seg[3 * t + 1])
+                    copyRun(from: base + Int(seg[3 * t + 2]), to: d + start, count: len)
                 }
                 d += gemmColumnBlock
                 tap += 1
                 if tap == taps { tap = 0; ci += 1 }
             }
         }
+    }
+}
+
+/// Zeroes `count` floats with vector stores where the run allows.
+@inline(__always)
+func zeroRun(_ dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+        store16(Vec16(), dst + i)
+        i += 16
+    }
+    while i < count {
+        dst[i] = 0
+        i += 1
     }
 }
 
@@ -182,8 +266,10 @@ func conv2dForward(
     let hw = g.height * g.width
     let ohw = g.outHeight * g.outWidth
     let inPlane = g.inChannels * hw, outPlane = g.outChannels * ohw
-    let cOf = { (b: Int) in y + b * outPlane }
-    let biasOf = { (b: Int) -> UnsafePointer<Float>? in bias + b * biasBatchStride }
+    // Local functions, not closure constants: a closure stored in a `let` escapes and
+    // would cost a heap allocation per call.
+    func cOf(_ b: Int) -> UnsafeMutablePointer<Float> { y + b * outPlane }
+    func biasOf(_ b: Int) -> UnsafePointer<Float>? { bias + b * biasBatchStride }
     if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
         try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                         makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
@@ -276,16 +362,20 @@ func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outCh
     return SubPixelWeights(parities: parities)
 }
 
-/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W]: PyTorch's ConvTranspose2d(k 4, stride 2, padding 1).
+/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`): PyTorch's
+/// ConvTranspose2d(k 4, stride 2, padding 1).
 ///
 /// Four sub-pixel 2×2 convolutions (implicit GEMMs, no col2im scatter) write
 /// planes [B, 4, Cout, H·W], which are then interleaved into y.
 func convTranspose2dForward(
     _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
     weights: SubPixelWeights, bias: UnsafePointer<Float>,
-    y: UnsafeMutablePointer<Float>, workspace: Workspace
+    y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace
 ) throws {
     precondition(g.kernel == 4 && g.stride == 2 && g.padding == 1)
+    // Image b's output starts at y + b·outputBatchStride (default: packed [B, Cout, 2H, 2W]);
+    // a larger stride lets the caller place it inside a channel concatenation.
+    let yStride = outputBatchStride ?? g.outChannels * 4 * g.height * g.width
     let h = g.height, w = g.width, hw = h * w
     let cout = g.outChannels
     let outPlane = cout * hw
@@ -308,7 +398,7 @@ func convTranspose2dForward(
     // Interleave: y[b, co, 2i + ry, 2j + rx] = planes[b, 2ry + rx, co, i, j].
     ThreadPool.shared.parallelFor(batch * cout) { task in
         let b = task / cout, co = task % cout
-        let dst = y + task * 4 * hw
+        let dst = y + b * yStride + co * 4 * hw
         for i in 0..<h {
             for ry in 0..<2 {
                 let row = dst + (2 * i + ry) * 2 * w

@@ -22,15 +22,41 @@ func sinusoidalEmbedding(_ t: UnsafePointer<Int64>, batch: Int, dim: Int, e: Uns
 }
 
 /// x [B, in] → y [B, out]: y = x · Wᵀ + bias, W [out, in] (nn.Linear).
+///
+/// Dot products in 16 lanes (then a fixed-order lane sum), per image, so an
+/// image's result does not depend on the batch.
 func linearForward(_ x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFeatures: Int,
                    weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    let vectorEnd = inFeatures & ~15
     for b in 0..<batch {
         let xb = x + b * inFeatures
         for o in 0..<outFeatures {
             let w = weight + o * inFeatures
-            var s: Float = 0
-            for i in 0..<inFeatures { s += w[i] * xb[i] }
+            var lanes = SIMD16<Float>()
+            var i = 0
+            while i < vectorEnd {
+                lanes.addProduct(load16(w + i), load16(xb + i))
+                i += 16
+            }
+            var s = lanes.sum()
+            while i < inFeatures {
+                s += w[i] * xb[i]
+                i += 1
+            }
             y[b * outFeatures + o] = s + bias[o]
+        }
+    }
+}
+
+/// Plain twin of `linearForward`.
+/// x [B, in] → y [B, out]
+func linearNaive(_ x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFeatures: Int,
+                 weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    for b in 0..<batch {
+        for o in 0..<outFeatures {
+            var s = 0.0
+            for i in 0..<inFeatures { s += Double(weight[o * inFeatures + i]) * Double(x[b * inFeatures + i]) }
+            y[b * outFeatures + o] = Float(s) + bias[o]
         }
     }
 }

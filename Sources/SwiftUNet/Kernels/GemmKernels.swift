@@ -97,17 +97,19 @@ struct DenseSource: PanelSource {
 
 /// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
 /// Sixteen SIMD16 accumulators stay in registers over the whole k loop.
+/// With `fromZero` the old C is not read (the sums start at +0, as zero-filled C would).
 @inline(__always)
 func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    var c00 = load16(c), c01 = load16(c + 16)
-    var c10 = load16(c + ldc), c11 = load16(c + ldc + 16)
-    var c20 = load16(c + 2 * ldc), c21 = load16(c + 2 * ldc + 16)
-    var c30 = load16(c + 3 * ldc), c31 = load16(c + 3 * ldc + 16)
-    var c40 = load16(c + 4 * ldc), c41 = load16(c + 4 * ldc + 16)
-    var c50 = load16(c + 5 * ldc), c51 = load16(c + 5 * ldc + 16)
-    var c60 = load16(c + 6 * ldc), c61 = load16(c + 6 * ldc + 16)
-    var c70 = load16(c + 7 * ldc), c71 = load16(c + 7 * ldc + 16)
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c00 = start(c), c01 = start(c + 16)
+    var c10 = start(c + ldc), c11 = start(c + ldc + 16)
+    var c20 = start(c + 2 * ldc), c21 = start(c + 2 * ldc + 16)
+    var c30 = start(c + 3 * ldc), c31 = start(c + 3 * ldc + 16)
+    var c40 = start(c + 4 * ldc), c41 = start(c + 4 * ldc + 16)
+    var c50 = start(c + 5 * ldc), c51 = start(c + 5 * ldc + 16)
+    var c60 = start(c + 6 * ldc), c61 = start(c + 6 * ldc + 16)
+    var c70 = start(c + 7 * ldc), c71 = start(c + 7 * ldc + 16)
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = load16(pb), b1 = load16(pb + 16)
@@ -135,9 +137,10 @@ func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
 /// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
 @inline(__always)
 func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    var c0 = load16(c), c1 = load16(c + ldc), c2 = load16(c + 2 * ldc), c3 = load16(c + 3 * ldc)
-    var c4 = load16(c + 4 * ldc), c5 = load16(c + 5 * ldc), c6 = load16(c + 6 * ldc), c7 = load16(c + 7 * ldc)
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
+    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = load16(pb)
@@ -156,13 +159,55 @@ func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
     store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
 }
 
+/// 16×16 micro-kernel for panels with at most 16 live columns: two 8-row A panels
+/// (`a0` rows 0..<8, `a1` rows 8..<16) so that 16 independent FMA chains cover the
+/// FMA latency (the 8×16 kernel's 8 chains run at about half the rate). Same
+/// per-lane arithmetic as the other kernels.
+@inline(__always)
+func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
+    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
+    let d = c + 8 * ldc
+    var d0 = start(d), d1 = start(d + ldc), d2 = start(d + 2 * ldc), d3 = start(d + 3 * ldc)
+    var d4 = start(d + 4 * ldc), d5 = start(d + 5 * ldc), d6 = start(d + 6 * ldc), d7 = start(d + 7 * ldc)
+    var pa = a0, qa = a1, pb = b
+    for _ in 0..<kc {
+        let b0 = load16(pb)
+        c0.addProduct(Vec16(repeating: pa[0]), b0)
+        c1.addProduct(Vec16(repeating: pa[1]), b0)
+        c2.addProduct(Vec16(repeating: pa[2]), b0)
+        c3.addProduct(Vec16(repeating: pa[3]), b0)
+        c4.addProduct(Vec16(repeating: pa[4]), b0)
+        c5.addProduct(Vec16(repeating: pa[5]), b0)
+        c6.addProduct(Vec16(repeating: pa[6]), b0)
+        c7.addProduct(Vec16(repeating: pa[7]), b0)
+        d0.addProduct(Vec16(repeating: qa[0]), b0)
+        d1.addProduct(Vec16(repeating: qa[1]), b0)
+        d2.addProduct(Vec16(repeating: qa[2]), b0)
+        d3.addProduct(Vec16(repeating: qa[3]), b0)
+        d4.addProduct(Vec16(repeating: qa[4]), b0)
+        d5.addProduct(Vec16(repeating: qa[5]), b0)
+        d6.addProduct(Vec16(repeating: qa[6]), b0)
+        d7.addProduct(Vec16(repeating: qa[7]), b0)
+        pa += gemmRowBlock
+        qa += gemmRowBlock
+        pb += gemmColumnBlock
+    }
+    store16(c0, c); store16(c1, c + ldc); store16(c2, c + 2 * ldc); store16(c3, c + 3 * ldc)
+    store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
+    store16(d0, d); store16(d1, d + ldc); store16(d2, d + 2 * ldc); store16(d3, d + 3 * ldc)
+    store16(d4, d + 4 * ldc); store16(d5, d + 5 * ldc); store16(d6, d + 6 * ldc); store16(d7, d + 7 * ldc)
+}
+
 /// Floats of per-thread scratch `gemmTile` needs: one packed B panel plus an edge tile.
 let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmColumnBlock
 
 /// One task of a GEMM: C rows [m0, m1) × columns [n0, n1) of C [M, N] = A · B (+ C) + rowBias.
 ///
 /// c [M, ldc] → c; B comes from `source`; `scratch` holds `gemmScratchFloats`.
-/// n1 - n0 <= gemmTaskColumns; m0 is a multiple of 8.
+/// m0 is a multiple of 8; any column range works (B is packed one 32-column panel at a time).
 @inline(__always)
 func gemmTile<Source: PanelSource>(
     _ a: PackedMatrix, source: Source, m0: Int, m1: Int, n0: Int, n1: Int,
@@ -199,6 +244,11 @@ func gemmTile<Source: PanelSource>(
                 let rows = min(gemmRowBlock, m1 - m)
                 let aPanel = UnsafePointer(a.data + (m / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
                 let ct = c + m * ldc + pn
+                if cols == 16 && m1 - m >= 2 * gemmRowBlock {
+                    microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, bPanel, ct, ldc)
+                    m += 2 * gemmRowBlock
+                    continue
+                }
                 if rows == gemmRowBlock && cols == gemmColumnBlock {
                     microKernel8x32(kc, aPanel, bPanel, ct, ldc)
                 } else if rows == gemmRowBlock && cols == 16 {
@@ -232,11 +282,17 @@ struct GemmSplit {
 
     let columnsPerChunk: Int
 
-    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns) {
-        self.columnsPerChunk = columnsPerChunk
-        columnChunks = max(1, (n + columnsPerChunk - 1) / columnsPerChunk)
+    /// `tasksPerThread`: how many tasks per thread to aim for (load balance against the
+    /// cost of repeating B's packing in every row chunk).
+    init(m: Int, n: Int, images: Int, threads: Int, columnsPerChunk: Int = gemmTaskColumns, tasksPerThread: Int = 4) {
+        let wanted = tasksPerThread * threads
+        // Too few tasks: narrow the column chunks first (no repeated packing), then
+        // split rows (each row chunk packs its own copy of B).
+        var columns = columnsPerChunk
+        if threads > 1 && images * ((n + columns - 1) / columns) < wanted { columns = gemmColumnBlock }
+        self.columnsPerChunk = columns
+        columnChunks = max(1, (n + columns - 1) / columns)
         let panels = max(1, (m + gemmRowBlock - 1) / gemmRowBlock)
-        let wanted = 4 * threads
         let have = images * columnChunks
         let rc = threads > 1 && have < wanted ? min(panels, (wanted + have - 1) / have) : 1
         let panelsPerChunk = (panels + rc - 1) / rc

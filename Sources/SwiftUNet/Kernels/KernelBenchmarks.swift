@@ -38,3 +38,52 @@ public enum KernelBenchmarks {
         return times[times.count / 2]
     }
 }
+
+extension KernelBenchmarks {
+    /// Tasks run by each pool thread over `regions` regions of `tasks` busy tasks
+    /// (a check that helpers do take part).
+    public static func poolParticipation(regions: Int, tasks: Int, spin: Int) -> [Int] {
+        let pool = ThreadPool.shared
+        let maxThreads = pool.threadsFor(tasks)
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: maxThreads * 16)
+        counts.initialize(repeating: 0, count: maxThreads * 16)
+        defer { counts.deallocate() }
+        let sink = UnsafeMutablePointer<Double>.allocate(capacity: tasks)
+        defer { sink.deallocate() }
+        for _ in 0..<regions {
+            pool.parallelFor(tasks, maxThreads: maxThreads) { task, thread in
+                var x = Double(task)
+                for _ in 0..<spin { x = x * 0.999_999 + 1e-9 }
+                sink[task] = x
+                counts[thread * 16] += 1
+            }
+        }
+        return (0..<maxThreads).map { counts[$0 * 16] }
+    }
+}
+
+extension KernelBenchmarks {
+    /// GFLOP/s of the 8×32 and 8×16 micro-kernels on L1-resident panels (k = 256).
+    public static func microKernelRates() -> (wide: Double, narrow: Double, tall: Double) {
+        let kc = 256
+        let a = allocateFloats(16 * kc)!, b = allocateFloats(32 * kc)!, c = allocateFloats(8 * 32)!
+        defer { freeFloats(a); freeFloats(b); freeFloats(c) }
+        for i in 0..<(16 * kc) { a[i] = 1e-3 }
+        for i in 0..<(32 * kc) { b[i] = 1e-3 }
+        c.initialize(repeating: 0, count: 256)
+        let calls = 20_000
+        var t0 = monotonicSeconds()
+        for _ in 0..<calls { microKernel8x32(kc, a, b, c, 32) }
+        let wide = Double(2 * 8 * 32 * kc * calls) / (monotonicSeconds() - t0) / 1e9
+        t0 = monotonicSeconds()
+        for _ in 0..<calls { microKernel8x16(kc, a, b, c, 32) }
+        let narrow = Double(2 * 8 * 16 * kc * calls) / (monotonicSeconds() - t0) / 1e9
+        let c2 = allocateFloats(16 * 32)!
+        defer { freeFloats(c2) }
+        c2.initialize(repeating: 0, count: 512)
+        t0 = monotonicSeconds()
+        for _ in 0..<calls { microKernel16x16(kc, a, a + 8 * kc, b, c2, 32) }
+        let tall = Double(2 * 16 * 16 * kc * calls) / (monotonicSeconds() - t0) / 1e9
+        return (wide, narrow, tall)
+    }
+}

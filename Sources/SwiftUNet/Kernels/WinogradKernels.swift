@@ -1,17 +1,23 @@
-/// Winograd F(2×2, 3×3) convolution (Lavin & Gray 2016) for 3×3, stride 1, padding 1.
+/// Winograd convolution F(m×m, 3×3) (Lavin & Gray 2016) for 3×3, stride 1, padding 1,
+/// with output tiles m = 2 or m = 4 (input tiles α = m + 2).
 ///
-/// Each 2×2 output tile comes from a 4×4 input tile d (rows 2ty-1..2ty+2, columns likewise):
+/// Each m×m output tile comes from an α×α input tile d (rows m·ty-1 ..< m·ty+α-1, columns likewise):
 ///     Y = Aᵀ [ Σ_ci (G g Gᵀ)[co, ci] ⊙ (Bᵀ d_ci B) ] A
-/// so the 36 multiplies of a direct 2×2×3×3 tile become 16, done as 16 GEMMs
-/// U_ξ [Cout, Cin] · V_ξ [Cin, tiles]. Errors stay near float32 rounding (the
-/// transforms only add, subtract and halve); the measured error against the
-/// float64 reference is reported by `testWinogradMatchesNaive`.
+/// so a tile's 9·m² multiplies per channel pair become α² (F(2×2): 36 → 16,
+/// F(4×4): 144 → 36), done as α² GEMMs U_ξ [Cout, Cin] · V_ξ [Cin, tiles].
+///
+/// Accuracy (measured by `testWinogradErrorAgainstFloat64`, 64→64 channels at 32×32,
+/// max|err| / max|ref| against a float64 direct convolution): F(2×2) 2.4e-7 (its
+/// transforms only add, subtract and halve: float32 rounding level, below the direct
+/// float32 sum's 9.7e-7); F(4×4) 4.1e-6 (its transforms scale by up to 8 and 1/24).
+/// Both sit far inside the SPEC's 1e-4 bound, so no test tolerance was loosened.
 ///
 /// Work is cut into tasks of 32 tiles of one image: the input transform writes
 /// V straight into the packed-B panel layout [Cin][32] the micro-kernel reads,
-/// the 16 products land in a per-thread buffer, and the output transform adds
-/// bias (and the old y) and writes the 2×2 pixels. Tiles are fixed by the image
-/// geometry, so results depend on neither the batch nor the thread count.
+/// the α² products land in a per-thread buffer, and the output transform adds
+/// bias (and the old y) and writes the m×m pixels. Tiles are fixed by the image
+/// geometry and every lane's arithmetic is the same whatever kernel or task
+/// computes it, so results depend on neither the batch nor the thread count.
 
 /// Output tile size of a Winograd convolution: F(2×2, 3×3) or F(4×4, 3×3).
 enum WinogradTile: Int {
@@ -117,12 +123,30 @@ func winogradOutput4(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: Uns
     out[3 * outStride] = diff12 + eight * diff34 + m5
 }
 
+/// One output row of four adjacent F(4×4) tiles: lanes 4g..<4g+4 of the tiles' row
+/// vectors a, b, c, d (output columns 0, 1, 2, 3 of each tile), interleaved tile by tile.
+/// Constant lane indices let the compiler use two-source permutes instead of scalar moves.
+@inline(__always)
+func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: Int) -> Vec16 {
+    switch group {
+    case 0: return Vec16(a[0], b[0], c[0], d[0], a[1], b[1], c[1], d[1], a[2], b[2], c[2], d[2], a[3], b[3], c[3], d[3])
+    case 1: return Vec16(a[4], b[4], c[4], d[4], a[5], b[5], c[5], d[5], a[6], b[6], c[6], d[6], a[7], b[7], c[7], d[7])
+    case 2: return Vec16(a[8], b[8], c[8], d[8], a[9], b[9], c[9], d[9], a[10], b[10], c[10], d[10], a[11], b[11], c[11], d[11])
+    default: return Vec16(a[12], b[12], c[12], d[12], a[13], b[13], c[13], d[13], a[14], b[14], c[14], d[14], a[15], b[15], c[15], d[15])
+    }
+}
+
+/// Input channels whose tiles are gathered per packing call (8·36·32 floats = 36 KB, in L1).
+let winogradChannelGroup = 8
+
 /// Floats of per-thread scratch for `winogradConv3x3`.
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
     let p = tile.positions
-    // V [α²][Cin][32] + products [α²][rows][32] + input tiles [α²][32] + two α×α blocks of Vec16.
-    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + p * gemmColumnBlock + 2 * p * 16
+    // V [α²][Cin][32] + products [α²][rows][32] + input tiles of a channel group [8·α²][32]
+    // + two α×α blocks of Vec16.
+    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock
+        + winogradChannelGroup * p * gemmColumnBlock + 2 * p * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
@@ -146,7 +170,8 @@ func winogradConv3x3(
     layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
 
     let pool = ThreadPool.shared
-    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4), columnsPerChunk: gemmColumnBlock)
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
@@ -158,15 +183,21 @@ func winogradConv3x3(
         let width = n1 - n0
         let v = scratch + thread * scratchFloats                   // [α²][Cin][32]
         let products = v + positions * cin * gemmColumnBlock        // [α²][rowsPadded][32]
-        let d = products + positions * rowsPadded * gemmColumnBlock // [α²][32]
-        let blockA = UnsafeMutableRawPointer(d + positions * gemmColumnBlock).bindMemory(to: Vec16.self, capacity: 2 * positions)
+        let gathered = products + positions * rowsPadded * gemmColumnBlock // [group][α²][32]
+        let blockA = UnsafeMutableRawPointer(gathered + winogradChannelGroup * positions * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 2 * positions)
         let blockB = blockA + positions
         let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: alpha,
                                  offsetY: 0, offsetX: 0, outWidth: tilesWide)
         let vPlane = cin * gemmColumnBlock
         // V_ξ[ci, t] = (Bᵀ d B)_ξ for the chunk's tiles, 16 lanes at a time.
         for ci in 0..<cin {
-            source.packPanel(k0: ci * positions, kc: positions, n0: n0, width: width, into: d)
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * positions, kc: group * positions, n0: n0, width: width, into: gathered)
+            }
+            let d = gathered + inGroup * positions * gemmColumnBlock
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
                 for i in 0..<positions { blockA[i] = load16(d + i * gemmColumnBlock + o) }
@@ -190,12 +221,16 @@ func winogradConv3x3(
             var row = m0
             while row < m1 {
                 let out = products + (xi * rowsPadded + row) * gemmColumnBlock
-                out.update(repeating: 0, count: gemmRowBlock * gemmColumnBlock)
                 let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
                 if width <= 16 {
-                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock)
+                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
                 } else {
-                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock)
+                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
                 }
                 row += gemmRowBlock
             }
@@ -221,7 +256,24 @@ func winogradConv3x3(
                     else { winogradOutput4(blockB + i * alpha, 1, blockA + i * m, 1) }
                 }
                 for i in 0..<(m * m) { blockA[i] += biasValue }
-                for lane in 0..<min(16, width - o) {
+                var firstScalarLane = 0
+                if tile == .four && tilesWide % 4 == 0 {
+                    // Groups of four tiles on one tile row, wholly inside the image: 16-wide rows.
+                    for group in 0..<4 {
+                        let t = n0 + o + 4 * group
+                        if t + 4 > n1 { break }
+                        let oy = (t / tilesWide) * 4, ox = (t % tilesWide) * 4
+                        if oy + 4 > h || ox + 16 > w { break }
+                        for r in 0..<4 {
+                            let row = interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
+                                                        group: group)
+                            let p = yPlane + (oy + r) * w + ox
+                            store16(accumulate ? load16(p) + row : row, p)
+                        }
+                        firstScalarLane = 4 * group + 4
+                    }
+                }
+                for lane in firstScalarLane..<min(16, width - o) {
                     let t = n0 + o + lane
                     let oy = (t / tilesWide) * m, ox = (t % tilesWide) * m
                     let rows = min(m, h - oy), cols = min(m, w - ox)
@@ -231,6 +283,377 @@ func winogradConv3x3(
                             for c in 0..<cols { p[c] += blockA[r * m + c][lane] }
                         } else {
                             for c in 0..<cols { p[c] = blockA[r * m + c][lane] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// MARK: - 4×4 stride-2 convolution by Winograd F(2×2, 2×2)
+
+/// Weights of a 4×4, stride-2, padding-1 convolution as Winograd F(2×2, 2×2) over
+/// its four input phases: U_ξ [Cout, 4·Cin], column (ci·4 + 2py + px), ξ = 3·row + column.
+///
+/// Output pixel (oy, ox) reads padded pixels (2oy + ky, 2ox + kx); with ky = 2ty + py that is
+/// phase (py, px) at (oy + ty, ox + tx): a 2×2 correlation of each phase plane with the
+/// kernel taps w[2ty + py, 2tx + px]. F(2×2, 2×2) does each 2×2 output tile with 9
+/// multiplies instead of 16 (transforms: adds only, G = [1 0; 1 1; 0 1],
+/// Bᵀ = [1 -1 0; 0 1 0; 0 -1 1], Aᵀ = [1 1 0; 0 1 1]).
+struct StridedWinogradWeights {
+    let positions: [PackedMatrix]
+    var outChannels: Int { positions[0].rows }
+    /// 4·Cin
+    var phaseChannels: Int { positions[0].cols }
+}
+
+/// Conv2d weights [Cout, Cin, 4, 4] → `StridedWinogradWeights` (float64, rounded once).
+func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> StridedWinogradWeights {
+    let cols = 4 * inChannels
+    let count = max(1, outChannels * cols)
+    let u = try allocateFloatsOrThrow(9 * count, "Winograd weights")
+    defer { freeFloats(u) }
+    let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
+    for co in 0..<outChannels {
+        for ci in 0..<inChannels {
+            let k = w + (co * inChannels + ci) * 16
+            for py in 0..<2 {
+                for px in 0..<2 {
+                    // taps[ty][tx] = w[2ty + py, 2tx + px]; U = G · taps · Gᵀ.
+                    for i in 0..<3 {
+                        for j in 0..<3 {
+                            var v = 0.0
+                            for ty in 0..<2 {
+                                for tx in 0..<2 {
+                                    v += g[i][ty] * Double(k[(2 * ty + py) * 4 + 2 * tx + px]) * g[j][tx]
+                                }
+                            }
+                            u[(i * 3 + j) * count + co * cols + ci * 4 + py * 2 + px] = Float(v)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    var positions: [PackedMatrix] = []
+    for xi in 0..<9 {
+        positions.append(try PackedMatrix(rows: outChannels, cols: cols, source: u + xi * count, ld: cols))
+    }
+    return StridedWinogradWeights(positions: positions)
+}
+
+/// Floats of per-thread scratch for `winogradConv4x4Stride2`.
+func stridedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
+    let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    // V [9][4·Cin][32] + products [9][rows][32] + gathered 6×6 windows [group·36][32] + blocks.
+    return 9 * 4 * inChannels * gemmColumnBlock + 9 * rows * gemmColumnBlock
+        + winogradChannelGroup * 36 * gemmColumnBlock + 2 * 9 * 16
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] (Ho = ⌊H/2⌋, Wo = ⌊W/2⌋): 4×4 convolution, stride 2,
+/// padding 1, by Winograd F(2×2, 2×2) on the four input phases; y = conv(x) + bias.
+///
+/// Output tile (TY, TX) (pixels 2TY.., 2TX..) reads the padded 6×6 window at (4TY, 4TX): the
+/// same stride-4 gather as F(4×4, 3×3); sub-window (py, px) of it, rows 2i + py and
+/// columns 2j + px, is the phase's 3×3 input tile.
+func winogradConv4x4Stride2(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
+    weights: StridedWinogradWeights, bias: UnsafePointer<Float>,
+    y: UnsafeMutablePointer<Float>, workspace: Workspace
+) throws {
+    let cout = weights.outChannels, k = weights.phaseChannels
+    let ho = h / 2, wo = w / 2
+    let tilesHigh = (ho + 1) / 2, tilesWide = (wo + 1) / 2, tiles = tilesHigh * tilesWide
+    if ho == 0 || wo == 0 || batch == 0 { return }
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: h, width: w, stride: 4, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+    let perImage = cin * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+    let taskCount = batch * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let scratchFloats = stridedWinogradScratchFloats(inChannels: cin, outChannels: cout)
+    let scratch = try workspace.floats(maxThreads * scratchFloats)
+    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let b = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+        let width = n1 - n0
+        let v = scratch + thread * scratchFloats                    // [9][4·Cin][32]
+        let products = v + 9 * k * gemmColumnBlock                  // [9][rowsPadded][32]
+        let gathered = products + 9 * rowsPadded * gemmColumnBlock  // [group][36][32]
+        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 36 * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 18)
+        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 6,
+                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let vPlane = k * gemmColumnBlock
+        for ci in 0..<cin {
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * 36, kc: group * 36, n0: n0, width: width, into: gathered)
+            }
+            let window = gathered + inGroup * 36 * gemmColumnBlock
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                for py in 0..<2 {
+                    for px in 0..<2 {
+                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
+                            load16(window + ((2 * i + py) * 6 + 2 * j + px) * gemmColumnBlock + o)
+                        }
+                        // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
+                        for i in 0..<3 {
+                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
+                            block[i * 3] = a - c
+                            block[i * 3 + 1] = c
+                            block[i * 3 + 2] = e - c
+                        }
+                        let dst = v + (ci * 4 + py * 2 + px) * gemmColumnBlock + o
+                        for j in 0..<3 {
+                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
+                            store16(r0 - r1, dst + j * vPlane)
+                            store16(r1, dst + (3 + j) * vPlane)
+                            store16(r2 - r1, dst + (6 + j) * vPlane)
+                        }
+                    }
+                }
+            }
+        }
+        for xi in 0..<9 {
+            let u = weights.positions[xi]
+            let vPanel = UnsafePointer(v + xi * vPlane)
+            var row = m0
+            while row < m1 {
+                let out = products + (xi * rowsPadded + row) * gemmColumnBlock
+                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(k, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
+                if width <= 16 {
+                    microKernel8x16(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                } else {
+                    microKernel8x32(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                }
+                row += gemmRowBlock
+            }
+        }
+        // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
+        let yImage = y + b * cout * ho * wo
+        let step = rowsPadded * gemmColumnBlock
+        for co in m0..<m1 {
+            let yPlane = yImage + co * ho * wo
+            let biasValue = Vec16(repeating: bias[co])
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                let base = products + co * gemmColumnBlock + o
+                @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
+                let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)   // rows 0 + 1
+                let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)   // rows 1 + 2
+                block[0] = s0 + s1 + biasValue
+                block[1] = s1 + s2 + biasValue
+                block[2] = r0 + r1 + biasValue
+                block[3] = r1 + r2 + biasValue
+                for lane in 0..<min(16, width - o) {
+                    let t = n0 + o + lane
+                    let oy = (t / tilesWide) * 2, ox = (t % tilesWide) * 2
+                    let p = yPlane + oy * wo + ox
+                    let right = ox + 1 < wo, below = oy + 1 < ho
+                    p[0] = block[0][lane]
+                    if right { p[1] = block[1][lane] }
+                    if below { p[wo] = block[2][lane] }
+                    if right && below { p[wo + 1] = block[3][lane] }
+                }
+            }
+        }
+    }
+}
+
+// MARK: - 4×4 stride-2 transposed convolution by Winograd F(2×2, 2×2) per sub-pixel parity
+
+/// ConvTranspose2d(k 4, stride 2, padding 1) weights as four sub-pixel 2×2 kernels, each in
+/// Winograd F(2×2, 2×2) form: parity p = 2·ry + rx, U_{p,ξ} [Cout, Cin] at index 9·p + ξ.
+struct TransposedWinogradWeights {
+    let positions: [PackedMatrix]
+    var outChannels: Int { positions[0].rows }
+    var inChannels: Int { positions[0].cols }
+}
+
+/// ConvTranspose2d weights [Cin, Cout, 4, 4] → `TransposedWinogradWeights` (float64, rounded once).
+func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> TransposedWinogradWeights {
+    let count = max(1, outChannels * inChannels)
+    let u = try allocateFloatsOrThrow(36 * count, "Winograd weights")
+    defer { freeFloats(u) }
+    let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
+    for ry in 0..<2 {
+        for rx in 0..<2 {
+            let parity = 2 * ry + rx
+            for ci in 0..<inChannels {
+                for co in 0..<outChannels {
+                    // taps[ty][tx] = w[ci, co, subPixelTap(ry, ty), subPixelTap(rx, tx)].
+                    @inline(__always) func tap(_ ty: Int, _ tx: Int) -> Double {
+                        Double(w[((ci * outChannels + co) * 4 + subPixelTap(ry, ty)) * 4 + subPixelTap(rx, tx)])
+                    }
+                    for i in 0..<3 {
+                        for j in 0..<3 {
+                            var v = 0.0
+                            for ty in 0..<2 {
+                                for tx in 0..<2 { v += g[i][ty] * tap(ty, tx) * g[j][tx] }
+                            }
+                            u[(9 * parity + i * 3 + j) * count + co * inChannels + ci] = Float(v)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    var positions: [PackedMatrix] = []
+    for p in 0..<36 {
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + p * count, ld: inChannels))
+    }
+    return TransposedWinogradWeights(positions: positions)
+}
+
+/// Floats of per-thread scratch for `winogradConvTranspose4x4Stride2`.
+func transposedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
+    let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    // V [36][Cin][32] + products [36][rows][32] + gathered 4×4 windows [group·16][32] + blocks.
+    return 36 * inChannels * gemmColumnBlock + 36 * rows * gemmColumnBlock
+        + winogradChannelGroup * 16 * gemmColumnBlock + 2 * 9 * 16
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`):
+/// ConvTranspose2d(k 4, stride 2, padding 1) as four sub-pixel 2×2 convolutions, each by
+/// Winograd F(2×2, 2×2).
+///
+/// Parity (ry, rx) output (i, j) — pixel (2i + ry, 2j + rx) — reads padded input rows
+/// i + ry + t, t ∈ {0, 1}. A tile of 2×2 parity outputs at (2TY, 2TX) therefore reads
+/// the padded 4×4 window at (2TY, 2TX), rows ry..<ry+3 and columns rx..<rx+3 of it, and
+/// all four parities of the tile together fill the 4×4 output block at (4TY, 4TX).
+func winogradConvTranspose4x4Stride2(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
+    weights: TransposedWinogradWeights, bias: UnsafePointer<Float>,
+    y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace
+) throws {
+    let cout = weights.outChannels
+    let ho = 2 * h, wo = 2 * w
+    let yStride = outputBatchStride ?? cout * ho * wo
+    let tilesHigh = (h + 1) / 2, tilesWide = (w + 1) / 2, tiles = tilesHigh * tilesWide
+    if batch == 0 || tiles == 0 { return }
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: h, width: w, stride: 2, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+    let perImage = cin * layout.perChannel
+    let planes = try workspace.floats(batch * perImage)
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+
+    let pool = ThreadPool.shared
+    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+    let taskCount = batch * split.tasksPerImage
+    let maxThreads = pool.threadsFor(taskCount)
+    let scratchFloats = transposedWinogradScratchFloats(inChannels: cin, outChannels: cout)
+    let scratch = try workspace.floats(maxThreads * scratchFloats)
+    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+        let b = task / split.tasksPerImage
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+        let width = n1 - n0
+        let v = scratch + thread * scratchFloats                     // [36][Cin][32]
+        let products = v + 36 * cin * gemmColumnBlock                // [36][rowsPadded][32]
+        let gathered = products + 36 * rowsPadded * gemmColumnBlock  // [group][16][32]
+        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 16 * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 18)
+        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 4,
+                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let vPlane = cin * gemmColumnBlock
+        for ci in 0..<cin {
+            let inGroup = ci % winogradChannelGroup
+            if inGroup == 0 {
+                let group = min(winogradChannelGroup, cin - ci)
+                source.packPanel(k0: ci * 16, kc: group * 16, n0: n0, width: width, into: gathered)
+            }
+            let window = gathered + inGroup * 16 * gemmColumnBlock
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                for ry in 0..<2 {
+                    for rx in 0..<2 {
+                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
+                            load16(window + ((i + ry) * 4 + j + rx) * gemmColumnBlock + o)
+                        }
+                        for i in 0..<3 {
+                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
+                            block[i * 3] = a - c
+                            block[i * 3 + 1] = c
+                            block[i * 3 + 2] = e - c
+                        }
+                        let dst = v + 9 * (2 * ry + rx) * vPlane + ci * gemmColumnBlock + o
+                        for j in 0..<3 {
+                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
+                            store16(r0 - r1, dst + j * vPlane)
+                            store16(r1, dst + (3 + j) * vPlane)
+                            store16(r2 - r1, dst + (6 + j) * vPlane)
+                        }
+                    }
+                }
+            }
+        }
+        for p in 0..<36 {
+            let u = weights.positions[p]
+            let vPanel = UnsafePointer(v + p * vPlane)
+            var row = m0
+            while row < m1 {
+                let out = products + (p * rowsPadded + row) * gemmColumnBlock
+                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
+                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
+                    row += 2 * gemmRowBlock
+                    continue
+                }
+                if width <= 16 {
+                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                } else {
+                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                }
+                row += gemmRowBlock
+            }
+        }
+        let yImage = y + b * yStride
+        let step = rowsPadded * gemmColumnBlock
+        for co in m0..<m1 {
+            let yPlane = yImage + co * ho * wo
+            let biasValue = Vec16(repeating: bias[co])
+            for half in 0..<((width + 15) / 16) {
+                let o = half * 16
+                // block[4·parity + 2a + b] = output (a, b) of that parity for 16 tiles.
+                for parity in 0..<4 {
+                    let base = products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o
+                    @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
+                    let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)
+                    let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)
+                    block[4 * parity] = s0 + s1 + biasValue
+                    block[4 * parity + 1] = s1 + s2 + biasValue
+                    block[4 * parity + 2] = r0 + r1 + biasValue
+                    block[4 * parity + 3] = r1 + r2 + biasValue
+                }
+                for lane in 0..<min(16, width - o) {
+                    let t = n0 + o + lane
+                    let ty = t / tilesWide, tx = t % tilesWide
+                    // Parity output (2ty + a, 2tx + b) is pixel (4ty + 2a + ry, 4tx + 2b + rx).
+                    let rows = min(4, ho - 4 * ty), cols = min(4, wo - 4 * tx)
+                    let p = yPlane + 4 * ty * wo + 4 * tx
+                    for r in 0..<rows {
+                        let a = r >> 1, ry = r & 1
+                        for c in 0..<cols {
+                            let bb = c >> 1, rx = c & 1
+                            p[r * wo + c] = block[4 * (2 * ry + rx) + 2 * a + bb][lane]
                         }
                     }
                 }

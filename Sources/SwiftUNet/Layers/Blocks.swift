@@ -51,11 +51,11 @@ final class UpBlock {
         let plane = channels * outSpatial
         let mark = workspace.mark()
         defer { workspace.release(to: mark) }
-        let upsampled = try workspace.floats(batch * plane)
-        try up.forward(x, batch: batch, height: height, width: width, into: upsampled, workspace: workspace)
+        // The upsampled channels go straight into the first half of each image's concatenation.
         let joined = try workspace.floats(batch * 2 * plane)
+        try up.forward(x, batch: batch, height: height, width: width, into: joined,
+                       outputBatchStride: 2 * plane, workspace: workspace)
         for b in 0..<batch {
-            (joined + 2 * b * plane).update(from: upsampled + b * plane, count: plane)
             (joined + (2 * b + 1) * plane).update(from: skip + b * plane, count: plane)
         }
         try res.forward(joined, batch: batch, height: 2 * height, width: 2 * width, temb: temb,

@@ -14,6 +14,9 @@ final class Conv2d {
     /// F(4×4, 3×3) weights, prepared only when `expectedSpatialSize` is large enough
     /// for 4×4 tiles to fill the vector lanes (they take 4× the memory of the kernel).
     private(set) var winogradLarge: WinogradWeights?
+    /// Set for 4×4 stride-2 padding-1 convolutions (the down-sampling ones): Winograd
+    /// F(2×2, 2×2) over the four input phases.
+    private(set) var stridedWinograd: StridedWinogradWeights?
     /// The height/width this layer usually sees (set by the model before `prepare`).
     var expectedSpatialSize = 0
 
@@ -50,6 +53,10 @@ final class Conv2d {
             winograd = nil
             winogradLarge = nil
         }
+        stridedWinograd = kernel == 4 && stride == 2 && padding == 1
+            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+            ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            : nil
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -63,6 +70,11 @@ final class Conv2d {
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                  into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        if let strided = stridedWinograd, !accumulate, perImageBias == nil {
+            try winogradConv4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                       weights: strided, bias: bias.data, y: y, workspace: workspace)
+            return
+        }
         let large = height >= Conv2d.largeTileMinimumSize && width >= Conv2d.largeTileMinimumSize ? winogradLarge : nil
         if let winograd = large ?? winograd {
             try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
@@ -89,6 +101,8 @@ final class ConvTranspose2d {
     let weight: Parameter
     let bias: Parameter
     private(set) var packed: SubPixelWeights?
+    /// Winograd F(2×2, 2×2) form of the four sub-pixel kernels (channels >= 8).
+    private(set) var winograd: TransposedWinogradWeights?
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
          kernel: Int, stride: Int, padding: Int) throws {
@@ -107,6 +121,9 @@ final class ConvTranspose2d {
     func prepare() throws {
         packed = try packTransposedConvWeights(weight.data, inChannels: inChannels,
                                                outChannels: outChannels, kernel: kernel)
+        winograd = min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+            ? try packTransposedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            : nil
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -114,10 +131,17 @@ final class ConvTranspose2d {
                      kernel: kernel, stride: stride, padding: padding)
     }
 
-    /// x [B, Cin, H, W] → y [B, Cout, (H-1)s-2p+k, (W-1)s-2p+k]
+    /// x [B, Cin, H, W] → y [B, Cout, 2H, 2W], image b at y + b·outputBatchStride (default packed).
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
-                 into y: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+                 into y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil, workspace: Workspace) throws {
+        if let winograd = winograd {
+            try winogradConvTranspose4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                                weights: winograd, bias: bias.data, y: y,
+                                                outputBatchStride: outputBatchStride, workspace: workspace)
+            return
+        }
         try convTranspose2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
-                                   weights: packed!, bias: bias.data, y: y, workspace: workspace)
+                                   weights: packed!, bias: bias.data, y: y, outputBatchStride: outputBatchStride,
+                                   workspace: workspace)
     }
 }

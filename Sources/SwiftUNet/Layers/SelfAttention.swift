@@ -33,11 +33,8 @@ final class SelfAttention {
         let qkvOut = try workspace.floats(batch * 3 * channels * n)
         try qkv.forward(normed, batch: batch, height: height, width: width, into: qkvOut, workspace: workspace)
         let attended = normed // normed is no longer needed and has the right size
-        let scratch = try workspace.floats(attentionScratchCount(channels: channels, positions: n, heads: heads))
-        for b in 0..<batch {
-            attentionForward(qkv: qkvOut + b * 3 * channels * n, channels: channels, positions: n,
-                             heads: heads, o: attended + b * channels * n, scratch: scratch)
-        }
+        try attentionBatched(qkv: qkvOut, batch: batch, channels: channels, positions: n, heads: heads,
+                             o: attended, workspace: workspace)
         y.update(from: x, count: batch * channels * n)
         try proj.forward(attended, batch: batch, height: height, width: width, into: y,
                          accumulate: true, workspace: workspace)

@@ -198,6 +198,7 @@ public final class DiffusionModel {
         try initConv.forward(x, batch: batch, height: height, width: width, into: h, workspace: ws)
 
         var skips: [UnsafeMutablePointer<Float>] = []
+        skips.reserveCapacity(levels)
         var hh = height, ww = width
         for (i, block) in downBlocks.enumerated() {
             let skip = try ws.floats(batch * d[i + 1] * hh * ww)

@@ -36,8 +36,18 @@ public final class ThreadPool {
     private let ticket = Atomic<Int>(0)
     /// Next task index to hand out in the current region.
     private let nextTask = Atomic<Int>(0)
-    /// Helpers of the current region that have not finished yet.
-    private let busyHelpers = Atomic<Int>(0)
+    /// Bit 0: the region is closed to new helpers; bits 1..<32: helpers inside it;
+    /// bits 32...: the region's generation, so a helper can only join the region
+    /// whose ticket (and helper count, and scratch size) it read.
+    /// The owner closes the region once it runs out of tasks and then waits only
+    /// for helpers that joined, never for one that has not woken up yet.
+    private let regionState = Atomic<Int>(1)
+
+    @inline(__always) private static func stateGeneration(_ generation: Int) -> Int { (generation & 0x7FFF_FFFF) << 32 }
+
+    /// Checks of the ticket before a worker yields between checks, then before it sleeps.
+    static let pureSpinChecks = 4_000
+    static let spinChecks = 20_000
 
     private let sleepMutex: UnsafeMutablePointer<pthread_mutex_t>
     private let wakeUp: UnsafeMutablePointer<pthread_cond_t>
@@ -95,17 +105,18 @@ public final class ThreadPool {
             regionBody = escapable
             regionCount = count
             nextTask.store(0, ordering: .relaxed)
-            busyHelpers.store(helpers, ordering: .relaxed)
             let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
+            regionState.store(ThreadPool.stateGeneration(generation), ordering: .releasing)
             pthread_mutex_lock(sleepMutex)
             ticket.store((generation << 16) | helpers, ordering: .releasing)
             pthread_cond_broadcast(wakeUp)
             pthread_mutex_unlock(sleepMutex)
 
             runTasks(thread: 0)
-            // Wait for the helpers: they hold `escapable` until they finish.
+            // Close the region, then wait for the helpers inside: they hold `escapable`.
+            regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
             var spins = 0
-            while busyHelpers.load(ordering: .acquiring) != 0 {
+            while (regionState.load(ordering: .acquiring) >> 1) & 0x7FFF_FFFF != 0 {
                 spins += 1
                 if spins > 2000 { sched_yield() }
             }
@@ -122,6 +133,19 @@ public final class ThreadPool {
             if i >= count { break }
             body(i, thread)
         }
+    }
+
+    /// Enters region `generation` unless its owner has already closed it (or moved on).
+    private func join(generation: Int) -> Bool {
+        let tag = ThreadPool.stateGeneration(generation)
+        var state = regionState.load(ordering: .acquiring)
+        while state & 1 == 0 && state & ~0xFFFF_FFFF == tag {
+            let (exchanged, current) = regionState.compareExchange(
+                expected: state, desired: state + 2, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            state = current
+        }
+        return false
     }
 
     /// In a child process after fork() only the forking thread exists: the
@@ -171,9 +195,13 @@ public final class ThreadPool {
         var seen = start
         while true {
             var word = ticket.load(ordering: .acquiring)
+            // Spin briefly (regions of one forward follow each other within microseconds),
+            // yielding the CPU after the first few thousand checks so that on a busy
+            // machine a spinning helper does not starve the thread that owns the region.
             var spins = 0
-            while word >> 16 == seen && spins < 200_000 {
+            while word >> 16 == seen && spins < ThreadPool.spinChecks {
                 spins += 1
+                if spins > ThreadPool.pureSpinChecks { sched_yield() }
                 word = ticket.load(ordering: .acquiring)
             }
             if word >> 16 == seen {
@@ -187,9 +215,9 @@ public final class ThreadPool {
             }
             seen = word >> 16
             let helpers = word & 0xFFFF
-            if index <= helpers {
+            if index <= helpers && join(generation: seen) {
                 runTasks(thread: index)
-                busyHelpers.wrappingSubtract(1, ordering: .releasing)
+                regionState.wrappingSubtract(2, ordering: .releasing)
             }
         }
     }
