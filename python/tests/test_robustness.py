@@ -1213,3 +1213,47 @@ def test_thread_creation_failure_is_not_a_crash():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["under_limit"] in ("same", "MemoryError"), r
     assert r["after"] == "same", r
+
+
+def test_set_num_threads_while_forwards_run():
+    """Changing the thread count while other threads are inside forward:
+    results stay those of sequential calls (the count only changes how the
+    work is split), nothing hangs or crashes."""
+    m = swiftunet.DiffusionModel(**dict(TINY2, image_size=16), seed=12)
+    inputs = _inputs(4, shape=(2, 3, 16, 16))
+    before = swiftunet.get_num_threads()
+    want = [m(x, t) for x, t in inputs]
+    stop = threading.Event()
+    errors = []
+
+    def toggler():
+        try:
+            k = 0
+            while not stop.is_set():
+                swiftunet.set_num_threads(1 + k % 4)
+                k += 1
+                time.sleep(0.0005)
+        except Exception as exc:
+            errors.append(exc)
+
+    def worker(j):
+        def run():
+            try:
+                for rep in range(15):
+                    x, t = inputs[(j + rep) % len(inputs)]
+                    if not np.array_equal(m(x, t), want[(j + rep) % len(inputs)]):
+                        errors.append("different result")
+            except Exception as exc:
+                errors.append(exc)
+
+        return run
+
+    toggle = threading.Thread(target=toggler, daemon=True)
+    toggle.start()
+    try:
+        _run_threads([worker(j) for j in range(4)])
+    finally:
+        stop.set()
+        toggle.join(10)
+        swiftunet.set_num_threads(before)
+    assert not errors, errors[:5]
