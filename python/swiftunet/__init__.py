@@ -17,6 +17,7 @@ from .model import DiffusionModel, IncompatibleKeys
 from .model import _int_arg
 from .sampling import NoiseSchedule, q_sample, randn, sample
 from .images import image_grid, to_uint8
+from .onnx_export import export_onnx
 
 __all__ = [
     "DiffusionModel",
@@ -30,6 +31,7 @@ __all__ = [
     "sample",
     "to_uint8",
     "image_grid",
+    "export_onnx",
     "reference",
     "__version__",
 ]
