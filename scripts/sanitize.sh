@@ -5,7 +5,7 @@
 #   scripts/sanitize.sh            # address, then thread
 #   scripts/sanitize.sh address    # swift test under ASan (leaks checked at exit)
 #   scripts/sanitize.sh thread     # swift test under TSan
-#   scripts/sanitize.sh python     # the Python fuzz/robustness/API tests with an
+#   scripts/sanitize.sh python     # the Python fuzz/robustness/API/sampling tests with an
 #                                  # ASan build of libSwiftUNetC (needs the package
 #                                  # installed: python3 -m pip install .)
 #
@@ -72,7 +72,7 @@ run_python() {
     (cd python/tests &&
         LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1" \
         PYTHONPATH="$(cd ../.. && pwd)/$stage" \
-        "$PYTHON" -m pytest -q -p no:cacheprovider test_fuzz.py test_robustness.py test_api.py \
+        "$PYTHON" -m pytest -q -p no:cacheprovider test_fuzz.py test_robustness.py test_api.py test_sampling.py \
             -k "not memory_error and not huge_config and not thread_creation" "$@")
 }
 
