@@ -5,7 +5,9 @@ dtypes, memory layouts (Fortran order, transposes, slices, negative and zero
 strides, unaligned and byte-swapped buffers, lists), timesteps of every
 dtype and range, `out=` buffers of every kind (including x itself and views
 overlapping it), constructor arguments inside and outside the valid
-configurations, and corrupted state_dicts. The parent sends each batch as
+configurations, corrupted state_dicts, and saved model files with random
+byte-level damage (bit flips, overwritten, inserted and deleted bytes,
+truncation, in the length, the header or the data). The parent sends each batch as
 JSON to a child Python (this same file run as a script), which runs the
 cases one by one and prints a JSON line when it starts a case and one with
 its outcome. A crash (segfault, Swift trap, abort) is a dead child, reported
@@ -23,6 +25,8 @@ The property checked for every case:
   (so layout and dtype conversions are right);
 * a failed load_state_dict leaves the weights bit-identical; a successful
   one installs exactly the given values.
+* a damaged file loads into a working model with finite weights, or raises
+  ValueError.
 
 Runs are reproducible (derandomize=True). The size is set by environment
 variables (see docs/robustness.md):
@@ -534,6 +538,72 @@ def run_load(case, models):
     return None
 
 
+_FILES = {}
+
+
+def _good_file(models, mi):
+    """A valid safetensors file of model `mi` (written once per child)."""
+    if mi not in _FILES:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(suffix=".safetensors")
+        os.close(fd)
+        models[mi].save(path)
+        with open(path, "rb") as f:
+            _FILES[mi] = f.read()
+        os.unlink(path)
+    return _FILES[mi]
+
+
+def run_file(case, models):
+    """A saved model file with random byte-level damage: load returns a
+    working model or raises ValueError."""
+    import struct
+    import tempfile
+
+    import swiftunet
+
+    blob = bytearray(_good_file(models, case["model"]))
+    (n,) = struct.unpack("<Q", bytes(blob[:8]))
+    regions = {"length": (0, 8), "header": (8, 8 + n), "data": (8 + n, len(blob)), "any": (0, len(blob))}
+    for op in case["ops"]:
+        lo, hi = regions[op["where"]]
+        hi = min(hi, len(blob))
+        if hi <= lo:
+            continue
+        pos = lo + int(op["pos"] * (hi - lo - 1))
+        if op["op"] == "set":
+            blob[pos] = op["byte"]
+        elif op["op"] == "flip":
+            blob[pos] ^= 1 << (op["byte"] % 8)
+        elif op["op"] == "truncate":
+            del blob[pos:]
+        elif op["op"] == "insert":
+            blob[pos:pos] = bytes([op["byte"]]) * (1 + op["byte"] % 9)
+        elif op["op"] == "delete":
+            del blob[pos:pos + 1 + op["byte"] % 9]
+    fd, path = tempfile.mkstemp(suffix=".safetensors")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(blob))
+        try:
+            m = swiftunet.DiffusionModel.load(path)
+            _LAST["outcome"] = "returned"
+        except ValueError:
+            _LAST["outcome"] = "ValueError"
+            return None
+    finally:
+        os.unlink(path)
+    sd = m.state_dict()
+    if not all(np.isfinite(v).all() for v in sd.values()):
+        return "loaded non-finite weights"
+    f = 2 ** m.num_levels
+    y = m(np.ones((1, m.channels, f, f), np.float32), 1)
+    if y.shape != (1, m.channels, f, f) or np.isinf(y).any():
+        return "a loaded model's forward is wrong"
+    return None
+
+
 def child_main():
     import faulthandler
 
@@ -558,6 +628,8 @@ def child_main():
                 problem = run_forward(case, models)
             elif case["kind"] == "construct":
                 problem = run_construct(case)
+            elif case["kind"] == "file":
+                problem = run_file(case, models)
             else:
                 problem = run_load(case, models)
         except BaseException as exc:  # anything but ValueError/TypeError/MemoryError from the API
@@ -793,9 +865,20 @@ if __name__ != "__main__":
         "strict": st.booleans(),
     })
 
+    file_cases = st.fixed_dictionaries({
+        "kind": st.just("file"),
+        "model": st.integers(0, len(MODELS) - 1),
+        "ops": st.lists(st.fixed_dictionaries({
+            "op": st.sampled_from(["set", "flip", "flip", "truncate", "insert", "delete"]),
+            "where": st.sampled_from(["length", "header", "header", "header", "data", "any"]),
+            "pos": st.floats(0, 1),
+            "byte": st.integers(0, 255),
+        }), min_size=0, max_size=4),
+    })
+
     any_case = st.one_of(
         forward_cases(), forward_cases(), forward_cases(), forward_cases(), forward_cases(),
-        forward_cases(), forward_cases(), construct_cases(), load_cases,
+        forward_cases(), forward_cases(), construct_cases(), load_cases, file_cases,
     )
 
     def run_batch(cases, selftest=False):
