@@ -173,36 +173,48 @@ static char scalar_format(const Py_buffer *view)
     return f[0];
 }
 
-/* Gets a C-contiguous buffer of `count` float32 values (writable if asked).
+/* The element types the library exchanges through buffers. */
+typedef struct {
+    const char *name;  /* for messages: "float32", "int64" */
+    Py_ssize_t itemsize;
+    char format;       /* struct-module code */
+    char alt_format;   /* a second code with the same meaning on LP64 ('l' for int64), or 0 */
+} element_type;
+
+static const element_type FLOAT32 = {"float32", 4, 'f', 0};
+static const element_type INT64 = {"int64", 8, 'q', 'l'};
+
+/* Gets a C-contiguous buffer of `count` values of `type` (writable if asked).
  * On failure sets an exception naming `what` and returns -1; the buffer is
  * then not held. */
-static int get_float_buffer(PyObject *obj, Py_buffer *view, int writable,
+static int get_typed_buffer(PyObject *obj, Py_buffer *view, const element_type *type, int writable,
                             Py_ssize_t count, const char *what)
 {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) != 0) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
+        PyObject *exc_type, *value, *tb;
+        PyErr_Fetch(&exc_type, &value, &tb);
         PyErr_Format(PyExc_TypeError,
-                     "%s must support the buffer protocol as a C-contiguous%s float32 array "
-                     "(got %.200s)", what, writable ? ", writable" : "", Py_TYPE(obj)->tp_name);
-        Py_XDECREF(type);
+                     "%s must support the buffer protocol as a C-contiguous%s %s array "
+                     "(got %.200s)", what, writable ? ", writable" : "", type->name, Py_TYPE(obj)->tp_name);
+        Py_XDECREF(exc_type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
         return -1;
     }
-    if (view->itemsize != 4 || scalar_format(view) != 'f') {
-        PyErr_Format(PyExc_TypeError, "%s must hold float32 values (buffer format '%s', itemsize %zd)",
-                     what, view->format ? view->format : "B", view->itemsize);
+    char c = scalar_format(view);
+    if (view->itemsize != type->itemsize || c == 0 || (c != type->format && c != type->alt_format)) {
+        PyErr_Format(PyExc_TypeError, "%s must hold %s values (buffer format '%s', itemsize %zd)",
+                     what, type->name, view->format ? view->format : "B", view->itemsize);
         goto fail;
     }
-    if (view->len != count * 4) {
-        PyErr_Format(PyExc_ValueError, "%s must hold %zd float32 values, got %zd",
-                     what, count, view->len / 4);
+    if (view->len != count * type->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %zd %s values, got %zd",
+                     what, count, type->name, view->len / type->itemsize);
         goto fail;
     }
-    if (((uintptr_t)view->buf) % 4 != 0) {
-        PyErr_Format(PyExc_ValueError, "%s is not aligned to 4 bytes", what);
+    if (((uintptr_t)view->buf) % (uintptr_t)type->itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s is not aligned to %zd bytes", what, type->itemsize);
         goto fail;
     }
     return 0;
@@ -211,39 +223,14 @@ fail:
     return -1;
 }
 
-/* Same for `count` int64 values (read-only). */
+static int get_float_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t count, const char *what)
+{
+    return get_typed_buffer(obj, view, &FLOAT32, writable, count, what);
+}
+
 static int get_int64_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t count, const char *what)
 {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_Format(PyExc_TypeError,
-                     "%s must support the buffer protocol as a C-contiguous int64 array (got %.200s)",
-                     what, Py_TYPE(obj)->tp_name);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        return -1;
-    }
-    char c = scalar_format(view);
-    if (view->itemsize != 8 || (c != 'q' && c != 'l')) {
-        PyErr_Format(PyExc_TypeError, "%s must hold int64 values (buffer format '%s', itemsize %zd)",
-                     what, view->format ? view->format : "B", view->itemsize);
-        goto fail;
-    }
-    if (view->len != count * 8) {
-        PyErr_Format(PyExc_ValueError, "%s must hold %zd int64 values, got %zd",
-                     what, count, view->len / 8);
-        goto fail;
-    }
-    if (((uintptr_t)view->buf) % 8 != 0) {
-        PyErr_Format(PyExc_ValueError, "%s is not aligned to 8 bytes", what);
-        goto fail;
-    }
-    return 0;
-fail:
-    PyBuffer_Release(view);
-    return -1;
+    return get_typed_buffer(obj, view, &INT64, 0, count, what);
 }
 
 static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
