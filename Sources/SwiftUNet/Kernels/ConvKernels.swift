@@ -52,9 +52,11 @@ struct PhasePlanes {
         wp = max(minimumColumns, (width + 2 * pad + stride - 1) / stride)
     }
 
-    /// Floats of scratch `fill(..., normalize:)` needs (one normalised channel per thread).
-    static func normalizeScratchFloats(batch: Int, groups: Int, spatial: Int) -> Int {
-        ThreadPool.shared.threadsFor(batch * groups) * ((spatial + 15) & ~15)
+    /// Floats of scratch `fill(..., normalize:)` needs with `threads` threads (one
+    /// normalised channel each); `threads` = `ThreadPool.shared.threadsFor(batch · groups)`,
+    /// read once and passed to `fill` as `scratchThreads`.
+    static func normalizeScratchFloats(threads: Int, spatial: Int) -> Int {
+        threads * ((spatial + 15) & ~15)
     }
 
     /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).
@@ -64,13 +66,13 @@ struct PhasePlanes {
     /// full-size intermediate. `scratch` then holds `normalizeScratchFloats` floats.
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
               into planes: UnsafeMutablePointer<Float>, normalize: GroupNormSpec? = nil,
-              scratch: UnsafeMutablePointer<Float>? = nil) {
+              scratch: UnsafeMutablePointer<Float>? = nil, scratchThreads: Int = 1) {
         let spatial = height * width
         if let norm = normalize, let scratch = scratch {
             let groups = norm.groups, cpg = channels / groups
             let channelStride = (spatial + 15) & ~15
             let count = batch * groups
-            ThreadPool.shared.parallelFor(count, maxThreads: ThreadPool.shared.threadsFor(count)) { task, thread in
+            ThreadPool.shared.parallelFor(count, maxThreads: scratchThreads) { task, thread in
                 let b = task / groups, g = task % groups
                 let base = (b * channels + g * cpg) * spatial
                 let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: norm.eps)
@@ -315,10 +317,11 @@ func conv2dForward(
     let layout = PhasePlanes(height: g.height, width: g.width, stride: g.stride, pad: g.padding)
     let perImage = g.inChannels * layout.perChannel
     let planes = try workspace.floats(batch * perImage)
+    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
     let normScratch = normalize == nil ? nil
-        : try workspace.floats(PhasePlanes.normalizeScratchFloats(batch: batch, groups: normalize!.groups, spatial: hw))
+        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: hw))
     layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes,
-                normalize: normalize, scratch: normScratch)
+                normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
     try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                     makeSource: { b in
                         PhaseSource(planes: planes + b * perImage, layout: layout, kernel: g.kernel,

@@ -168,13 +168,15 @@ func winogradConv3x3(
     let layout = PhasePlanes(height: h, width: w, stride: m, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
     let perImage = cin * layout.perChannel
     let planes = try workspace.floats(batch * perImage)
+    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
     let normScratch = normalize == nil ? nil
-        : try workspace.floats(PhasePlanes.normalizeScratchFloats(batch: batch, groups: normalize!.groups, spatial: h * w))
-    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize, scratch: normScratch)
+        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
+                scratch: normScratch, scratchThreads: normThreads)
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
@@ -378,7 +380,7 @@ func winogradConv4x4Stride2(
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = stridedWinogradScratchFloats(inChannels: cin, outChannels: cout)
@@ -559,7 +561,7 @@ func winogradConvTranspose4x4Stride2(
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = transposedWinogradScratchFloats(inChannels: cin, outChannels: cout)

@@ -23,6 +23,8 @@ public final class ThreadPool {
 
     /// Held by the thread that currently owns the workers.
     private let regionLock = Mutex()
+    /// Set while a thread owns the workers (see `threadsFor`).
+    private let regionActive = Atomic<Bool>(false)
     /// Workers started so far (they live until the process exits).
     private var workers: [pthread_t] = []
     /// The process the workers belong to: after fork() the child has none of them.
@@ -87,8 +89,12 @@ public final class ThreadPool {
 
     /// How many threads a region of `count` tasks would use at most (>= 1). Callers
     /// that need per-thread scratch allocate this many and pass it as `maxThreads`.
+    /// While a region runs (a task's own kernels, or another OS thread's call) this is 1:
+    /// such a call would run inline, so it should not split its work for threads it
+    /// will not get (row splits repeat packing and transforms).
     public func threadsFor(_ count: Int) -> Int {
-        max(1, min(numThreads, count))
+        if regionActive.load(ordering: .relaxed) { return 1 }
+        return max(1, min(numThreads, count))
     }
 
     /// Runs `body(i)` for every i in 0..<count.
@@ -98,6 +104,7 @@ public final class ThreadPool {
 
     /// Runs `body(task, thread)` for every task in 0..<count, where `thread` in
     /// 0..<maxThreads identifies the running thread (for per-thread scratch).
+    ///
     public func parallelFor(_ count: Int, maxThreads: Int, _ body: (Int, Int) -> Void) {
         if count <= 0 { return }
         let participants = min(maxThreads, threadsFor(count))
@@ -105,7 +112,11 @@ public final class ThreadPool {
             for i in 0..<count { body(i, 0) }
             return
         }
-        defer { regionLock.unlock() }
+        regionActive.store(true, ordering: .relaxed)
+        defer {
+            regionActive.store(false, ordering: .relaxed)
+            regionLock.unlock()
+        }
         if workersPid != getpid() { forgetWorkersAfterFork() }
         let helpers = startWorkers(upTo: participants - 1)
         if helpers == 0 {
