@@ -190,6 +190,56 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// GroupNorm + SiLU fused into a convolution's padded-plane fill gives exactly the
+    /// values of `groupNormForward` then the plain convolution (same arithmetic), for the
+    /// Winograd tiles and the implicit GEMM, odd sizes, groups of 1 to 3 channels, 1 and 2 threads.
+    func testNormalizedFillMatchesGroupNormThenConvolution() throws {
+        let pool = ThreadPool.shared
+        let saved = pool.numThreads
+        defer { pool.numThreads = saved }
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int, groups: Int)] = [
+            (1, 8, 8, 1, 1, 8), (2, 16, 9, 7, 5, 8), (3, 24, 8, 13, 11, 8), (1, 8, 3, 17, 16, 4),
+        ]
+        for threads in [1, 2] {
+            pool.numThreads = threads
+            for c in cases {
+                let x = randomValues(c.b * c.cin * c.h * c.w, seed: 41).map { $0 * 2 + 0.3 }
+                let w = randomValues(c.cout * c.cin * 9, seed: 42)
+                let bias = randomValues(c.cout, seed: 43)
+                let gamma = randomValues(c.cin, seed: 44), beta = randomValues(c.cin, seed: 45)
+                var normed = [Float](repeating: .nan, count: x.count)
+                groupNormForward(x, batch: c.b, channels: c.cin, spatial: c.h * c.w, groups: c.groups,
+                                 gamma: gamma, beta: beta, eps: 1e-5, silu: true, y: &normed)
+                try gamma.withUnsafeBufferPointer { gp in
+                    try beta.withUnsafeBufferPointer { bp in
+                        let spec = GroupNormSpec(groups: c.groups, gamma: gp.baseAddress!, beta: bp.baseAddress!,
+                                                 eps: 1e-5, silu: true)
+                        for tile in [WinogradTile.two, .four] where c.cout >= 8 {
+                            let weights = try packWinogradWeights(w, inChannels: c.cin, outChannels: c.cout, tile: tile)
+                            var fused = [Float](repeating: .nan, count: c.b * c.cout * c.h * c.w), split = fused
+                            try winogradConv3x3(x, batch: c.b, inChannels: c.cin, height: c.h, width: c.w, weights: weights,
+                                                bias: bias, biasBatchStride: 0, y: &fused, accumulate: false,
+                                                normalize: spec, workspace: Workspace())
+                            try winogradConv3x3(normed, batch: c.b, inChannels: c.cin, height: c.h, width: c.w,
+                                                weights: weights, bias: bias, biasBatchStride: 0, y: &split,
+                                                accumulate: false, workspace: Workspace())
+                            XCTAssertEqual(fused, split, "winograd \(tile) \(c) threads=\(threads)")
+                        }
+                        let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                             kernel: 3, stride: 1, padding: 1)
+                        let packed = try PackedMatrix(rows: c.cout, cols: c.cin * 9, source: w, ld: c.cin * 9)
+                        var fused = [Float](repeating: .nan, count: c.b * c.cout * c.h * c.w), split = fused
+                        try conv2dForward(x, batch: c.b, geometry: g, weights: packed, bias: bias, biasBatchStride: 0,
+                                          y: &fused, accumulate: false, normalize: spec, workspace: Workspace())
+                        try conv2dForward(normed, batch: c.b, geometry: g, weights: packed, bias: bias, biasBatchStride: 0,
+                                          y: &split, accumulate: false, workspace: Workspace())
+                        XCTAssertEqual(fused, split, "implicit GEMM \(c) threads=\(threads)")
+                    }
+                }
+            }
+        }
+    }
+
     func testGroupNormMatchesNaive() {
         for (b, c, hw, groups) in [(1, 8, 1, 8), (2, 16, 7, 8), (3, 24, 33, 8), (1, 64, 64, 8), (2, 8, 5, 2)] {
             let x = randomValues(b * c * hw, seed: 12).map { $0 * 3 + 0.5 }

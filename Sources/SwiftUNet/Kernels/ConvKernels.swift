@@ -52,52 +52,87 @@ struct PhasePlanes {
         wp = max(minimumColumns, (width + 2 * pad + stride - 1) / stride)
     }
 
+    /// Floats of scratch `fill(..., normalize:)` needs with `threads` threads (one
+    /// normalised channel each); `threads` = `ThreadPool.shared.threadsFor(batch · groups)`,
+    /// read once and passed to `fill` as `scratchThreads`.
+    static func normalizeScratchFloats(threads: Int, spatial: Int) -> Int {
+        threads * ((spatial + 15) & ~15)
+    }
+
     /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).
+    /// With `normalize`, the planes hold GroupNorm(x) (+ SiLU) instead, computed per
+    /// (image, group) task (statistics, then each channel into `scratch` and on into its
+    /// planes): the same values `groupNormForward` gives, one parallel region and no
+    /// full-size intermediate. `scratch` then holds `normalizeScratchFloats` floats.
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
-              into planes: UnsafeMutablePointer<Float>) {
+              into planes: UnsafeMutablePointer<Float>, normalize: GroupNormSpec? = nil,
+              scratch: UnsafeMutablePointer<Float>? = nil, scratchThreads: Int = 1) {
+        let spatial = height * width
+        if let norm = normalize, let scratch = scratch {
+            let groups = norm.groups, cpg = channels / groups
+            let channelStride = (spatial + 15) & ~15
+            let count = batch * groups
+            ThreadPool.shared.parallelFor(count, maxThreads: scratchThreads) { task, thread in
+                let b = task / groups, g = task % groups
+                let base = (b * channels + g * cpg) * spatial
+                let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: norm.eps)
+                let normed = scratch + thread * channelStride
+                for c in 0..<cpg {
+                    let ch = g * cpg + c
+                    groupNormChannel(x + base + c * spatial, normed, spatial: spatial, mean: stats.mean,
+                                     scale: Float(stats.invStd) * norm.gamma[ch], shift: norm.beta[ch], silu: norm.silu)
+                    fillChannel(normed, height: height, width: width, into: planes + (b * channels + ch) * perChannel)
+                }
+            }
+            return
+        }
+        ThreadPool.shared.parallelFor(batch * channels) { task in
+            fillChannel(x + task * spatial, height: height, width: width, into: planes + task * perChannel)
+        }
+    }
+
+    /// One channel: x [H, W] → planes [s, s, Hp, Wp]
+    @inline(__always)
+    func fillChannel(_ src: UnsafePointer<Float>, height: Int, width: Int, into dst: UnsafeMutablePointer<Float>) {
         let s = stride, pad = pad, hp = hp, wp = wp
         let phasePlane = hp * wp
-        ThreadPool.shared.parallelFor(batch * channels) { task in
-            let src = x + task * height * width
-            let dst = planes + task * perChannel
-            if pad == 1 && (s == 2 || s == 4) {
-                fillPadOneRows(src, height: height, width: width, into: dst, phasePlane: phasePlane)
-                return
-            }
-            var plane = dst
-            for py in 0..<s {
-                for px in 0..<s {
-                    for r in 0..<hp {
-                        let iy = r * s + py - pad
-                        let row = plane + r * wp
-                        if iy < 0 || iy >= height {
-                            row.update(repeating: 0, count: wp)
-                            continue
-                        }
-                        let srow = src + iy * width
-                        if s == 1 {
-                            // Interior copy with pad zeros on both sides.
-                            let lo = min(wp, pad), hi = min(wp, pad + width)
-                            row.update(repeating: 0, count: lo)
-                            (row + lo).update(from: srow + (lo - pad), count: hi - lo)
-                            (row + hi).update(repeating: 0, count: wp - hi)
-                        } else {
-                            // Columns q with 0 <= q·s + px - pad < width form one range [lo, hi).
-                            let first = pad - px
-                            let lo = min(wp, max(0, (first + s - 1) / s))
-                            let last = width - 1 + pad - px   // q·s <= last (integer division would round a negative up)
-                            let hi = last < 0 ? lo : max(lo, min(wp, last / s + 1))
-                            row.update(repeating: 0, count: lo)
-                            var ix = lo * s - first
-                            for q in lo..<hi {
-                                row[q] = srow[ix]
-                                ix += s
-                            }
-                            (row + hi).update(repeating: 0, count: wp - hi)
-                        }
+        if pad == 1 && (s == 2 || s == 4) {
+            fillPadOneRows(src, height: height, width: width, into: dst, phasePlane: phasePlane)
+            return
+        }
+        var plane = dst
+        for py in 0..<s {
+            for px in 0..<s {
+                for r in 0..<hp {
+                    let iy = r * s + py - pad
+                    let row = plane + r * wp
+                    if iy < 0 || iy >= height {
+                        row.update(repeating: 0, count: wp)
+                        continue
                     }
-                    plane += phasePlane
+                    let srow = src + iy * width
+                    if s == 1 {
+                        // Interior copy with pad zeros on both sides.
+                        let lo = min(wp, pad), hi = min(wp, pad + width)
+                        row.update(repeating: 0, count: lo)
+                        (row + lo).update(from: srow + (lo - pad), count: hi - lo)
+                        (row + hi).update(repeating: 0, count: wp - hi)
+                    } else {
+                        // Columns q with 0 <= q·s + px - pad < width form one range [lo, hi).
+                        let first = pad - px
+                        let lo = min(wp, max(0, (first + s - 1) / s))
+                        let last = width - 1 + pad - px   // q·s <= last (integer division would round a negative up)
+                        let hi = last < 0 ? lo : max(lo, min(wp, last / s + 1))
+                        row.update(repeating: 0, count: lo)
+                        var ix = lo * s - first
+                        for q in lo..<hi {
+                            row[q] = srow[ix]
+                            ix += s
+                        }
+                        (row + hi).update(repeating: 0, count: wp - hi)
+                    }
                 }
+                plane += phasePlane
             }
         }
     }
@@ -261,7 +296,7 @@ func copyRun(from src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>
 func conv2dForward(
     _ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
     weights: PackedMatrix, bias: UnsafePointer<Float>, biasBatchStride: Int,
-    y: UnsafeMutablePointer<Float>, accumulate: Bool, workspace: Workspace
+    y: UnsafeMutablePointer<Float>, accumulate: Bool, normalize: GroupNormSpec? = nil, workspace: Workspace
 ) throws {
     let hw = g.height * g.width
     let ohw = g.outHeight * g.outWidth
@@ -271,6 +306,7 @@ func conv2dForward(
     func cOf(_ b: Int) -> UnsafeMutablePointer<Float> { y + b * outPlane }
     func biasOf(_ b: Int) -> UnsafePointer<Float>? { bias + b * biasBatchStride }
     if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
+        precondition(normalize == nil, "1×1 convolutions read x in place: normalise it first")
         try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                         makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
                         cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
@@ -281,7 +317,11 @@ func conv2dForward(
     let layout = PhasePlanes(height: g.height, width: g.width, stride: g.stride, pad: g.padding)
     let perImage = g.inChannels * layout.perChannel
     let planes = try workspace.floats(batch * perImage)
-    layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes)
+    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
+    let normScratch = normalize == nil ? nil
+        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: hw))
+    layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes,
+                normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
     try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
                     makeSource: { b in
                         PhaseSource(planes: planes + b * perImage, layout: layout, kernel: g.kernel,

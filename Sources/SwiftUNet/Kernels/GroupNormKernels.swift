@@ -48,59 +48,82 @@ func groupNormForward(
     y: UnsafeMutablePointer<Float>
 ) {
     let cpg = channels / groups
-    let groupSize = cpg * spatial
-    let vectorEnd = spatial & ~15
     ThreadPool.shared.parallelFor(batch * groups) { task in
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
-        let src = x + base
-        var sum = 0.0
-        for c in 0..<cpg {
-            let s = src + c * spatial
-            var lanes = SIMD16<Float>()
-            var i = 0
-            while i < vectorEnd { lanes += load16(s + i); i += 16 }
-            var tail: Float = 0
-            while i < spatial { tail += s[i]; i += 1 }
-            sum += Double(lanes.sum()) + Double(tail)
-        }
-        let mean = sum / Double(groupSize)
-        let meanF = Float(mean)
-        var sq = 0.0
-        for c in 0..<cpg {
-            let s = src + c * spatial
-            var lanes = SIMD16<Float>()
-            let m16 = SIMD16<Float>(repeating: meanF)
-            var i = 0
-            while i < vectorEnd { let d = load16(s + i) - m16; lanes += d * d; i += 16 }
-            var tail: Float = 0
-            while i < spatial { let d = s[i] - meanF; tail += d * d; i += 1 }
-            sq += Double(lanes.sum()) + Double(tail)
-        }
-        let invStd = 1.0 / (sq / Double(groupSize) + Double(eps)).squareRoot()
+        let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: eps)
         for c in 0..<cpg {
             let ch = g * cpg + c
-            // (x - mean) first: folding the mean into the shift loses accuracy
-            // when the variance is tiny and the scale huge.
-            let scale = Float(invStd) * gamma[ch], shift = beta[ch]
-            let s = src + c * spatial, d = y + base + c * spatial
-            let scale16 = SIMD16<Float>(repeating: scale), shift16 = SIMD16<Float>(repeating: shift)
-            let m16 = SIMD16<Float>(repeating: meanF)
-            var i = 0
-            while i < vectorEnd {
-                let v = (load16(s + i) - m16) * scale16 + shift16
-                store16(silu ? silu16(v) : v, d + i)
-                i += 16
-            }
-            if i < spatial {
-                // Tail: the same vector arithmetic on a zero-padded copy.
-                var lanes = SIMD16<Float>()
-                for t in 0..<(spatial - i) { lanes[t] = s[i + t] }
-                var v = (lanes - m16) * scale16 + shift16
-                if silu { v = silu16(v) }
-                for t in 0..<(spatial - i) { d[i + t] = v[t] }
-            }
+            groupNormChannel(x + base + c * spatial, y + base + c * spatial, spatial: spatial, mean: stats.mean,
+                             scale: Float(stats.invStd) * gamma[ch], shift: beta[ch], silu: silu)
         }
+    }
+}
+
+/// GroupNorm (+ SiLU) applied on the way into a convolution's input planes
+/// (`PhasePlanes.fill(..., normalize:)`): the normalised activations are never stored whole.
+struct GroupNormSpec {
+    let groups: Int
+    let gamma: UnsafePointer<Float>
+    let beta: UnsafePointer<Float>
+    let eps: Float
+    let silu: Bool
+}
+
+/// Mean and 1/sqrt(variance + eps) of one group: x [cpg, spatial] (biased variance;
+/// two passes, 16 float lanes per channel, channels added in float64 in order).
+@inline(__always)
+func groupStatistics(_ src: UnsafePointer<Float>, channels cpg: Int, spatial: Int, eps: Float) -> (mean: Float, invStd: Double) {
+    let groupSize = cpg * spatial
+    let vectorEnd = spatial & ~15
+    var sum = 0.0
+    for c in 0..<cpg {
+        let s = src + c * spatial
+        var lanes = SIMD16<Float>()
+        var i = 0
+        while i < vectorEnd { lanes += load16(s + i); i += 16 }
+        var tail: Float = 0
+        while i < spatial { tail += s[i]; i += 1 }
+        sum += Double(lanes.sum()) + Double(tail)
+    }
+    let mean = sum / Double(groupSize)
+    let meanF = Float(mean)
+    var sq = 0.0
+    for c in 0..<cpg {
+        let s = src + c * spatial
+        var lanes = SIMD16<Float>()
+        let m16 = SIMD16<Float>(repeating: meanF)
+        var i = 0
+        while i < vectorEnd { let d = load16(s + i) - m16; lanes += d * d; i += 16 }
+        var tail: Float = 0
+        while i < spatial { let d = s[i] - meanF; tail += d * d; i += 1 }
+        sq += Double(lanes.sum()) + Double(tail)
+    }
+    return (meanF, 1.0 / (sq / Double(groupSize) + Double(eps)).squareRoot())
+}
+
+/// One channel: d = (s - mean)·scale + shift, then SiLU when `silu`. s, d [spatial]
+@inline(__always)
+func groupNormChannel(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, spatial: Int,
+                      mean meanF: Float, scale: Float, shift: Float, silu: Bool) {
+    // (x - mean) first: folding the mean into the shift loses accuracy
+    // when the variance is tiny and the scale huge.
+    let vectorEnd = spatial & ~15
+    let scale16 = SIMD16<Float>(repeating: scale), shift16 = SIMD16<Float>(repeating: shift)
+    let m16 = SIMD16<Float>(repeating: meanF)
+    var i = 0
+    while i < vectorEnd {
+        let v = (load16(s + i) - m16) * scale16 + shift16
+        store16(silu ? silu16(v) : v, d + i)
+        i += 16
+    }
+    if i < spatial {
+        // Tail: the same vector arithmetic on a zero-padded copy.
+        var lanes = SIMD16<Float>()
+        for t in 0..<(spatial - i) { lanes[t] = s[i + t] }
+        var v = (lanes - m16) * scale16 + shift16
+        if silu { v = silu16(v) }
+        for t in 0..<(spatial - i) { d[i + t] = v[t] }
     }
 }
 

@@ -151,11 +151,12 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
 
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
 /// Winograd F(2×2, 3×3); y = conv(x) + bias (+ y when `accumulate`), bias per image
-/// at `bias + b * biasBatchStride`.
+/// at `bias + b * biasBatchStride`. With `normalize`, the convolution reads
+/// GroupNorm(x) (+ SiLU), normalised on the way into the padded planes.
 func winogradConv3x3(
     _ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, height h: Int, width w: Int,
     weights: WinogradWeights, bias: UnsafePointer<Float>, biasBatchStride: Int,
-    y: UnsafeMutablePointer<Float>, accumulate: Bool, workspace: Workspace
+    y: UnsafeMutablePointer<Float>, accumulate: Bool, normalize: GroupNormSpec? = nil, workspace: Workspace
 ) throws {
     let cout = weights.outChannels
     let tile = weights.tile, m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
@@ -167,11 +168,15 @@ func winogradConv3x3(
     let layout = PhasePlanes(height: h, width: w, stride: m, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
     let perImage = cin * layout.perChannel
     let planes = try workspace.floats(batch * perImage)
-    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
+    let normScratch = normalize == nil ? nil
+        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
+    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
+                scratch: normScratch, scratchThreads: normThreads)
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
@@ -375,7 +380,7 @@ func winogradConv4x4Stride2(
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = stridedWinogradScratchFloats(inChannels: cin, outChannels: cout)
@@ -556,7 +561,7 @@ func winogradConvTranspose4x4Stride2(
 
     let pool = ThreadPool.shared
     let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 2)
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
     let taskCount = batch * split.tasksPerImage
     let maxThreads = pool.threadsFor(taskCount)
     let scratchFloats = transposedWinogradScratchFloats(inChannels: cin, outChannels: cout)

@@ -51,11 +51,10 @@ final class ResBlock {
             for c in 0..<outChannels { bias1[b * outChannels + c] += conv1.bias.data[c] }
         }
 
-        let normed1 = try workspace.floats(batch * inChannels * spatial)
-        norm1.forward(x, batch: batch, spatial: spatial, silu: true, into: normed1)
+        // GroupNorm + SiLU run inside each convolution's input padding pass (no normed copies).
         let h = try workspace.floats(batch * outChannels * spatial)
-        try conv1.forward(normed1, batch: batch, height: height, width: width, into: h,
-                          perImageBias: bias1, workspace: workspace)
+        try conv1.forward(x, batch: batch, height: height, width: width, into: h,
+                          perImageBias: bias1, normalizedBy: norm1, workspace: workspace)
 
         // y starts as the skip path; conv2 then accumulates onto it.
         if let skip = skip {
@@ -63,10 +62,7 @@ final class ResBlock {
         } else {
             y.update(from: x, count: batch * outChannels * spatial)
         }
-        // norm2's output reuses normed1's buffer when that is large enough.
-        let normed2 = inChannels >= outChannels ? normed1 : try workspace.floats(batch * outChannels * spatial)
-        norm2.forward(h, batch: batch, spatial: spatial, silu: true, into: normed2)
-        try conv2.forward(normed2, batch: batch, height: height, width: width, into: y,
-                          accumulate: true, workspace: workspace)
+        try conv2.forward(h, batch: batch, height: height, width: width, into: y,
+                          accumulate: true, normalizedBy: norm2, workspace: workspace)
     }
 }

@@ -149,11 +149,57 @@ public final class DiffusionModel {
                         timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>) throws {
         try validateInput(batch: batch, channels: channels, height: height, width: width, timesteps: timesteps)
         if batch == 0 { return }
-        let workspace = takeWorkspace()
-        defer { giveBack(workspace) }
         try weightsLock.withReadLock {
-            defer { try? workspace.reset() }
-            try run(x, batch: batch, height: height, width: width, timesteps: timesteps, out: out, workspace: workspace)
+            let pool = ThreadPool.shared
+            let threads = pool.threadsFor(batch)
+            // Batches of at least one image per thread: each thread runs the whole forward
+            // on its own contiguous share of the images (one parallel region instead of
+            // ~60 small ones); the remainder then runs with the kernels' own parallelism.
+            // An image's arithmetic is the same in every share, so results do not change.
+            let share = threads > 1 ? batch / threads : 0
+            if share > 0 {
+                try runSplitOverImages(x, shares: threads, share: share, height: height, width: width,
+                                       timesteps: timesteps, out: out)
+            }
+            let done = share * threads
+            if done < batch {
+                let perImage = config.channels * height * width
+                let workspace = takeWorkspace()
+                defer { giveBack(workspace) }
+                defer { try? workspace.reset() }
+                try run(x + done * perImage, batch: batch - done, height: height, width: width,
+                        timesteps: timesteps + done, out: out + done * perImage, workspace: workspace)
+            }
+        }
+    }
+
+    /// Images 0..<shares·share, one contiguous share of `share` images per task, each
+    /// share's forward on its own workspace (the kernels' parallel regions inside a
+    /// task run inline on that task's thread).
+    private func runSplitOverImages(_ x: UnsafePointer<Float>, shares: Int, share: Int, height: Int, width: Int,
+                                    timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>) throws {
+        let perImage = config.channels * height * width
+        try withUnsafeTemporaryAllocation(of: Workspace.self, capacity: shares) { workspaces in
+            for i in 0..<shares { (workspaces.baseAddress! + i).initialize(to: takeWorkspace()) }
+            defer {
+                for i in 0..<shares { giveBack((workspaces.baseAddress! + i).move()) }
+            }
+            try withUnsafeTemporaryAllocation(of: Error?.self, capacity: shares) { failures in
+                failures.initialize(repeating: nil)
+                defer { _ = failures.deinitialize() }
+                ThreadPool.shared.parallelFor(shares, maxThreads: shares) { task, _ in
+                    let ws = workspaces[task]
+                    let b0 = task * share
+                    do {
+                        try run(x + b0 * perImage, batch: share, height: height, width: width,
+                                timesteps: timesteps + b0, out: out + b0 * perImage, workspace: ws)
+                    } catch {
+                        failures[task] = error
+                    }
+                    try? ws.reset()
+                }
+                if let failure = failures.first(where: { $0 != nil }) { throw failure! }
+            }
         }
     }
 
@@ -227,8 +273,6 @@ public final class DiffusionModel {
             ww *= 2
         }
 
-        let normed = try ws.floats(batch * d[0] * height * width)
-        outNorm.forward(h, batch: batch, spatial: height * width, silu: true, into: normed)
-        try outConv.forward(normed, batch: batch, height: height, width: width, into: out, workspace: ws)
+        try outConv.forward(h, batch: batch, height: height, width: width, into: out, normalizedBy: outNorm, workspace: ws)
     }
 }

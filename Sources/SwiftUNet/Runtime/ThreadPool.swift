@@ -23,6 +23,8 @@ public final class ThreadPool {
 
     /// Held by the thread that currently owns the workers.
     private let regionLock = Mutex()
+    /// Set while a thread owns the workers (see `threadsFor`).
+    private let regionActive = Atomic<Bool>(false)
     /// Workers started so far (they live until the process exits).
     private var workers: [pthread_t] = []
     /// The process the workers belong to: after fork() the child has none of them.
@@ -43,14 +45,21 @@ public final class ThreadPool {
     /// for helpers that joined, never for one that has not woken up yet.
     private let regionState = Atomic<Int>(1)
 
+    @inline(__always) private static func helpersInside(_ state: Int) -> Int { (state >> 1) & 0x7FFF_FFFF }
+
     @inline(__always) private static func stateGeneration(_ generation: Int) -> Int { (generation & 0x7FFF_FFFF) << 32 }
 
     /// Checks of the ticket before a worker yields between checks, then before it sleeps.
     static let pureSpinChecks = 4_000
     static let spinChecks = 20_000
+    /// Checks of the helpers' exit before a region's owner sleeps until they have left.
+    static let ownerSpinChecks = 20_000
 
     private let sleepMutex: UnsafeMutablePointer<pthread_mutex_t>
     private let wakeUp: UnsafeMutablePointer<pthread_cond_t>
+    /// The owner of a closed region sleeps on `allLeft` (with `doneMutex`) until its last helper leaves.
+    private let doneMutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let allLeft: UnsafeMutablePointer<pthread_cond_t>
 
     private init() {
         threads = ThreadPool.defaultThreadCount()
@@ -58,6 +67,10 @@ public final class ThreadPool {
         pthread_mutex_init(sleepMutex, nil)
         wakeUp = .allocate(capacity: 1)
         pthread_cond_init(wakeUp, nil)
+        doneMutex = .allocate(capacity: 1)
+        pthread_mutex_init(doneMutex, nil)
+        allLeft = .allocate(capacity: 1)
+        pthread_cond_init(allLeft, nil)
     }
 
     /// SWIFTUNET_NUM_THREADS when set to a positive integer, else the CPUs available.
@@ -76,8 +89,12 @@ public final class ThreadPool {
 
     /// How many threads a region of `count` tasks would use at most (>= 1). Callers
     /// that need per-thread scratch allocate this many and pass it as `maxThreads`.
+    /// While a region runs (a task's own kernels, or another OS thread's call) this is 1:
+    /// such a call would run inline, so it should not split its work for threads it
+    /// will not get (row splits repeat packing and transforms).
     public func threadsFor(_ count: Int) -> Int {
-        max(1, min(numThreads, count))
+        if regionActive.load(ordering: .relaxed) { return 1 }
+        return max(1, min(numThreads, count))
     }
 
     /// Runs `body(i)` for every i in 0..<count.
@@ -87,6 +104,7 @@ public final class ThreadPool {
 
     /// Runs `body(task, thread)` for every task in 0..<count, where `thread` in
     /// 0..<maxThreads identifies the running thread (for per-thread scratch).
+    ///
     public func parallelFor(_ count: Int, maxThreads: Int, _ body: (Int, Int) -> Void) {
         if count <= 0 { return }
         let participants = min(maxThreads, threadsFor(count))
@@ -94,7 +112,11 @@ public final class ThreadPool {
             for i in 0..<count { body(i, 0) }
             return
         }
-        defer { regionLock.unlock() }
+        regionActive.store(true, ordering: .relaxed)
+        defer {
+            regionActive.store(false, ordering: .relaxed)
+            regionLock.unlock()
+        }
         if workersPid != getpid() { forgetWorkersAfterFork() }
         let helpers = startWorkers(upTo: participants - 1)
         if helpers == 0 {
@@ -114,11 +136,21 @@ public final class ThreadPool {
 
             runTasks(thread: 0)
             // Close the region, then wait for the helpers inside: they hold `escapable`.
+            // Spin briefly (helpers usually finish within microseconds of the owner), then
+            // sleep until the last helper out signals: a helper descheduled on a loaded
+            // machine must not make the owner burn a core yielding.
             regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
             var spins = 0
-            while (regionState.load(ordering: .acquiring) >> 1) & 0x7FFF_FFFF != 0 {
+            while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
                 spins += 1
-                if spins > 2000 { sched_yield() }
+                if spins > ThreadPool.ownerSpinChecks {
+                    pthread_mutex_lock(doneMutex)
+                    while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
+                        pthread_cond_wait(allLeft, doneMutex)
+                    }
+                    pthread_mutex_unlock(doneMutex)
+                    break
+                }
             }
             regionBody = nil
         }
@@ -156,6 +188,8 @@ public final class ThreadPool {
         workers.removeAll()
         pthread_mutex_init(sleepMutex, nil)
         pthread_cond_init(wakeUp, nil)
+        pthread_mutex_init(doneMutex, nil)
+        pthread_cond_init(allLeft, nil)
         workersPid = getpid()
     }
 
@@ -217,7 +251,13 @@ public final class ThreadPool {
             let helpers = word & 0xFFFF
             if index <= helpers && join(generation: seen) {
                 runTasks(thread: index)
-                regionState.wrappingSubtract(2, ordering: .releasing)
+                let left = regionState.wrappingSubtract(2, ordering: .releasing).newValue
+                if left & 1 != 0 && ThreadPool.helpersInside(left) == 0 {
+                    // The region is closed and this was the last helper: the owner may be asleep.
+                    pthread_mutex_lock(doneMutex)
+                    pthread_cond_signal(allLeft)
+                    pthread_mutex_unlock(doneMutex)
+                }
             }
         }
     }
