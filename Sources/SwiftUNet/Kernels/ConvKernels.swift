@@ -264,17 +264,25 @@ struct PhaseSource: PanelSource {
     }
 }
 
-/// Zeroes `count` floats with vector stores where the run allows.
+/// Zeroes `count` floats with vector stores where the run allows (never outside the run;
+/// a ragged end is one more store ending exactly at `count`, overlapping).
 @inline(__always)
 func zeroRun(_ dst: UnsafeMutablePointer<Float>, count: Int) {
-    var i = 0
-    while i + 16 <= count {
-        store16(Vec16(), dst + i)
-        i += 16
-    }
-    while i < count {
-        dst[i] = 0
-        i += 1
+    if count >= 16 {
+        var i = 0
+        while i + 16 <= count {
+            store16(Vec16(), dst + i)
+            i += 16
+        }
+        if i < count { store16(Vec16(), dst + count - 16) }
+    } else if count >= 8 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: SIMD8<Float>(), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(dst + count - 8).storeBytes(of: SIMD8<Float>(), as: SIMD8<Float>.self)
+    } else if count >= 4 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: SIMD4<Float>(), as: SIMD4<Float>.self)
+        UnsafeMutableRawPointer(dst + count - 4).storeBytes(of: SIMD4<Float>(), as: SIMD4<Float>.self)
+    } else {
+        for i in 0..<count { dst[i] = 0 }
     }
 }
 
