@@ -317,4 +317,29 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(rng.next(), 0x6E78_9E6A_A1B9_65F4)
         XCTAssertEqual(rng.next(), 0x06C4_5D18_8009_454F)
     }
+
+    /// `copyRun` copies and `zeroRun` zeroes exactly `count` floats for every run length
+    /// (their ragged ends use overlapping vector moves) and write nothing around them.
+    func testCopyRunAndZeroRunEveryLength() {
+        let src = (0..<80).map { Float($0) + 0.5 }
+        for count in 0...70 {
+            for offset in 0..<3 {
+                var dst = [Float](repeating: -1, count: 80)
+                src.withUnsafeBufferPointer { s in
+                    dst.withUnsafeMutableBufferPointer { d in
+                        copyRun(from: s.baseAddress! + offset, to: d.baseAddress! + 1, count: count)
+                    }
+                }
+                for i in 0..<80 {
+                    let expected: Float = i >= 1 && i <= count ? src[offset + i - 1] : -1
+                    XCTAssertEqual(dst[i], expected, "count \(count) offset \(offset) index \(i)")
+                }
+                dst.withUnsafeMutableBufferPointer { zeroRun($0.baseAddress! + offset, count: count) }
+                for i in offset..<80 {
+                    let expected: Float = i < offset + count ? 0 : i >= 1 && i <= count ? src[offset + i - 1] : -1
+                    XCTAssertEqual(dst[i], expected, "zeroRun count \(count) offset \(offset) index \(i)")
+                }
+            }
+        }
+    }
 }

@@ -175,10 +175,20 @@ struct PhasePlanes {
                     ix += 16
                 }
             }
-            while ix < width {
-                let p = ix + 1
-                rowBase[(p % s) * phasePlane + p / s] = srow[ix]
-                ix += 1
+            // The ragged end (all of a row narrower than 16, e.g. 14 or 7 pixels): constant
+            // shifts and masks instead of a division by the runtime stride per pixel.
+            if s == 4 {
+                while ix < width {
+                    let p = ix + 1
+                    rowBase[(p & 3) * phasePlane + (p >> 2)] = srow[ix]
+                    ix += 1
+                }
+            } else {
+                while ix < width {
+                    let p = ix + 1
+                    rowBase[(p & 1) * phasePlane + (p >> 1)] = srow[ix]
+                    ix += 1
+                }
             }
         }
     }
@@ -254,36 +264,57 @@ struct PhaseSource: PanelSource {
     }
 }
 
-/// Zeroes `count` floats with vector stores where the run allows.
+/// Zeroes `count` floats with vector stores where the run allows (never outside the run;
+/// a ragged end is one more store ending exactly at `count`, overlapping).
 @inline(__always)
 func zeroRun(_ dst: UnsafeMutablePointer<Float>, count: Int) {
-    var i = 0
-    while i + 16 <= count {
-        store16(Vec16(), dst + i)
-        i += 16
-    }
-    while i < count {
-        dst[i] = 0
-        i += 1
+    if count >= 16 {
+        var i = 0
+        while i + 16 <= count {
+            store16(Vec16(), dst + i)
+            i += 16
+        }
+        if i < count { store16(Vec16(), dst + count - 16) }
+    } else if count >= 8 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: SIMD8<Float>(), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(dst + count - 8).storeBytes(of: SIMD8<Float>(), as: SIMD8<Float>.self)
+    } else if count >= 4 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: SIMD4<Float>(), as: SIMD4<Float>.self)
+        UnsafeMutableRawPointer(dst + count - 4).storeBytes(of: SIMD4<Float>(), as: SIMD4<Float>.self)
+    } else {
+        for i in 0..<count { dst[i] = 0 }
     }
 }
 
-/// Copies `count` floats with vector moves where the run allows (never reads past it).
+/// Copies `count` floats with vector moves where the run allows (never reads or writes
+/// outside it). A ragged end is done by one more vector move ending exactly at `count`,
+/// overlapping lanes already copied (same values), so runs of 14 or 7 (the 28×28 model's
+/// tile rows) cost two moves instead of a scalar loop.
 @inline(__always)
 func copyRun(from src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
-    var i = 0
-    while i + 16 <= count {
-        store16(load16(src + i), dst + i)
-        i += 16
-    }
-    if i + 8 <= count {
+    @inline(__always) func move8(_ i: Int) {
         UnsafeMutableRawPointer(dst + i).storeBytes(of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self),
                                                     as: SIMD8<Float>.self)
-        i += 8
     }
-    while i < count {
-        dst[i] = src[i]
-        i += 1
+    @inline(__always) func move4(_ i: Int) {
+        UnsafeMutableRawPointer(dst + i).storeBytes(of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self),
+                                                    as: SIMD4<Float>.self)
+    }
+    if count >= 16 {
+        var i = 0
+        while i + 16 <= count {
+            store16(load16(src + i), dst + i)
+            i += 16
+        }
+        if i < count { store16(load16(src + count - 16), dst + count - 16) }
+    } else if count >= 8 {
+        move8(0)
+        if count > 8 { move8(count - 8) }
+    } else if count >= 4 {
+        move4(0)
+        if count > 4 { move4(count - 4) }
+    } else {
+        for i in 0..<count { dst[i] = src[i] }
     }
 }
 

@@ -11,8 +11,8 @@ final class Conv2d {
     private(set) var packed: PackedMatrix?
     /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
     private(set) var winograd: WinogradWeights?
-    /// F(4×4, 3×3) weights, prepared only when `expectedSpatialSize` is large enough
-    /// for 4×4 tiles to fill the vector lanes (they take 4× the memory of the kernel).
+    /// F(4×4, 3×3) weights, prepared only when `prefersLargeTiles` holds at `expectedSpatialSize`
+    /// (they take 4× the memory of the kernel).
     private(set) var winogradLarge: WinogradWeights?
     /// Set for 4×4 stride-2 padding-1 convolutions (the down-sampling ones): Winograd
     /// F(2×2, 2×2) over the four input phases.
@@ -20,12 +20,21 @@ final class Conv2d {
     /// The height/width this layer usually sees (set by the model before `prepare`).
     var expectedSpatialSize = 0
 
-    /// Images at least this high and wide use F(4×4, 3×3) tiles when available. At 16×16
-    /// F(2×2) is as fast or faster: 64 tiles instead of 16 fill two 32-column panels, so
-    /// each transformed weight (16 positions instead of 36) is reused 4× as often, and at
-    /// batch 1 on 2 threads the two column chunks need no row split (no repeated transforms).
-    /// Measured (2 threads, batch 1, [64, 128, 256] at 32×32): 11.9 ms vs 12.1–12.5 ms.
-    static let largeTileMinimumSize = 32
+    /// Whether an H×W image uses F(4×4, 3×3) tiles (when prepared). A function of the shape
+    /// only, so results never depend on the batch or the thread count.
+    ///
+    /// At ≥ 24 always (2.25 multiplies per output instead of 4). From 12 up, also when the
+    /// F(2×2) tiles do not fill whole 32-column panels: at 14×14 (the 28×28 model's middle
+    /// level) F(2×2) has 49 tiles, two panels of 32 mostly empty, while F(4×4) has 16 tiles
+    /// in one 16-column panel. At 16×16 F(2×2) keeps its 64 tiles: two full panels, and at
+    /// batch 1 on 2 threads the two column chunks need no row split (measured, 2 threads,
+    /// batch 1, [64, 128, 256] at 32×32: 10.4 ms with F(2×2) at 16×16, 11.3 ms with F(4×4)).
+    /// Below 12 the F(4×4) tiles overhang too much (8×8: 4 tiles padded to 16 lanes).
+    static func prefersLargeTiles(height: Int, width: Int) -> Bool {
+        if height >= 24 && width >= 24 { return true }
+        let smallTiles = ((height + 1) / 2) * ((width + 1) / 2)
+        return height >= 12 && width >= 12 && smallTiles % gemmColumnBlock != 0
+    }
 
     /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
     /// below that (the RGB-in / RGB-out convolutions) the direct implicit GEMM is faster.
@@ -50,7 +59,7 @@ final class Conv2d {
         if kernel == 3 && stride == 1 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
             winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two)
-            winogradLarge = expectedSpatialSize >= Conv2d.largeTileMinimumSize
+            winogradLarge = Conv2d.prefersLargeTiles(height: expectedSpatialSize, width: expectedSpatialSize)
                 ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four)
                 : nil
         } else {
@@ -94,7 +103,7 @@ final class Conv2d {
                                        weights: strided, bias: bias.data, y: y, workspace: workspace)
             return
         }
-        let large = height >= Conv2d.largeTileMinimumSize && width >= Conv2d.largeTileMinimumSize ? winogradLarge : nil
+        let large = Conv2d.prefersLargeTiles(height: height, width: width) ? winogradLarge : nil
         if let winograd = large ?? winograd {
             try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
                                 weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
