@@ -149,6 +149,37 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
         + winogradChannelGroup * p * gemmColumnBlock + 2 * p * 16
 }
 
+/// The element-wise stage of every Winograd route: for each transformed position ξ,
+/// M_ξ [rows m0..<m1, 32] = U_ξ [rows, k] · V_ξ [k, 32-column panel].
+/// positions[ξ] are the packed U_ξ; V_ξ starts at v + ξ·vPlane; M_ξ at
+/// products + (ξ·rowsPadded + row)·gemmColumnBlock. `width` is the panel's used columns.
+@inline(__always)
+func winogradPositionProducts(
+    _ positions: [PackedMatrix], k: Int, v: UnsafeMutablePointer<Float>, vPlane: Int,
+    products: UnsafeMutablePointer<Float>, rowsPadded: Int, m0: Int, m1: Int, width: Int
+) {
+    for xi in 0..<positions.count {
+        let u = positions[xi]
+        let vPanel = UnsafePointer(v + xi * vPlane)
+        var row = m0
+        while row < m1 {
+            let out = products + (xi * rowsPadded + row) * gemmColumnBlock
+            let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k)
+            if width <= 16 && m1 - row >= 2 * gemmRowBlock {
+                microKernel16x16(k, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock, fromZero: true)
+                row += 2 * gemmRowBlock
+                continue
+            }
+            if width <= 16 {
+                microKernel8x16(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+            } else {
+                microKernel8x32(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+            }
+            row += gemmRowBlock
+        }
+    }
+}
+
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
 /// Winograd F(2×2, 3×3); y = conv(x) + bias (+ y when `accumulate`), bias per image
 /// at `bias + b * biasBatchStride`. With `normalize`, the convolution reads
@@ -220,26 +251,8 @@ func winogradConv3x3(
             }
         }
         // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ.
-        for xi in 0..<positions {
-            let u = weights.positions[xi]
-            let vPanel = UnsafePointer(v + xi * vPlane)
-            var row = m0
-            while row < m1 {
-                let out = products + (xi * rowsPadded + row) * gemmColumnBlock
-                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
-                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
-                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
-                    row += 2 * gemmRowBlock
-                    continue
-                }
-                if width <= 16 {
-                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                } else {
-                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                }
-                row += gemmRowBlock
-            }
-        }
+        winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
+                                 rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         // Y = Aᵀ M A, + bias (+ old y), written where the m×m tile lies inside the image.
         let yImage = y + b * cout * h * w
         let biasImage = bias + b * biasBatchStride
@@ -430,26 +443,8 @@ func winogradConv4x4Stride2(
                 }
             }
         }
-        for xi in 0..<9 {
-            let u = weights.positions[xi]
-            let vPanel = UnsafePointer(v + xi * vPlane)
-            var row = m0
-            while row < m1 {
-                let out = products + (xi * rowsPadded + row) * gemmColumnBlock
-                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k)
-                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
-                    microKernel16x16(k, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock, fromZero: true)
-                    row += 2 * gemmRowBlock
-                    continue
-                }
-                if width <= 16 {
-                    microKernel8x16(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                } else {
-                    microKernel8x32(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                }
-                row += gemmRowBlock
-            }
-        }
+        winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
+                                 rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
         let yImage = y + b * cout * ho * wo
         let step = rowsPadded * gemmColumnBlock
@@ -610,26 +605,8 @@ func winogradConvTranspose4x4Stride2(
                 }
             }
         }
-        for p in 0..<36 {
-            let u = weights.positions[p]
-            let vPanel = UnsafePointer(v + p * vPlane)
-            var row = m0
-            while row < m1 {
-                let out = products + (p * rowsPadded + row) * gemmColumnBlock
-                let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * cin)
-                if width <= 16 && m1 - row >= 2 * gemmRowBlock {
-                    microKernel16x16(cin, aPanel, aPanel + gemmRowBlock * cin, vPanel, out, gemmColumnBlock, fromZero: true)
-                    row += 2 * gemmRowBlock
-                    continue
-                }
-                if width <= 16 {
-                    microKernel8x16(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                } else {
-                    microKernel8x32(cin, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
-                }
-                row += gemmRowBlock
-            }
-        }
+        winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
+                                 rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         let yImage = y + b * yStride
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
