@@ -78,7 +78,7 @@ final class Conv2d {
     }
 
     /// x [B, Cin, H, W] → y [B, Cout, Hout, Wout]. With `accumulate`, y's contents are added
-    /// (a fused residual). `extraBias` [B, Cout] replaces the layer's own bias when given
+    /// (a fused residual). `perImageBias` [B, Cout] replaces the layer's own bias when given
     /// (callers fold a per-image term such as a time embedding into it).
     /// With `normalizedBy`, the convolution reads `norm(x)` (+ SiLU) instead of x, fused
     /// into the padding of its input where the kernel pads (3×3), computed first otherwise.
