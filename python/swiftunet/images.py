@@ -113,14 +113,7 @@ def write_png(path: Any, pixels: Any, use_pillow: bool = True) -> None:
             data = buf.getvalue()
     if data is None:
         data = encode_png(a)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .io import atomic_open
+
+    with atomic_open(path) as f:
+        f.write(data)

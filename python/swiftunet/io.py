@@ -23,6 +23,7 @@ allocated, and any inconsistency is a ValueError naming the problem.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -91,14 +92,23 @@ def save_safetensors(tensors: Mapping[str, Any], path: _PathLike,
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
 
+    with atomic_open(path) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in arrays:
+            f.write(memoryview(arr).cast("B"))
+
+
+@contextlib.contextmanager
+def atomic_open(path: str):
+    """A binary file that replaces `path` only once it is complete: written to a
+    temporary file in the same directory, flushed to disk, then renamed over
+    `path`. On any error the temporary file is removed and `path` is untouched."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for arr in arrays:
-                f.write(memoryview(arr).cast("B"))
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
