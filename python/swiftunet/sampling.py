@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _swiftunet
+from .model import _int_arg as _int
 
 __all__ = ["NoiseSchedule", "q_sample", "randn", "sample", "SAMPLERS"]
 
@@ -26,16 +27,6 @@ SAMPLERS = ("ddim", "ddpm")
 _SAMPLER_CODES = {"ddim": 0, "ddpm": 1}
 #: Longest schedule accepted (NoiseSchedule.maximumTimesteps in Swift).
 MAX_TIMESTEPS = 1 << 20
-
-
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got bool {value!r}")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
-        return int(value)
-    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
 
 
 def _real(name: str, value: Any) -> float:
