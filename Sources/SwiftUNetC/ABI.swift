@@ -367,12 +367,13 @@ public func swiftunet_model_forward(
             throw argumentError("out must not overlap x")
         }
         let need = m.estimatedWorkspaceBytes(batch: Int(batch), height: Int(height), width: Int(width))
-        if let budget = exceedsUsableMemory(need) {
+        if !m.workspaceIsProven(need), let budget = exceedsUsableMemory(need) {
             throw SwiftUNetError.outOfMemory(
                 "a forward at batch \(batch) and \(height)x\(width) needs about \(gigabytes(need)) GB of activations, more than the \(gigabytes(budget)) GB of memory available")
         }
         try m.forward(x, batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
                       timesteps: timesteps!, out: out)
+        m.noteWorkspaceProven(need)
     }
 }
 

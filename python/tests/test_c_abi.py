@@ -44,3 +44,28 @@ def test_c_program_runs_a_forward(tmp_path):
     x = np.sin(0.37 * i).astype(np.float32).reshape(2, 3, 8, 8)
     y = m(x, np.array([0, 999]))
     assert abs(float(np.abs(y.astype(np.float64)).sum()) - checksum) <= 1e-3 * checksum
+
+
+def test_forward_allocates_nothing_after_the_first_call(tmp_path):
+    """Tests/CABI/alloc_count.c replaces malloc and friends for the whole process
+    and counts the allocations of 20 forwards after the first calls at a shape."""
+    exe = tmp_path / "alloc_count"
+    subprocess.run(
+        [_compiler(), "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/alloc_count.c"),
+         f"-I{PKG / 'include'}", f"-L{PKG}", "-lSwiftUNetC", f"-Wl,-rpath,{PKG}"],
+        check=True,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    counts = {}
+    for line in run.stdout.splitlines():
+        fields = dict(f.split("=") for f in line.split())
+        counts[(int(fields["threads"]), int(fields["batch"]))] = float(fields["allocations_per_forward"])
+    assert set(counts) == {(1, 1), (1, 2), (2, 1), (2, 2)}, run.stdout
+    # One thread: nothing at all (activations come from the model's arena).
+    assert counts[(1, 1)] == 0 and counts[(1, 2)] == 0, run.stdout
+    # Two threads: each parallel region boxes its task closure once (32 bytes, freed
+    # when the region ends). A batch split over the images is one region per forward.
+    assert counts[(2, 2)] <= 1, run.stdout
+    assert counts[(2, 1)] <= 64, run.stdout

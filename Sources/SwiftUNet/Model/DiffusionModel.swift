@@ -23,6 +23,8 @@ public final class DiffusionModel {
     private let weightsLock = ReadWriteLock()
     private let workspacesLock = Mutex()
     private var idleWorkspaces: [Workspace] = []
+    /// The largest `estimatedWorkspaceBytes` a forward has completed with (see `workspaceIsProven`).
+    private var provenWorkspaceBytes = 0.0
 
     /// Builds the model with PyTorch's default initialisation drawn from SplitMix64(seed).
     public init(imageSize: Int, channels: Int, hiddenDims: [Int] = [32, 64, 128], timeDim: Int = 128,
@@ -127,18 +129,30 @@ public final class DiffusionModel {
     /// An upper estimate of the activation memory of a forward, in bytes, used to
     /// refuse absurd inputs before anything is allocated.
     public func estimatedWorkspaceBytes(batch: Int, height: Int, width: Int) -> Double {
-        let d = config.hiddenDims.map { Double($0) }
+        let d = config.hiddenDims   // read in place: this runs on every forward
         var spatial = Double(height) * Double(width)
         var perImage = 0.0, scratch = 0.0
         for i in 0..<d.count {
-            let widest = max(d[i], i + 1 < d.count ? d[i + 1] : d[i])
+            let widest = Double(max(d[i], i + 1 < d.count ? d[i + 1] : d[i]))
             perImage += 40 * widest * spatial
             scratch = max(scratch, 18 * widest * spatial)
             spatial /= 4
         }
         let n = spatial * 4
-        scratch = max(scratch, n * n + n * d.last!)
+        scratch = max(scratch, n * n + n * Double(d.last!))
         return 4 * (Double(batch) * perImage + scratch) + 4 * Double(batch) * Double(config.timeDim) * 16
+    }
+
+    /// Whether a forward needing `bytes` (an `estimatedWorkspaceBytes`) has already run:
+    /// its arena is then held, so callers can skip checking free memory again (reading
+    /// /proc on every call would cost system calls and allocations on the hot path).
+    public func workspaceIsProven(_ bytes: Double) -> Bool {
+        workspacesLock.withLock { bytes <= provenWorkspaceBytes }
+    }
+
+    /// Records that a forward needing `bytes` completed.
+    public func noteWorkspaceProven(_ bytes: Double) {
+        workspacesLock.withLock { provenWorkspaceBytes = max(provenWorkspaceBytes, bytes) }
     }
 
     /// Timesteps up to 2^53 convert to float64 exactly.
@@ -243,34 +257,35 @@ public final class DiffusionModel {
         var h = try ws.floats(batch * d[0] * height * width)
         try initConv.forward(x, batch: batch, height: height, width: width, into: h, workspace: ws)
 
-        var skips: [UnsafeMutablePointer<Float>] = []
-        skips.reserveCapacity(levels)
-        var hh = height, ww = width
-        for (i, block) in downBlocks.enumerated() {
-            let skip = try ws.floats(batch * d[i + 1] * hh * ww)
-            let next = try ws.floats(batch * d[i + 1] * (hh / 2) * (ww / 2))
-            try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skip, into: next, workspace: ws)
-            skips.append(skip)
-            h = next
-            hh /= 2
-            ww /= 2
-        }
+        // The skip pointers live on the stack: no heap allocation per forward.
+        try withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>.self, capacity: levels) { skips in
+            var hh = height, ww = width
+            for (i, block) in downBlocks.enumerated() {
+                let skip = try ws.floats(batch * d[i + 1] * hh * ww)
+                let next = try ws.floats(batch * d[i + 1] * (hh / 2) * (ww / 2))
+                try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skip, into: next, workspace: ws)
+                skips[i] = skip
+                h = next
+                hh /= 2
+                ww /= 2
+            }
 
-        let dl = d[levels]
-        let mid1 = try ws.floats(batch * dl * hh * ww)
-        try middleIn.forward(h, batch: batch, height: hh, width: ww, temb: temb, into: mid1, workspace: ws)
-        let mid2 = try ws.floats(batch * dl * hh * ww)
-        try attention.forward(mid1, batch: batch, height: hh, width: ww, into: mid2, workspace: ws)
-        h = try ws.floats(batch * dl * hh * ww)
-        try middleOut.forward(mid2, batch: batch, height: hh, width: ww, temb: temb, into: h, workspace: ws)
+            let dl = d[levels]
+            let mid1 = try ws.floats(batch * dl * hh * ww)
+            try middleIn.forward(h, batch: batch, height: hh, width: ww, temb: temb, into: mid1, workspace: ws)
+            let mid2 = try ws.floats(batch * dl * hh * ww)
+            try attention.forward(mid1, batch: batch, height: hh, width: ww, into: mid2, workspace: ws)
+            h = try ws.floats(batch * dl * hh * ww)
+            try middleOut.forward(mid2, batch: batch, height: hh, width: ww, temb: temb, into: h, workspace: ws)
 
-        for (j, block) in upBlocks.enumerated() {
-            let i = levels - 1 - j
-            let next = try ws.floats(batch * d[i] * (hh * 2) * (ww * 2))
-            try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skips[i], into: next, workspace: ws)
-            h = next
-            hh *= 2
-            ww *= 2
+            for (j, block) in upBlocks.enumerated() {
+                let i = levels - 1 - j
+                let next = try ws.floats(batch * d[i] * (hh * 2) * (ww * 2))
+                try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skips[i], into: next, workspace: ws)
+                h = next
+                hh *= 2
+                ww *= 2
+            }
         }
 
         try outConv.forward(h, batch: batch, height: height, width: width, into: out, normalizedBy: outNorm, workspace: ws)
