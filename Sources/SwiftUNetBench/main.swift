@@ -42,10 +42,12 @@ func forwardFlops(channels c: Int, hidden d: [Int], timeDim t: Int, height: Int,
 
 setvbuf(stdout, nil, _IOLBF, 0)
 // Arguments: [repeats] [thread counts, comma-separated] [case indices 0-5, comma-separated]
+//            [batch sizes, comma-separated: replace 1 and 8 (cases 2k and 2k+1 pick the config)]
 let arguments = CommandLine.arguments
 let repeats = arguments.count > 1 ? Int(arguments[1]) ?? 15 : 15
 let threadCounts = arguments.count > 2 ? arguments[2].split(separator: ",").compactMap { Int($0) } : [1, 2]
 let selectedCases = arguments.count > 3 ? Set(arguments[3].split(separator: ",").compactMap { Int($0) }) : Set(0..<6)
+let batchSizes = arguments.count > 4 ? arguments[4].split(separator: ",").compactMap { Int($0) } : [1, 8]
 print("SwiftUNet \(BuildInfo.summary), median of \(repeats)")
 let cases: [(size: Int, c: Int, dims: [Int])] = [(32, 3, [32, 64, 128]), (32, 3, [64, 128, 256]), (28, 1, [32, 64, 128])]
 if arguments.count > 1 && arguments[1] == "pool" {
@@ -68,7 +70,7 @@ for threads in threadCounts {
     ThreadPool.shared.numThreads = threads
     for (ci, cfg) in cases.enumerated() where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {
         let model = try DiffusionModel(imageSize: cfg.size, channels: cfg.c, hiddenDims: cfg.dims, timeDim: 128, seed: 0)
-        for (bi, batch) in [1, 8].enumerated() where selectedCases.contains(2 * ci + bi) {
+        for batch in batchSizes where selectedCases.contains(2 * ci) || selectedCases.contains(2 * ci + 1) {
             var rng = SplitMix64(seed: 7)
             let n = batch * cfg.c * cfg.size * cfg.size
             let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })
@@ -98,6 +100,7 @@ for threads in threadCounts {
         }
     }
     // GEMM alone: a 128 × 1024 × 1152 product (a 3×3 conv of 128 channels at 32×32) over 4 images.
+    if arguments.count > 3 { continue }   // cases were picked: forward only (for profiling)
     let (m, nn, k, images) = (128, 1024, 1152, 4)
     let s = try KernelBenchmarks.gemmSeconds(m: m, n: nn, k: k, images: images, repeats: repeats)
     print("GEMM \(m)x\(nn)x\(k) x\(images) threads=\(threads): \(fmt(s * 1e3)) ms  \(fmt(2.0 * Double(m * nn * k * images) / s / 1e9)) GFLOP/s")
