@@ -11,10 +11,12 @@ final class KernelTests: XCTestCase {
             let packed = try a.withUnsafeBufferPointer { try PackedMatrix(rows: m, cols: k, source: $0.baseAddress!, ld: k) }
             for accumulate in [false, true] {
                 var fast = randomValues(m * n, seed: 4), plain = fast
-                b.withUnsafeBufferPointer { bp in
-                    bias.withUnsafeBufferPointer { biasp in
-                        gemm(packed, b: bp.baseAddress!, ldb: n, n: n, c: &fast, ldc: n,
-                             rowBias: biasp.baseAddress!, accumulate: accumulate)
+                try b.withUnsafeBufferPointer { bp in
+                    try bias.withUnsafeBufferPointer { biasp in
+                        try fast.withUnsafeMutableBufferPointer { cp in
+                            try gemm(packed, b: bp.baseAddress!, ldb: n, n: n, c: cp.baseAddress!, ldc: n,
+                                     rowBias: biasp.baseAddress!, accumulate: accumulate)
+                        }
                     }
                 }
                 // Independent definition: C = A·B (+ C) + bias.

@@ -28,6 +28,28 @@ final class ThreadPoolTests: XCTestCase {
         }
     }
 
+    /// The allocation-free form the kernels use: a `ParallelTasks` value read in place.
+    func testTasksValueRunsEveryTaskOnce() {
+        let pool = ThreadPool.shared
+        let saved = pool.numThreads
+        defer { pool.numThreads = saved }
+        let maxTasks = 41
+        let hits = UnsafeMutablePointer<Int>.allocate(capacity: maxTasks)
+        let threadOf = UnsafeMutablePointer<Int>.allocate(capacity: maxTasks)
+        defer { hits.deallocate(); threadOf.deallocate() }
+        for round in 0..<400 {
+            pool.numThreads = [2, 1, 3][round % 3]
+            let count = 1 + round % maxTasks
+            hits.initialize(repeating: 0, count: count)
+            let bound = pool.threadsFor(count)
+            pool.parallelFor(count, maxThreads: bound, CountingTasks(hits: hits, threadOf: threadOf))
+            for i in 0..<count {
+                XCTAssertEqual(hits[i], 1, "task \(i) in round \(round)")
+                XCTAssertLessThan(threadOf[i], bound, "task \(i) in round \(round)")
+            }
+        }
+    }
+
     func testNestedParallelForRunsInline() {
         var total = 0
         let lock = Mutex()
@@ -35,5 +57,14 @@ final class ThreadPoolTests: XCTestCase {
             ThreadPool.shared.parallelFor(5) { _ in lock.withLock { total += 1 } }
         }
         XCTAssertEqual(total, 20)
+    }
+}
+
+private struct CountingTasks: ParallelTasks {
+    let hits: UnsafeMutablePointer<Int>
+    let threadOf: UnsafeMutablePointer<Int>
+    func run(_ task: Int, thread: Int) {
+        hits[task] += 1
+        threadOf[task] = thread
     }
 }

@@ -63,9 +63,6 @@ def test_forward_allocates_nothing_after_the_first_call(tmp_path):
         fields = dict(f.split("=") for f in line.split())
         counts[(int(fields["threads"]), int(fields["batch"]))] = float(fields["allocations_per_forward"])
     assert set(counts) == {(1, 1), (1, 2), (2, 1), (2, 2)}, run.stdout
-    # One thread: nothing at all (activations come from the model's arena).
-    assert counts[(1, 1)] == 0 and counts[(1, 2)] == 0, run.stdout
-    # Two threads: each parallel region boxes its task closure once (32 bytes, freed
-    # when the region ends). A batch split over the images is one region per forward.
-    assert counts[(2, 2)] <= 1, run.stdout
-    assert counts[(2, 1)] <= 64, run.stdout
+    # Activations and scratch come from the model's arena, and parallel regions hand
+    # their tasks to the workers in place: nothing at any thread count or batch.
+    assert all(n == 0 for n in counts.values()), run.stdout

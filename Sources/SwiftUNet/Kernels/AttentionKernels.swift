@@ -115,7 +115,24 @@ func attentionBatched(
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let scratch = try workspace.floats(maxThreads * perThread)
-    pool.parallelFor(tasks, maxThreads: maxThreads) { task, thread in
+    pool.parallelFor(tasks, maxThreads: maxThreads,
+                     AttentionTasks(qkv: qkv, o: o, scratch: scratch, perThread: perThread,
+                                    channels: channels, positions: n, heads: heads, chunks: chunks))
+}
+
+/// The tasks of `attentionBatched`: task = (image, head, block of 16 queries).
+private struct AttentionTasks: ParallelTasks {
+    let qkv: UnsafePointer<Float>
+    let o: UnsafeMutablePointer<Float>
+    let scratch: UnsafeMutablePointer<Float>
+    let perThread: Int
+    let channels: Int
+    let positions: Int
+    let heads: Int
+    let chunks: Int
+
+    func run(_ task: Int, thread: Int) {
+        let n = positions
         let b = task / (heads * chunks), rest = task % (heads * chunks)
         let head = rest / chunks, chunk = rest % chunks
         let q0 = chunk * attentionQueryChunk

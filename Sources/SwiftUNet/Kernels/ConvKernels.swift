@@ -67,27 +67,13 @@ struct PhasePlanes {
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
               into planes: UnsafeMutablePointer<Float>, normalize: GroupNormSpec? = nil,
               scratch: UnsafeMutablePointer<Float>? = nil, scratchThreads: Int = 1) {
-        let spatial = height * width
-        if let norm = normalize, let scratch = scratch {
-            let groups = norm.groups, cpg = channels / groups
-            let channelStride = (spatial + 15) & ~15
-            let count = batch * groups
-            ThreadPool.shared.parallelFor(count, maxThreads: scratchThreads) { task, thread in
-                let b = task / groups, g = task % groups
-                let base = (b * channels + g * cpg) * spatial
-                let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: norm.eps)
-                let normed = scratch + thread * channelStride
-                for c in 0..<cpg {
-                    let ch = g * cpg + c
-                    groupNormChannel(x + base + c * spatial, normed, spatial: spatial, mean: stats.mean,
-                                     scale: Float(stats.invStd) * norm.gamma[ch], shift: norm.beta[ch], silu: norm.silu)
-                    fillChannel(normed, height: height, width: width, into: planes + (b * channels + ch) * perChannel)
-                }
-            }
-            return
-        }
-        ThreadPool.shared.parallelFor(batch * channels) { task in
-            fillChannel(x + task * spatial, height: height, width: width, into: planes + task * perChannel)
+        let tasks = FillTasks(layout: self, x: x, planes: planes, normalize: normalize, scratch: scratch,
+                              channels: channels, height: height, width: width)
+        let pool = ThreadPool.shared
+        if normalize != nil && scratch != nil {
+            pool.parallelFor(batch * normalize!.groups, maxThreads: scratchThreads, tasks)
+        } else {
+            pool.parallelFor(batch * channels, maxThreads: pool.threadsFor(batch * channels), tasks)
         }
     }
 
@@ -190,6 +176,39 @@ struct PhasePlanes {
                     ix += 1
                 }
             }
+        }
+    }
+}
+
+/// The tasks of `PhasePlanes.fill`: task = one channel of one image, or with
+/// `normalize` one (image, group): statistics, then each channel normalised into the
+/// thread's `scratch` row and on into its planes.
+private struct FillTasks: ParallelTasks {
+    let layout: PhasePlanes
+    let x: UnsafePointer<Float>
+    let planes: UnsafeMutablePointer<Float>
+    let normalize: GroupNormSpec?
+    let scratch: UnsafeMutablePointer<Float>?
+    let channels: Int
+    let height: Int
+    let width: Int
+
+    func run(_ task: Int, thread: Int) {
+        let spatial = height * width, perChannel = layout.perChannel
+        guard let norm = normalize, let scratch = scratch else {
+            layout.fillChannel(x + task * spatial, height: height, width: width, into: planes + task * perChannel)
+            return
+        }
+        let groups = norm.groups, cpg = channels / groups
+        let b = task / groups, g = task % groups
+        let base = (b * channels + g * cpg) * spatial
+        let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: norm.eps)
+        let normed = scratch + thread * ((spatial + 15) & ~15)
+        for c in 0..<cpg {
+            let ch = g * cpg + c
+            groupNormChannel(x + base + c * spatial, normed, spatial: spatial, mean: stats.mean,
+                             scale: Float(stats.invStd) * norm.gamma[ch], shift: norm.beta[ch], silu: norm.silu)
+            layout.fillChannel(normed, height: height, width: width, into: planes + (b * channels + ch) * perChannel)
         }
     }
 }
@@ -332,15 +351,11 @@ func conv2dForward(
     let hw = g.height * g.width
     let ohw = g.outHeight * g.outWidth
     let inPlane = g.inChannels * hw, outPlane = g.outChannels * ohw
-    // Local functions, not closure constants: a closure stored in a `let` escapes and
-    // would cost a heap allocation per call.
-    func cOf(_ b: Int) -> UnsafeMutablePointer<Float> { y + b * outPlane }
-    func biasOf(_ b: Int) -> UnsafePointer<Float>? { bias + b * biasBatchStride }
     if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
         precondition(normalize == nil, "1×1 convolutions read x in place: normalise it first")
-        try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
-                        makeSource: { b in DenseSource(b: x + b * inPlane, ld: hw) },
-                        cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
+        try batchedGemm(DenseOperands(weights: weights, b: x, bStride: inPlane, ld: hw, cBase: y, cStride: outPlane,
+                                      biasBase: bias, biasStride: biasBatchStride),
+                        n: ohw, images: batch, ldc: ohw, accumulate: accumulate, workspace: workspace)
         return
     }
     let mark = workspace.mark()
@@ -353,12 +368,32 @@ func conv2dForward(
         : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: hw))
     layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes,
                 normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
-    try batchedGemm({ _ in weights }, n: ohw, images: batch, workspace: workspace,
-                    makeSource: { b in
-                        PhaseSource(planes: planes + b * perImage, layout: layout, kernel: g.kernel,
-                                    offsetY: 0, offsetX: 0, outWidth: g.outWidth)
-                    },
-                    cOf: cOf, ldc: ohw, biasOf: biasOf, accumulate: accumulate)
+    try batchedGemm(ImplicitConvOperands(weights: weights, planes: planes, perImage: perImage, layout: layout,
+                                         kernel: g.kernel, outWidth: g.outWidth, y: y, outPlane: outPlane,
+                                         biasBase: bias, biasStride: biasBatchStride),
+                    n: ohw, images: batch, ldc: ohw, accumulate: accumulate, workspace: workspace)
+}
+
+/// `conv2dForward`'s GEMMs: image b's B is read from its phase planes.
+private struct ImplicitConvOperands: BatchedGemmOperands {
+    let weights: PackedMatrix
+    let planes: UnsafeMutablePointer<Float>
+    let perImage: Int
+    let layout: PhasePlanes
+    let kernel: Int
+    let outWidth: Int
+    let y: UnsafeMutablePointer<Float>
+    let outPlane: Int
+    let biasBase: UnsafePointer<Float>
+    let biasStride: Int
+
+    @inline(__always) func a(_ image: Int) -> PackedMatrix { weights }
+    @inline(__always) func source(_ image: Int) -> PhaseSource {
+        PhaseSource(planes: planes + image * perImage, layout: layout, kernel: kernel,
+                    offsetY: 0, offsetX: 0, outWidth: outWidth)
+    }
+    @inline(__always) func c(_ image: Int) -> UnsafeMutablePointer<Float> { y + image * outPlane }
+    @inline(__always) func bias(_ image: Int) -> UnsafePointer<Float>? { biasBase + image * biasStride }
 }
 
 /// Plain twin of `conv2dForward` with weights in PyTorch layout [Cout, Cin, k, k].
@@ -458,16 +493,46 @@ func convTranspose2dForward(
     let padded = try workspace.floats(batch * g.inChannels * layout.perChannel)
     layout.fill(x, batch: batch, channels: g.inChannels, height: h, width: w, into: padded)
     let paddedImage = g.inChannels * layout.perChannel
-    try batchedGemm({ weights.parities[$0 & 3] }, n: hw, images: batch * 4, workspace: workspace,
-                    makeSource: { i in
-                        let parity = i & 3
-                        return PhaseSource(planes: padded + (i >> 2) * paddedImage, layout: layout, kernel: 2,
-                                           offsetY: parity >> 1, offsetX: parity & 1, outWidth: w)
-                    },
-                    cOf: { planes + $0 * outPlane }, ldc: hw,
-                    biasOf: { _ in bias }, accumulate: false)
-    // Interleave: y[b, co, 2i + ry, 2j + rx] = planes[b, 2ry + rx, co, i, j].
-    ThreadPool.shared.parallelFor(batch * cout) { task in
+    try batchedGemm(SubPixelOperands(parities: weights.parities, padded: padded, paddedImage: paddedImage,
+                                     layout: layout, width: w, planes: planes, outPlane: outPlane, biasBase: bias),
+                    n: hw, images: batch * 4, ldc: hw, accumulate: false, workspace: workspace)
+    let pool = ThreadPool.shared
+    pool.parallelFor(batch * cout, maxThreads: pool.threadsFor(batch * cout),
+                     SubPixelInterleaveTasks(planes: planes, y: y, yStride: yStride, cout: cout, h: h, w: w))
+}
+
+/// `convTranspose2dForward`'s GEMMs: "image" i is parity i & 3 of image i >> 2.
+private struct SubPixelOperands: BatchedGemmOperands {
+    let parities: [PackedMatrix]
+    let padded: UnsafeMutablePointer<Float>
+    let paddedImage: Int
+    let layout: PhasePlanes
+    let width: Int
+    let planes: UnsafeMutablePointer<Float>
+    let outPlane: Int
+    let biasBase: UnsafePointer<Float>
+
+    @inline(__always) func a(_ image: Int) -> PackedMatrix { parities[image & 3] }
+    @inline(__always) func source(_ image: Int) -> PhaseSource {
+        let parity = image & 3
+        return PhaseSource(planes: padded + (image >> 2) * paddedImage, layout: layout, kernel: 2,
+                           offsetY: parity >> 1, offsetX: parity & 1, outWidth: width)
+    }
+    @inline(__always) func c(_ image: Int) -> UnsafeMutablePointer<Float> { planes + image * outPlane }
+    @inline(__always) func bias(_ image: Int) -> UnsafePointer<Float>? { biasBase }
+}
+
+/// Interleave: y[b, co, 2i + ry, 2j + rx] = planes[b, 2ry + rx, co, i, j]; task = (b, co).
+private struct SubPixelInterleaveTasks: ParallelTasks {
+    let planes: UnsafeMutablePointer<Float>
+    let y: UnsafeMutablePointer<Float>
+    let yStride: Int
+    let cout: Int
+    let h: Int
+    let w: Int
+
+    func run(_ task: Int, thread: Int) {
+        let hw = h * w, outPlane = cout * hw
         let b = task / cout, co = task % cout
         let dst = y + b * yStride + co * 4 * hw
         for i in 0..<h {

@@ -310,17 +310,45 @@ struct GemmSplit {
     }
 }
 
-/// Runs `images` GEMMs in parallel: image i's C = A_i · B_i (+ C) + bias_i.
-///
-/// Every A_i = `aOf(i)` has the same shape. `makeSource(i)` gives image i's B, `cOf(i)` its C [M, ldc], `biasOf(i)` its row bias.
+/// Image i of a batch of same-shaped GEMMs: C_i [M, ldc] = A_i · B_i (+ C_i) + bias_i.
+protocol BatchedGemmOperands {
+    associatedtype Source: PanelSource
+    /// A_i, packed (every A_i has the same shape).
+    func a(_ image: Int) -> PackedMatrix
+    /// B_i.
+    func source(_ image: Int) -> Source
+    /// C_i.
+    func c(_ image: Int) -> UnsafeMutablePointer<Float>
+    /// The row bias added to C_i, if any.
+    func bias(_ image: Int) -> UnsafePointer<Float>?
+}
+
+/// One A for every image; B_i a dense [K, N] matrix (leading dimension `ld`) at
+/// b + i·bStride; C_i at c + i·cStride; bias_i at bias + i·biasStride.
+struct DenseOperands: BatchedGemmOperands {
+    let weights: PackedMatrix
+    let b: UnsafePointer<Float>
+    let bStride: Int
+    let ld: Int
+    let cBase: UnsafeMutablePointer<Float>
+    let cStride: Int
+    let biasBase: UnsafePointer<Float>?
+    let biasStride: Int
+
+    @inline(__always) func a(_ image: Int) -> PackedMatrix { weights }
+    @inline(__always) func source(_ image: Int) -> DenseSource { DenseSource(b: b + image * bStride, ld: ld) }
+    @inline(__always) func c(_ image: Int) -> UnsafeMutablePointer<Float> { cBase + image * cStride }
+    @inline(__always) func bias(_ image: Int) -> UnsafePointer<Float>? { biasBase.map { $0 + image * biasStride } }
+}
+
+/// Runs `images` GEMMs in parallel: image i's C = A_i · B_i (+ C) + bias_i, each
+/// [M, n] with leading dimension `ldc`, as `operands` gives them.
 @inline(__always)
-func batchedGemm<Source: PanelSource>(
-    _ aOf: (Int) -> PackedMatrix, n: Int, images: Int, workspace: Workspace,
-    makeSource: (Int) -> Source, cOf: (Int) -> UnsafeMutablePointer<Float>, ldc: Int,
-    biasOf: (Int) -> UnsafePointer<Float>?, accumulate: Bool
+func batchedGemm<Operands: BatchedGemmOperands>(
+    _ operands: Operands, n: Int, images: Int, ldc: Int, accumulate: Bool, workspace: Workspace
 ) throws {
     if images == 0 || n == 0 { return }
-    let m = aOf(0).rows
+    let m = operands.a(0).rows
     if m == 0 { return }
     let pool = ThreadPool.shared
     let threads = pool.threadsFor(images * 4)
@@ -330,11 +358,27 @@ func batchedGemm<Source: PanelSource>(
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let scratch = try workspace.floats(maxThreads * gemmScratchFloats)
-    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
+    pool.parallelFor(taskCount, maxThreads: maxThreads,
+                     BatchedGemmTasks(operands: operands, split: split, m: m, n: n, ldc: ldc,
+                                      accumulate: accumulate, scratch: scratch))
+}
+
+/// The tasks of `batchedGemm`: task = (image, block of rows and columns).
+private struct BatchedGemmTasks<Operands: BatchedGemmOperands>: ParallelTasks {
+    let operands: Operands
+    let split: GemmSplit
+    let m: Int
+    let n: Int
+    let ldc: Int
+    let accumulate: Bool
+    let scratch: UnsafeMutablePointer<Float>
+
+    @inline(__always)
+    func run(_ task: Int, thread: Int) {
         let image = task / split.tasksPerImage
         let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: m, n: n)
-        gemmTile(aOf(image), source: makeSource(image), m0: m0, m1: m1, n0: n0, n1: n1,
-                 c: cOf(image), ldc: ldc, rowBias: biasOf(image), accumulate: accumulate,
+        gemmTile(operands.a(image), source: operands.source(image), m0: m0, m1: m1, n0: n0, n1: n1,
+                 c: operands.c(image), ldc: ldc, rowBias: operands.bias(image), accumulate: accumulate,
                  scratch: scratch + thread * gemmScratchFloats)
     }
 }
@@ -347,18 +391,11 @@ func gemm(
     _ a: PackedMatrix, b: UnsafePointer<Float>, ldb: Int, n: Int,
     c: UnsafeMutablePointer<Float>, ldc: Int,
     rowBias: UnsafePointer<Float>?, accumulate: Bool
-) {
-    let pool = ThreadPool.shared
-    let split = GemmSplit(m: a.rows, n: n, images: 1, threads: pool.numThreads)
-    let maxThreads = pool.threadsFor(split.tasksPerImage)
-    let scratch = allocateFloats(maxThreads * gemmScratchFloats)!
-    defer { freeFloats(scratch) }
-    let source = DenseSource(b: b, ld: ldb)
-    pool.parallelFor(split.tasksPerImage, maxThreads: maxThreads) { task, thread in
-        let (m0, m1, n0, n1) = split.ranges(task, m: a.rows, n: n)
-        gemmTile(a, source: source, m0: m0, m1: m1, n0: n0, n1: n1, c: c, ldc: ldc,
-                 rowBias: rowBias, accumulate: accumulate, scratch: scratch + thread * gemmScratchFloats)
-    }
+) throws {
+    let workspace = Workspace()
+    try batchedGemm(DenseOperands(weights: a, b: b, bStride: 0, ld: ldb, cBase: c, cStride: 0,
+                                  biasBase: rowBias, biasStride: 0),
+                    n: n, images: 1, ldc: ldc, accumulate: accumulate, workspace: workspace)
 }
 
 /// The plain twin of `gemm`: C [M, N] = A [M, K] · B [K, N] (+ C) (+ rowBias).

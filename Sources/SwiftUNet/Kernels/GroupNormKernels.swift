@@ -50,8 +50,26 @@ func groupNormForward(
     gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float, silu: Bool,
     y: UnsafeMutablePointer<Float>
 ) {
-    let cpg = channels / groups
-    ThreadPool.shared.parallelFor(batch * groups) { task in
+    let pool = ThreadPool.shared
+    pool.parallelFor(batch * groups, maxThreads: pool.threadsFor(batch * groups),
+                     GroupNormTasks(x: x, y: y, gamma: gamma, beta: beta, channels: channels, spatial: spatial,
+                                    groups: groups, eps: eps, silu: silu))
+}
+
+/// The tasks of `groupNormForward`: task = (image, group).
+private struct GroupNormTasks: ParallelTasks {
+    let x: UnsafePointer<Float>
+    let y: UnsafeMutablePointer<Float>
+    let gamma: UnsafePointer<Float>
+    let beta: UnsafePointer<Float>
+    let channels: Int
+    let spatial: Int
+    let groups: Int
+    let eps: Float
+    let silu: Bool
+
+    func run(_ task: Int, thread: Int) {
+        let cpg = channels / groups
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
         let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: eps)

@@ -28,9 +28,9 @@ public enum KernelBenchmarks {
         var times: [Double] = []
         for _ in 0..<repeats {
             let t0 = monotonicSeconds()
-            try batchedGemm({ _ in packed }, n: n, images: images, workspace: ws,
-                            makeSource: { DenseSource(b: b + $0 * k * n, ld: n) },
-                            cOf: { c + $0 * m * n }, ldc: n, biasOf: { _ in nil }, accumulate: false)
+            try batchedGemm(DenseOperands(weights: packed, b: b, bStride: k * n, ld: n, cBase: c, cStride: m * n,
+                                          biasBase: nil, biasStride: 0),
+                            n: n, images: images, ldc: n, accumulate: false, workspace: ws)
             times.append(monotonicSeconds() - t0)
             try ws.reset()
         }

@@ -149,6 +149,67 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
         + winogradChannelGroup * p * gemmColumnBlock + 2 * p * 16
 }
 
+/// What every Winograd route prepares before its parallel region: the input as
+/// stride-s phase planes (zero-padded far enough for the tiles' overhang), and the
+/// cut of the work into tasks of (image, block of output channels, chunk of up to
+/// 32 tiles), with per-thread scratch. Everything is taken from `workspace`; the
+/// caller's mark releases it.
+struct WinogradPlan {
+    let layout: PhasePlanes
+    let planes: UnsafeMutablePointer<Float>
+    let perImage: Int
+    let split: GemmSplit
+    let taskCount: Int
+    let maxThreads: Int
+    let scratchBase: UnsafeMutablePointer<Float>
+    let scratchFloats: Int
+    let inChannels: Int
+    let outChannels: Int
+    /// Output channels rounded up to whole micro-tile rows.
+    let rowsPadded: Int
+    let tiles: Int
+    let tilesWide: Int
+
+    /// x [B, Cin, H, W] → planes [B, Cin, s, s, Hp, Wp], normalised on the way when
+    /// `normalize` is given; `scratchFloats` per thread.
+    init(_ x: UnsafePointer<Float>, batch: Int, inChannels cin: Int, outChannels cout: Int,
+         height h: Int, width w: Int, stride: Int, tilesHigh: Int, tilesWide: Int,
+         scratchFloats: Int, normalize: GroupNormSpec? = nil, workspace: Workspace) throws {
+        let pool = ThreadPool.shared
+        layout = PhasePlanes(height: h, width: w, stride: stride, pad: 1,
+                             minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
+        perImage = cin * layout.perChannel
+        planes = try workspace.floats(batch * perImage)
+        let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
+        let normScratch = normalize == nil ? nil
+            : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
+        layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
+                    scratch: normScratch, scratchThreads: normThreads)
+        tiles = tilesHigh * tilesWide
+        self.tilesWide = tilesWide
+        split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
+        taskCount = batch * split.tasksPerImage
+        maxThreads = pool.threadsFor(taskCount)
+        self.scratchFloats = scratchFloats
+        scratchBase = try workspace.floats(maxThreads * scratchFloats)
+        inChannels = cin
+        outChannels = cout
+        rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
+    }
+
+    /// The image, output channels m0..<m1 and tiles n0..<n1 of `task`.
+    @inline(__always)
+    func ranges(_ task: Int) -> (Int, Int, Int, Int, Int) {
+        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: outChannels, n: tiles)
+        return (task / split.tasksPerImage, m0, m1, n0, n1)
+    }
+
+    /// The scratch of `thread`.
+    @inline(__always)
+    func scratch(thread: Int) -> UnsafeMutablePointer<Float> { scratchBase + thread * scratchFloats }
+}
+
 /// The element-wise stage of every Winograd route: for each transformed position ξ,
 /// M_ξ [rows m0..<m1, 32] = U_ξ [rows, k] · V_ξ [k, 32-column panel].
 /// positions[ξ] are the packed U_ξ; V_ξ starts at v + ξ·vPlane; M_ξ at
@@ -190,34 +251,40 @@ func winogradConv3x3(
     y: UnsafeMutablePointer<Float>, accumulate: Bool, normalize: GroupNormSpec? = nil, workspace: Workspace
 ) throws {
     let cout = weights.outChannels
-    let tile = weights.tile, m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
-    let tilesHigh = (h + m - 1) / m, tilesWide = (w + m - 1) / m, tiles = tilesHigh * tilesWide
+    let tile = weights.tile, m = tile.rawValue
+    let tilesHigh = (h + m - 1) / m, tilesWide = (w + m - 1) / m
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     // Input tile element (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j): an α×α,
     // stride-m, padding-1 window, so stride-m phase planes make every row of tiles contiguous.
-    let layout = PhasePlanes(height: h, width: w, stride: m, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
-    let perImage = cin * layout.perChannel
-    let planes = try workspace.floats(batch * perImage)
-    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
-    let normScratch = normalize == nil ? nil
-        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
-    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
-                scratch: normScratch, scratchThreads: normThreads)
+    let plan = try WinogradPlan(x, batch: batch, inChannels: cin, outChannels: cout, height: h, width: w, stride: m,
+                                tilesHigh: tilesHigh, tilesWide: tilesWide,
+                                scratchFloats: winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile),
+                                normalize: normalize, workspace: workspace)
+    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
+                                  Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
+                                                   biasBatchStride: biasBatchStride, accumulate: accumulate))
+}
 
-    let pool = ThreadPool.shared
-    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
-    let taskCount = batch * split.tasksPerImage
-    let maxThreads = pool.threadsFor(taskCount)
-    let scratchFloats = winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile)
-    let scratch = try workspace.floats(maxThreads * scratchFloats)
-    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
-        let b = task / split.tasksPerImage
-        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+/// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+private struct Winograd3x3Tasks: ParallelTasks {
+    let plan: WinogradPlan
+    let weights: WinogradWeights
+    let tile: WinogradTile
+    let h: Int
+    let w: Int
+    let y: UnsafeMutablePointer<Float>
+    let bias: UnsafePointer<Float>
+    let biasBatchStride: Int
+    let accumulate: Bool
+
+    func run(_ task: Int, thread: Int) {
+        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
+        let cin = plan.inChannels, cout = plan.outChannels, rowsPadded = plan.rowsPadded
+        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
         let width = n1 - n0
-        let v = scratch + thread * scratchFloats                   // [α²][Cin][32]
+        let v = plan.scratch(thread: thread)                  // [α²][Cin][32]
         let products = v + positions * cin * gemmColumnBlock        // [α²][rowsPadded][32]
         let gathered = products + positions * rowsPadded * gemmColumnBlock // [group][α²][32]
         let blockA = UnsafeMutableRawPointer(gathered + winogradChannelGroup * positions * gemmColumnBlock)
@@ -382,28 +449,34 @@ func winogradConv4x4Stride2(
 ) throws {
     let cout = weights.outChannels, k = weights.phaseChannels
     let ho = h / 2, wo = w / 2
-    let tilesHigh = (ho + 1) / 2, tilesWide = (wo + 1) / 2, tiles = tilesHigh * tilesWide
+    let tilesHigh = (ho + 1) / 2, tilesWide = (wo + 1) / 2
     if ho == 0 || wo == 0 || batch == 0 { return }
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
-    let layout = PhasePlanes(height: h, width: w, stride: 4, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
-    let perImage = cin * layout.perChannel
-    let planes = try workspace.floats(batch * perImage)
-    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+    let plan = try WinogradPlan(x, batch: batch, inChannels: cin, outChannels: cout, height: h, width: w, stride: 4,
+                                tilesHigh: tilesHigh, tilesWide: tilesWide,
+                                scratchFloats: stridedWinogradScratchFloats(inChannels: cin, outChannels: cout),
+                                workspace: workspace)
+    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
+                                  StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias))
+}
 
-    let pool = ThreadPool.shared
-    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
-    let taskCount = batch * split.tasksPerImage
-    let maxThreads = pool.threadsFor(taskCount)
-    let scratchFloats = stridedWinogradScratchFloats(inChannels: cin, outChannels: cout)
-    let scratch = try workspace.floats(maxThreads * scratchFloats)
-    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
-        let b = task / split.tasksPerImage
-        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+/// The tasks of `winogradConv4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+private struct StridedWinogradTasks: ParallelTasks {
+    let plan: WinogradPlan
+    let weights: StridedWinogradWeights
+    let k: Int
+    let ho: Int
+    let wo: Int
+    let y: UnsafeMutablePointer<Float>
+    let bias: UnsafePointer<Float>
+
+    func run(_ task: Int, thread: Int) {
+        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
+        let cin = plan.inChannels, cout = plan.outChannels, rowsPadded = plan.rowsPadded
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
         let width = n1 - n0
-        let v = scratch + thread * scratchFloats                    // [9][4·Cin][32]
+        let v = plan.scratch(thread: thread)                   // [9][4·Cin][32]
         let products = v + 9 * k * gemmColumnBlock                  // [9][rowsPadded][32]
         let gathered = products + 9 * rowsPadded * gemmColumnBlock  // [group][36][32]
         let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 36 * gemmColumnBlock)
@@ -545,28 +618,37 @@ func winogradConvTranspose4x4Stride2(
     let cout = weights.outChannels
     let ho = 2 * h, wo = 2 * w
     let yStride = outputBatchStride ?? cout * ho * wo
-    let tilesHigh = (h + 1) / 2, tilesWide = (w + 1) / 2, tiles = tilesHigh * tilesWide
-    if batch == 0 || tiles == 0 { return }
+    let tilesHigh = (h + 1) / 2, tilesWide = (w + 1) / 2
+    if batch == 0 || tilesHigh * tilesWide == 0 { return }
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
-    let layout = PhasePlanes(height: h, width: w, stride: 2, pad: 1, minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
-    let perImage = cin * layout.perChannel
-    let planes = try workspace.floats(batch * perImage)
-    layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes)
+    let plan = try WinogradPlan(x, batch: batch, inChannels: cin, outChannels: cout, height: h, width: w, stride: 2,
+                                tilesHigh: tilesHigh, tilesWide: tilesWide,
+                                scratchFloats: transposedWinogradScratchFloats(inChannels: cin, outChannels: cout),
+                                workspace: workspace)
+    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
+                                  TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
+                                                          yStride: yStride, y: y, bias: bias))
+}
 
-    let pool = ThreadPool.shared
-    let split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
-                          columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
-    let taskCount = batch * split.tasksPerImage
-    let maxThreads = pool.threadsFor(taskCount)
-    let scratchFloats = transposedWinogradScratchFloats(inChannels: cin, outChannels: cout)
-    let scratch = try workspace.floats(maxThreads * scratchFloats)
-    let rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    pool.parallelFor(taskCount, maxThreads: maxThreads) { task, thread in
-        let b = task / split.tasksPerImage
-        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: cout, n: tiles)
+/// The tasks of `winogradConvTranspose4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+private struct TransposedWinogradTasks: ParallelTasks {
+    let plan: WinogradPlan
+    let weights: TransposedWinogradWeights
+    let h: Int
+    let w: Int
+    let ho: Int
+    let wo: Int
+    let yStride: Int
+    let y: UnsafeMutablePointer<Float>
+    let bias: UnsafePointer<Float>
+
+    func run(_ task: Int, thread: Int) {
+        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
+        let cin = plan.inChannels, rowsPadded = plan.rowsPadded
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
         let width = n1 - n0
-        let v = scratch + thread * scratchFloats                     // [36][Cin][32]
+        let v = plan.scratch(thread: thread)                    // [36][Cin][32]
         let products = v + 36 * cin * gemmColumnBlock                // [36][rowsPadded][32]
         let gathered = products + 36 * rowsPadded * gemmColumnBlock  // [group][16][32]
         let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 16 * gemmColumnBlock)

@@ -201,17 +201,10 @@ public final class DiffusionModel {
             try withUnsafeTemporaryAllocation(of: Error?.self, capacity: shares) { failures in
                 failures.initialize(repeating: nil)
                 defer { _ = failures.deinitialize() }
-                ThreadPool.shared.parallelFor(shares, maxThreads: shares) { task, _ in
-                    let ws = workspaces[task]
-                    let b0 = task * share
-                    do {
-                        try run(x + b0 * perImage, batch: share, height: height, width: width,
-                                timesteps: timesteps + b0, out: out + b0 * perImage, workspace: ws)
-                    } catch {
-                        failures[task] = error
-                    }
-                    try? ws.reset()
-                }
+                ThreadPool.shared.parallelFor(shares, maxThreads: shares,
+                                              ImageShareTasks(model: self, x: x, out: out, timesteps: timesteps,
+                                                              share: share, perImage: perImage, height: height,
+                                                              width: width, workspaces: workspaces, failures: failures))
                 if let failure = failures.first(where: { $0 != nil }) { throw failure! }
             }
         }
@@ -247,7 +240,7 @@ public final class DiffusionModel {
         workspacesLock.withLock { idleWorkspaces.reduce(0) { $0 + $1.reservedBytes } }
     }
 
-    private func run(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+    fileprivate func run(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                      timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>,
                      workspace ws: Workspace) throws {
         let d = config.hiddenDims, levels = config.levels
@@ -289,5 +282,32 @@ public final class DiffusionModel {
         }
 
         try outConv.forward(h, batch: batch, height: height, width: width, into: out, normalizedBy: outNorm, workspace: ws)
+    }
+}
+
+/// The tasks of `DiffusionModel.runSplitOverImages`: task i runs the whole forward of
+/// images i·share ..< (i+1)·share on workspace i, keeping any error for the caller.
+private struct ImageShareTasks: ParallelTasks {
+    let model: DiffusionModel
+    let x: UnsafePointer<Float>
+    let out: UnsafeMutablePointer<Float>
+    let timesteps: UnsafePointer<Int64>
+    let share: Int
+    let perImage: Int
+    let height: Int
+    let width: Int
+    let workspaces: UnsafeMutableBufferPointer<Workspace>
+    let failures: UnsafeMutableBufferPointer<Error?>
+
+    func run(_ task: Int, thread: Int) {
+        let ws = workspaces[task]
+        let b0 = task * share
+        do {
+            try model.run(x + b0 * perImage, batch: share, height: height, width: width,
+                          timesteps: timesteps + b0, out: out + b0 * perImage, workspace: ws)
+        } catch {
+            failures[task] = error
+        }
+        try? ws.reset()
     }
 }

@@ -30,8 +30,10 @@ public final class ThreadPool {
     /// The process the workers belong to: after fork() the child has none of them.
     private var workersPid: pid_t = getpid()
 
-    // The current region, written by its owner before `ticket` is published.
-    private var regionBody: ((Int, Int) -> Void)? = nil
+    // The current region, written by its owner before `ticket` is published: its tasks
+    // value (on the owner's stack) and the function that runs one task of it.
+    private var regionTasks: UnsafeRawPointer? = nil
+    private var regionRun: (UnsafeRawPointer, Int, Int) -> Void = { _, _, _ in }
     private var regionCount = 0
     /// (generation << 16) | helpers: one word, so a worker never pairs one
     /// region's generation with another's helper count.
@@ -98,20 +100,50 @@ public final class ThreadPool {
     }
 
     /// Runs `body(i)` for every i in 0..<count.
+    ///
+    /// Closures are for code off the hot path: at ≥ 2 threads each call boxes the
+    /// closure on the heap (`withoutActuallyEscaping`). Kernels pass `ParallelTasks`.
     public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
         parallelFor(count, maxThreads: threadsFor(count)) { task, _ in body(task) }
     }
 
     /// Runs `body(task, thread)` for every task in 0..<count, where `thread` in
     /// 0..<maxThreads identifies the running thread (for per-thread scratch).
-    ///
     public func parallelFor(_ count: Int, maxThreads: Int, _ body: (Int, Int) -> Void) {
         if count <= 0 { return }
-        let participants = min(maxThreads, threadsFor(count))
-        if participants <= 1 || !regionLock.tryLock() {
+        if min(maxThreads, threadsFor(count)) <= 1 {
             for i in 0..<count { body(i, 0) }
             return
         }
+        withoutActuallyEscaping(body) { escapable in
+            parallelFor(count, maxThreads: maxThreads, ClosureTasks(body: escapable))
+        }
+    }
+
+    /// Runs `tasks.run(task, thread:)` for every task in 0..<count, where `thread` in
+    /// 0..<maxThreads identifies the running thread (for per-thread scratch).
+    ///
+    /// The workers read `tasks` in place on the caller's stack, through a function
+    /// specialised for `Tasks`: nothing is allocated.
+    @inline(__always)
+    public func parallelFor<Tasks: ParallelTasks>(_ count: Int, maxThreads: Int, _ tasks: Tasks) {
+        if count <= 0 { return }
+        let participants = min(maxThreads, threadsFor(count))
+        if participants <= 1 || !regionLock.tryLock() {
+            for i in 0..<count { tasks.run(i, thread: 0) }
+            return
+        }
+        withUnsafePointer(to: tasks) { p in
+            runRegion(count, participants: participants, tasks: UnsafeRawPointer(p)) { raw, task, thread in
+                raw.assumingMemoryBound(to: Tasks.self).pointee.run(task, thread: thread)
+            }
+        }
+    }
+
+    /// Shares `count` tasks between the caller and up to `participants − 1` workers.
+    /// Called with `regionLock` held; releases it.
+    private func runRegion(_ count: Int, participants: Int, tasks: UnsafeRawPointer,
+                           run: @escaping (UnsafeRawPointer, Int, Int) -> Void) {
         regionActive.store(true, ordering: .relaxed)
         defer {
             regionActive.store(false, ordering: .relaxed)
@@ -120,50 +152,53 @@ public final class ThreadPool {
         if workersPid != getpid() { forgetWorkersAfterFork() }
         let helpers = startWorkers(upTo: participants - 1)
         if helpers == 0 {
-            for i in 0..<count { body(i, 0) }
+            for i in 0..<count { run(tasks, i, 0) }
             return
         }
-        withoutActuallyEscaping(body) { escapable in
-            regionBody = escapable
-            regionCount = count
-            nextTask.store(0, ordering: .relaxed)
-            let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
-            regionState.store(ThreadPool.stateGeneration(generation), ordering: .releasing)
-            pthread_mutex_lock(sleepMutex)
-            ticket.store((generation << 16) | helpers, ordering: .releasing)
-            pthread_cond_broadcast(wakeUp)
-            pthread_mutex_unlock(sleepMutex)
+        regionTasks = tasks
+        regionRun = run
+        regionCount = count
+        nextTask.store(0, ordering: .relaxed)
+        let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
+        regionState.store(ThreadPool.stateGeneration(generation), ordering: .releasing)
+        pthread_mutex_lock(sleepMutex)
+        ticket.store((generation << 16) | helpers, ordering: .releasing)
+        pthread_cond_broadcast(wakeUp)
+        pthread_mutex_unlock(sleepMutex)
 
-            runTasks(thread: 0)
-            // Close the region, then wait for the helpers inside: they hold `escapable`.
-            // Spin briefly (helpers usually finish within microseconds of the owner), then
-            // sleep until the last helper out signals: a helper descheduled on a loaded
-            // machine must not make the owner burn a core yielding.
-            regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
-            var spins = 0
-            while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
-                spins += 1
-                if spins > ThreadPool.ownerSpinChecks {
-                    pthread_mutex_lock(doneMutex)
-                    while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
-                        pthread_cond_wait(allLeft, doneMutex)
-                    }
-                    pthread_mutex_unlock(doneMutex)
-                    break
+        runTasks(thread: 0)
+        // Close the region, then wait for the helpers inside: they read `tasks`, which
+        // lives on the caller's stack. Spin briefly (helpers usually finish within
+        // microseconds of the owner), then sleep until the last helper out signals: a
+        // helper descheduled on a loaded machine must not make the owner burn a core yielding.
+        regionState.wrappingAdd(1, ordering: .acquiringAndReleasing)
+        var spins = 0
+        while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
+            spins += 1
+            if spins > ThreadPool.ownerSpinChecks {
+                pthread_mutex_lock(doneMutex)
+                while ThreadPool.helpersInside(regionState.load(ordering: .acquiring)) != 0 {
+                    pthread_cond_wait(allLeft, doneMutex)
                 }
+                pthread_mutex_unlock(doneMutex)
+                break
             }
-            regionBody = nil
         }
+        regionTasks = nil
+        regionRun = ThreadPool.noRegion
     }
+
+    private static let noRegion: (UnsafeRawPointer, Int, Int) -> Void = { _, _, _ in }
 
     @inline(__always)
     private func runTasks(thread: Int) {
-        let body = regionBody!
+        let run = regionRun
+        let tasks = regionTasks!
         let count = regionCount
         while true {
             let i = nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
             if i >= count { break }
-            body(i, thread)
+            run(tasks, i, thread)
         }
     }
 
@@ -261,6 +296,22 @@ public final class ThreadPool {
             }
         }
     }
+}
+
+/// The work of one parallel region: `run(task, thread:)` for every task index, where
+/// `thread` (0..<maxThreads) names the running thread, for per-thread scratch.
+///
+/// A kernel's tasks are a small struct of the pointers and sizes they need, which
+/// `parallelFor` hands to the workers in place: unlike a closure (whose context must
+/// be boxed on the heap to reach another thread), this allocates nothing.
+public protocol ParallelTasks {
+    func run(_ task: Int, thread: Int)
+}
+
+/// A closure as `ParallelTasks` (for code off the hot path).
+private struct ClosureTasks: ParallelTasks {
+    let body: (Int, Int) -> Void
+    func run(_ task: Int, thread: Int) { body(task, thread) }
 }
 
 private final class WorkerContext {
