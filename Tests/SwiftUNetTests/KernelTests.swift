@@ -97,6 +97,43 @@ final class KernelTests: XCTestCase {
         print("Winograd worst relative error vs float32 direct: \(worst)")
     }
 
+    /// At batch 1 on several threads the output channels are split, and each chunk's input
+    /// transform is shared out by channel group first. The result must equal the one-thread
+    /// result bit for bit: channel counts off the group size (20), more than 32 tiles
+    /// (two chunks), both tile sizes, with and without the fused GroupNorm.
+    func testWinogradSharedInputIsBitIdenticalToOneThread() throws {
+        let saved = ThreadPool.shared.numThreads
+        defer { ThreadPool.shared.numThreads = saved }
+        let gamma = randomValues(20, seed: 41), beta = randomValues(20, seed: 42)
+        for (cin, cout, h, w) in [(20, 40, 9, 7), (20, 48, 13, 14), (8, 17, 4, 4)] {
+            let x = randomValues(cin * h * w, seed: 43)
+            let wts = randomValues(cout * cin * 9, seed: 44)
+            let bias = randomValues(cout, seed: 45)
+            for tile in [WinogradTile.two, .four] {
+                let weights = try packWinogradWeights(wts, inChannels: cin, outChannels: cout, tile: tile)
+                for normalize in [false, true] {
+                    let spec = try gamma.withUnsafeBufferPointer { g in
+                        try beta.withUnsafeBufferPointer { b in
+                            GroupNormSpec(groups: cin % 8 == 0 ? 8 : 4, gamma: g.baseAddress!, beta: b.baseAddress!,
+                                          eps: 1e-5, silu: true)
+                        }
+                    }
+                    var results: [[Float]] = []
+                    for threads in [1, 2, 3] {
+                        ThreadPool.shared.numThreads = threads
+                        var y = [Float](repeating: 0, count: cout * h * w)
+                        try winogradConv3x3(x, batch: 1, inChannels: cin, height: h, width: w, weights: weights,
+                                            bias: bias, biasBatchStride: 0, y: &y, accumulate: false,
+                                            normalize: normalize ? spec : nil, workspace: Workspace())
+                        results.append(y)
+                    }
+                    XCTAssertEqual(results[0], results[1], "\(cin)->\(cout) \(h)x\(w) \(tile) norm=\(normalize): 1 vs 2 threads")
+                    XCTAssertEqual(results[0], results[2], "\(cin)->\(cout) \(h)x\(w) \(tile) norm=\(normalize): 1 vs 3 threads")
+                }
+            }
+        }
+    }
+
     /// Measures each Winograd tile size against a float64 direct convolution at model-like
     /// sizes (64 → 64 channels, 32×32, unit-variance data) and bounds it well inside the
     /// SPEC's 1e-4: F(2×2) sits near float32 rounding, F(4×4) about an order above

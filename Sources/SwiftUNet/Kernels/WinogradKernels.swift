@@ -261,12 +261,24 @@ func winogradConv3x3(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile),
                                 normalize: normalize, workspace: workspace)
-    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
-                                  Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
-                                                   biasBatchStride: biasBatchStride, accumulate: accumulate))
+    let tasks = Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
+                                 biasBatchStride: biasBatchStride, accumulate: accumulate)
+    let pool = ThreadPool.shared
+    if plan.split.rowChunks == 1 {
+        pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, tasks)
+        return
+    }
+    // Output channels are split: transform each chunk's input once, shared by channel group.
+    let chunks = batch * plan.split.columnChunks
+    let vShared = try workspace.floats(chunks * tile.positions * cin * gemmColumnBlock)
+    let groups = (cin + winogradChannelGroup - 1) / winogradChannelGroup
+    pool.parallelFor(chunks * groups, maxThreads: plan.maxThreads,
+                     Winograd3x3SharedInput(tasks: tasks, vShared: vShared, groups: groups))
+    pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, Winograd3x3SharedOutput(tasks: tasks, vShared: vShared))
 }
 
-/// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+/// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles),
+/// each transforming its chunk's input, then multiplying and transforming back.
 private struct Winograd3x3Tasks: ParallelTasks {
     let plan: WinogradPlan
     let weights: WinogradWeights
@@ -278,26 +290,46 @@ private struct Winograd3x3Tasks: ParallelTasks {
     let biasBatchStride: Int
     let accumulate: Bool
 
-    func run(_ task: Int, thread: Int) {
-        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
-        let cin = plan.inChannels, cout = plan.outChannels, rowsPadded = plan.rowsPadded
-        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let width = n1 - n0
-        let v = plan.scratch(thread: thread)                  // [α²][Cin][32]
-        let products = v + positions * cin * gemmColumnBlock        // [α²][rowsPadded][32]
-        let gathered = products + positions * rowsPadded * gemmColumnBlock // [group][α²][32]
+    /// A thread's scratch: V [α²][Cin][32], products [α²][rowsPadded][32], gathered input
+    /// tiles of a channel group [group][α²][32], and two α×α blocks of Vec16.
+    @inline(__always)
+    func buffers(thread: Int) -> (v: UnsafeMutablePointer<Float>, products: UnsafeMutablePointer<Float>,
+                                  gathered: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
+                                  blockB: UnsafeMutablePointer<Vec16>) {
+        let positions = tile.positions
+        let v = plan.scratch(thread: thread)
+        let products = v + positions * plan.inChannels * gemmColumnBlock
+        let gathered = products + positions * plan.rowsPadded * gemmColumnBlock
         let blockA = UnsafeMutableRawPointer(gathered + winogradChannelGroup * positions * gemmColumnBlock)
             .bindMemory(to: Vec16.self, capacity: 2 * positions)
-        let blockB = blockA + positions
-        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: alpha,
+        return (v, products, gathered, blockA, blockA + positions)
+    }
+
+    func run(_ task: Int, thread: Int) {
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
+        let s = buffers(thread: thread)
+        transformInput(b: b, n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: s.v,
+                       gathered: s.gathered, blockA: s.blockA, blockB: s.blockB)
+        multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1, v: s.v, products: s.products,
+                                 blockA: s.blockA, blockB: s.blockB)
+    }
+
+    /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` (starting on a channel group)
+    /// and tiles n0 ..< n0 + width of image b, into v [α²][Cin][32].
+    @inline(__always)
+    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
+                        gathered: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
+                        blockB: UnsafeMutablePointer<Vec16>) {
+        let layout = plan.layout, tilesWide = plan.tilesWide, cin = plan.inChannels
+        let alpha = tile.alpha, positions = tile.positions
+        let source = PhaseSource(planes: plan.planes + b * plan.perImage, layout: layout, kernel: alpha,
                                  offsetY: 0, offsetX: 0, outWidth: tilesWide)
         let vPlane = cin * gemmColumnBlock
         // V_ξ[ci, t] = (Bᵀ d B)_ξ for the chunk's tiles, 16 lanes at a time.
-        for ci in 0..<cin {
+        for ci in channels {
             let inGroup = ci % winogradChannelGroup
             if inGroup == 0 {
-                let group = min(winogradChannelGroup, cin - ci)
+                let group = min(winogradChannelGroup, channels.upperBound - ci)
                 source.packPanel(k0: ci * positions, kc: group * positions, n0: n0, width: width, into: gathered)
             }
             let d = gathered + inGroup * positions * gemmColumnBlock
@@ -317,6 +349,18 @@ private struct Winograd3x3Tasks: ParallelTasks {
                 for xi in 0..<positions { store16(blockA[xi], dst + xi * vPlane) }
             }
         }
+    }
+
+    /// Output channels m0..<m1 of tiles n0..<n1 of image b from V [α²][Cin][32]: the α²
+    /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
+    @inline(__always)
+    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
+                                  products: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
+                                  blockB: UnsafeMutablePointer<Vec16>) {
+        let tilesWide = plan.tilesWide, cin = plan.inChannels, cout = plan.outChannels
+        let rowsPadded = plan.rowsPadded, width = n1 - n0
+        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
+        let vPlane = cin * gemmColumnBlock
         // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ.
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
@@ -373,6 +417,44 @@ private struct Winograd3x3Tasks: ParallelTasks {
                 }
             }
         }
+    }
+}
+
+/// `winogradConv3x3` when its tasks split output channels (a batch too small to give every
+/// thread its own tiles): the input transform of each tile chunk is shared out by channel
+/// group first (`Winograd3x3SharedInput`), so no thread repeats it, then these tasks
+/// multiply and transform back; task = (image, block of output channels, chunk).
+private struct Winograd3x3SharedOutput: ParallelTasks {
+    let tasks: Winograd3x3Tasks
+    /// V of every (image, chunk): [images · chunks][α²][Cin][32].
+    let vShared: UnsafeMutablePointer<Float>
+
+    func run(_ task: Int, thread: Int) {
+        let plan = tasks.plan
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
+        let chunk = b * plan.split.columnChunks + n0 / plan.split.columnsPerChunk
+        let s = tasks.buffers(thread: thread)
+        tasks.multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1,
+                                       v: vShared + chunk * tasks.tile.positions * plan.inChannels * gemmColumnBlock,
+                                       products: s.products, blockA: s.blockA, blockB: s.blockB)
+    }
+}
+
+/// The input transforms of `Winograd3x3SharedOutput`; task = (image, chunk, channel group).
+private struct Winograd3x3SharedInput: ParallelTasks {
+    let tasks: Winograd3x3Tasks
+    let vShared: UnsafeMutablePointer<Float>
+    let groups: Int
+
+    func run(_ task: Int, thread: Int) {
+        let plan = tasks.plan, split = plan.split
+        let chunk = task / groups, group = task % groups
+        let b = chunk / split.columnChunks, n0 = (chunk % split.columnChunks) * split.columnsPerChunk
+        let c0 = group * winogradChannelGroup, c1 = min(plan.inChannels, c0 + winogradChannelGroup)
+        let s = tasks.buffers(thread: thread)
+        tasks.transformInput(b: b, n0: n0, width: min(plan.tiles, n0 + split.columnsPerChunk) - n0, channels: c0..<c1,
+                             into: vShared + chunk * tasks.tile.positions * plan.inChannels * gemmColumnBlock,
+                             gathered: s.gathered, blockA: s.blockA, blockB: s.blockB)
     }
 }
 
