@@ -143,10 +143,8 @@ let winogradChannelGroup = 8
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
     let p = tile.positions
-    // V [α²][Cin][32] + products [α²][rows][32] + input tiles of a channel group [8·α²][32]
-    // + two α×α blocks of Vec16.
-    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock
-        + winogradChannelGroup * p * gemmColumnBlock + 2 * p * 16
+    // V [α²][Cin][32] + products [α²][rows][32] + two α×α blocks of Vec16.
+    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + 2 * p * 16
 }
 
 /// What every Winograd route prepares before its parallel region: the input as
@@ -179,7 +177,8 @@ struct WinogradPlan {
         layout = PhasePlanes(height: h, width: w, stride: stride, pad: 1,
                              minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
         perImage = cin * layout.perChannel
-        planes = try workspace.floats(batch * perImage)
+        // 16 floats of slack either side for the shifted loads of `Winograd3x3Tasks.transformInput`.
+        planes = try workspace.floats(batch * perImage + 32) + 16
         let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
         let normScratch = normalize == nil ? nil
             : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
@@ -290,64 +289,103 @@ private struct Winograd3x3Tasks: ParallelTasks {
     let biasBatchStride: Int
     let accumulate: Bool
 
-    /// A thread's scratch: V [α²][Cin][32], products [α²][rowsPadded][32], gathered input
-    /// tiles of a channel group [group][α²][32], and two α×α blocks of Vec16.
+    /// A thread's scratch: V [α²][Cin][32], products [α²][rowsPadded][32] and two α×α
+    /// blocks of Vec16.
     @inline(__always)
     func buffers(thread: Int) -> (v: UnsafeMutablePointer<Float>, products: UnsafeMutablePointer<Float>,
-                                  gathered: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
-                                  blockB: UnsafeMutablePointer<Vec16>) {
+                                  blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
         let positions = tile.positions
         let v = plan.scratch(thread: thread)
         let products = v + positions * plan.inChannels * gemmColumnBlock
-        let gathered = products + positions * plan.rowsPadded * gemmColumnBlock
-        let blockA = UnsafeMutableRawPointer(gathered + winogradChannelGroup * positions * gemmColumnBlock)
+        let blockA = UnsafeMutableRawPointer(products + positions * plan.rowsPadded * gemmColumnBlock)
             .bindMemory(to: Vec16.self, capacity: 2 * positions)
-        return (v, products, gathered, blockA, blockA + positions)
+        return (v, products, blockA, blockA + positions)
     }
 
     func run(_ task: Int, thread: Int) {
         let (b, m0, m1, n0, n1) = plan.ranges(task)
         let s = buffers(thread: thread)
         transformInput(b: b, n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: s.v,
-                       gathered: s.gathered, blockA: s.blockA, blockB: s.blockB)
+                       blockA: s.blockA, blockB: s.blockB)
         multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1, v: s.v, products: s.products,
                                  blockA: s.blockA, blockB: s.blockB)
     }
 
-    /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` (starting on a channel group)
-    /// and tiles n0 ..< n0 + width of image b, into v [α²][Cin][32].
+    /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` and tiles n0 ..< n0 + width of
+    /// image b, into v [α²][Cin][32].
+    ///
+    /// The input tiles are read straight from the phase planes: position ξ = (i, j) of tile
+    /// (ty, tx) is padded pixel (m·ty + i, m·tx + j), i.e. phase plane (i mod m, j mod m) at
+    /// row ty + ⌊i/m⌋, column tx + ⌊j/m⌋, so along a tile row consecutive tiles are consecutive
+    /// floats. A 16-lane vector covers a few such runs (two at 32×32, three at 28×28): one
+    /// unaligned load per run, each shifted so the run's lanes land in place, merged by mask.
+    /// Lanes past the chunk are zero. (The loads may reach 15 floats either side of the
+    /// planes, which `WinogradPlan` pads for.)
     @inline(__always)
     func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        gathered: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
-                        blockB: UnsafeMutablePointer<Vec16>) {
+                        blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
         let layout = plan.layout, tilesWide = plan.tilesWide, cin = plan.inChannels
-        let alpha = tile.alpha, positions = tile.positions
-        let source = PhaseSource(planes: plan.planes + b * plan.perImage, layout: layout, kernel: alpha,
-                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
         let vPlane = cin * gemmColumnBlock
-        // V_ξ[ci, t] = (Bᵀ d B)_ξ for the chunk's tiles, 16 lanes at a time.
-        for ci in channels {
-            let inGroup = ci % winogradChannelGroup
-            if inGroup == 0 {
-                let group = min(winogradChannelGroup, channels.upperBound - ci)
-                source.packPanel(k0: ci * positions, kc: group * positions, n0: n0, width: width, into: gathered)
-            }
-            let d = gathered + inGroup * positions * gemmColumnBlock
-            for half in 0..<((width + 15) / 16) {
-                let o = half * 16
-                for i in 0..<positions { blockA[i] = load16(d + i * gemmColumnBlock + o) }
-                // Columns of every row, then rows of every column.
-                for i in 0..<alpha {
-                    if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-                    else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-                }
+        let halves = (width + 15) / 16
+        // A half's lanes span at most 16 runs (16 tiles, one per row when tilesWide = 1).
+        let maxRuns = 16
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: positions + 2 * halves * maxRuns + halves) { ints in
+        withUnsafeTemporaryAllocation(of: SIMDMask<SIMD16<Int32>>.self, capacity: halves * (maxRuns + 1)) { masks in
+            let tapOffset = ints.baseAddress!
+            for i in 0..<alpha {
                 for j in 0..<alpha {
-                    if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
-                    else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
+                    tapOffset[i * alpha + j] = ((i % m) * m + j % m) * layout.phasePlane + (i / m) * layout.wp + j / m
                 }
-                let dst = v + ci * gemmColumnBlock + o
-                for xi in 0..<positions { store16(blockA[xi], dst + xi * vPlane) }
             }
+            // Run r of half h: its first lane, the lane-0-relative offset of its loads, its lanes.
+            let runShift = tapOffset + positions, runCount = runShift + halves * maxRuns
+            let runMask = masks.baseAddress!, validMask = runMask + halves * maxRuns
+            let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+            for half in 0..<halves {
+                let limit = min(16, width - half * 16)
+                var lane = 0, runs = 0
+                while lane < limit {
+                    let t = n0 + half * 16 + lane
+                    let tx = t % tilesWide
+                    let length = min(tilesWide - tx, limit - lane)
+                    runShift[half * maxRuns + runs] = (t / tilesWide) * layout.wp + tx - lane
+                    runMask[half * maxRuns + runs] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
+                    lane += length
+                    runs += 1
+                }
+                runCount[half] = runs
+                validMask[half] = laneIndex .< Int32(limit)
+            }
+            let image = plan.planes + b * plan.perImage
+            for ci in channels {
+                let channel = UnsafePointer(image + ci * layout.perChannel)
+                for half in 0..<halves {
+                    let shifts = runShift + half * maxRuns, runMasks = runMask + half * maxRuns
+                    let runs = runCount[half], partial = width - half * 16 < 16
+                    for xi in 0..<positions {
+                        let p = channel + tapOffset[xi]
+                        var d = load16(p + shifts[0])
+                        for r in 1..<max(1, runs) {
+                            d = d.replacing(with: load16(p + shifts[r]), where: runMasks[r])
+                        }
+                        if partial { d = d.replacing(with: 0, where: .!validMask[half]) }
+                        blockA[xi] = d
+                    }
+                    // Columns of every row, then rows of every column.
+                    for i in 0..<alpha {
+                        if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
+                        else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
+                    }
+                    for j in 0..<alpha {
+                        if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
+                        else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
+                    }
+                    let dst = v + ci * gemmColumnBlock + half * 16
+                    for xi in 0..<positions { store16(blockA[xi], dst + xi * vPlane) }
+                }
+            }
+        }
         }
     }
 
@@ -454,7 +492,7 @@ private struct Winograd3x3SharedInput: ParallelTasks {
         let s = tasks.buffers(thread: thread)
         tasks.transformInput(b: b, n0: n0, width: min(plan.tiles, n0 + split.columnsPerChunk) - n0, channels: c0..<c1,
                              into: vShared + chunk * tasks.tile.positions * plan.inChannels * gemmColumnBlock,
-                             gathered: s.gathered, blockA: s.blockA, blockB: s.blockB)
+                             blockA: s.blockA, blockB: s.blockB)
     }
 }
 
