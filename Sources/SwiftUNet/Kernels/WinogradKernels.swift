@@ -136,7 +136,7 @@ func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: In
     }
 }
 
-/// Input channels whose tiles are gathered per packing call (8·36·32 floats = 36 KB, in L1).
+/// Input channels per task when the input transform of a chunk is shared out (`Winograd3x3SharedInput`).
 let winogradChannelGroup = 8
 
 /// Floats of per-thread scratch for `winogradConv3x3`.
@@ -145,6 +145,84 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
     let p = tile.positions
     // V [α²][Cin][32] + products [α²][rows][32] + two α×α blocks of Vec16.
     return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + 2 * p * 16
+}
+
+/// Where the tiles of a chunk lie in one window position's phase plane, for loading them
+/// 16 lanes at a time without packing. Tiles are numbered row-major, `tilesWide` to a row,
+/// and tile (ty, tx) sits at ty·rowStride + tx from the position's offset. So consecutive
+/// tiles on a tile row are consecutive floats, and a 16-lane half of the chunk covers a
+/// few runs of them: two at 32×32 (rows of 8 tiles), three at 28×28 (rows of 7). `load`
+/// reads each run with one unaligned load, shifted so the run's lanes land in place,
+/// merges the runs by mask, and zeroes the lanes past the chunk. The loads may reach 15
+/// floats before or after the planes; `WinogradPlan` pads for that.
+struct TileRuns {
+    /// A half's 16 lanes span at most 16 runs (one per tile row when tilesWide = 1).
+    static let maxRuns = 16
+    let halves: Int
+    let width: Int
+    /// [half][maxRuns]: offset of run r's loads, relative to lane 0.
+    let shifts: UnsafeMutablePointer<Int>
+    /// [half]
+    let counts: UnsafeMutablePointer<Int>
+    /// [half][maxRuns]: the lanes of run r.
+    let masks: UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>
+    /// [half]: the lanes inside the chunk.
+    let valid: UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>
+
+    /// The 16 tiles of `half` at window position `p` (that position's address for tile 0).
+    @inline(__always)
+    func load(_ p: UnsafePointer<Float>, half: Int) -> Vec16 {
+        let shift = shifts + half * TileRuns.maxRuns, mask = masks + half * TileRuns.maxRuns
+        var d = load16(p + shift[0])
+        for r in 1..<max(1, counts[half]) { d = d.replacing(with: load16(p + shift[r]), where: mask[r]) }
+        if width - half * 16 < 16 { d = d.replacing(with: 0, where: .!valid[half]) }
+        return d
+    }
+}
+
+/// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width (stack storage).
+@inline(__always)
+func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, _ body: (TileRuns) -> R) -> R {
+    let halves = (width + 15) / 16, maxRuns = TileRuns.maxRuns
+    return withUnsafeTemporaryAllocation(of: Int.self, capacity: halves * (maxRuns + 1)) { ints in
+        withUnsafeTemporaryAllocation(of: SIMDMask<SIMD16<Int32>>.self, capacity: halves * (maxRuns + 1)) { masks in
+            let runs = TileRuns(halves: halves, width: width, shifts: ints.baseAddress!,
+                                counts: ints.baseAddress! + halves * maxRuns, masks: masks.baseAddress!,
+                                valid: masks.baseAddress! + halves * maxRuns)
+            let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+            for half in 0..<halves {
+                let limit = min(16, width - half * 16)
+                var lane = 0, count = 0
+                while lane < limit {
+                    let t = n0 + half * 16 + lane
+                    let tx = t % tilesWide
+                    let length = min(tilesWide - tx, limit - lane)
+                    runs.shifts[half * maxRuns + count] = (t / tilesWide) * rowStride + tx - lane
+                    runs.masks[half * maxRuns + count] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
+                    lane += length
+                    count += 1
+                }
+                runs.counts[half] = count
+                runs.valid[half] = laneIndex .< Int32(limit)
+            }
+            return body(runs)
+        }
+    }
+}
+
+/// Calls `body` with the offset, in a channel's phase planes, of each position (ky, kx) of a
+/// kernel×kernel window (index ky·kernel + kx) whose top-left is padded pixel (0, 0).
+@inline(__always)
+func withWindowOffsets<R>(_ layout: PhasePlanes, kernel: Int, _ body: (UnsafePointer<Int>) -> R) -> R {
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: kernel * kernel) { offsets in
+        let s = layout.stride
+        for ky in 0..<kernel {
+            for kx in 0..<kernel {
+                offsets[ky * kernel + kx] = ((ky % s) * s + kx % s) * layout.phasePlane + (ky / s) * layout.wp + kx / s
+            }
+        }
+        return body(UnsafePointer(offsets.baseAddress!))
+    }
 }
 
 /// What every Winograd route prepares before its parallel region: the input as
@@ -177,7 +255,7 @@ struct WinogradPlan {
         layout = PhasePlanes(height: h, width: w, stride: stride, pad: 1,
                              minimumRows: tilesHigh + 1, minimumColumns: tilesWide + 1)
         perImage = cin * layout.perChannel
-        // 16 floats of slack either side for the shifted loads of `Winograd3x3Tasks.transformInput`.
+        // 16 floats of slack either side for the shifted loads of `TileRuns`.
         planes = try workspace.floats(batch * perImage + 32) + 16
         let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
         let normScratch = normalize == nil ? nil
@@ -312,66 +390,20 @@ private struct Winograd3x3Tasks: ParallelTasks {
     }
 
     /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` and tiles n0 ..< n0 + width of
-    /// image b, into v [α²][Cin][32].
-    ///
-    /// The input tiles are read straight from the phase planes: position ξ = (i, j) of tile
-    /// (ty, tx) is padded pixel (m·ty + i, m·tx + j), i.e. phase plane (i mod m, j mod m) at
-    /// row ty + ⌊i/m⌋, column tx + ⌊j/m⌋, so along a tile row consecutive tiles are consecutive
-    /// floats. A 16-lane vector covers a few such runs (two at 32×32, three at 28×28): one
-    /// unaligned load per run, each shifted so the run's lanes land in place, merged by mask.
-    /// Lanes past the chunk are zero. (The loads may reach 15 floats either side of the
-    /// planes, which `WinogradPlan` pads for.)
+    /// image b, into v [α²][Cin][32]. The input tiles are read straight from the phase
+    /// planes (`TileRuns`): position (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j).
     @inline(__always)
     func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
                         blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
-        let layout = plan.layout, tilesWide = plan.tilesWide, cin = plan.inChannels
-        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
-        let vPlane = cin * gemmColumnBlock
-        let halves = (width + 15) / 16
-        // A half's lanes span at most 16 runs (16 tiles, one per row when tilesWide = 1).
-        let maxRuns = 16
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: positions + 2 * halves * maxRuns + halves) { ints in
-        withUnsafeTemporaryAllocation(of: SIMDMask<SIMD16<Int32>>.self, capacity: halves * (maxRuns + 1)) { masks in
-            let tapOffset = ints.baseAddress!
-            for i in 0..<alpha {
-                for j in 0..<alpha {
-                    tapOffset[i * alpha + j] = ((i % m) * m + j % m) * layout.phasePlane + (i / m) * layout.wp + j / m
-                }
-            }
-            // Run r of half h: its first lane, the lane-0-relative offset of its loads, its lanes.
-            let runShift = tapOffset + positions, runCount = runShift + halves * maxRuns
-            let runMask = masks.baseAddress!, validMask = runMask + halves * maxRuns
-            let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-            for half in 0..<halves {
-                let limit = min(16, width - half * 16)
-                var lane = 0, runs = 0
-                while lane < limit {
-                    let t = n0 + half * 16 + lane
-                    let tx = t % tilesWide
-                    let length = min(tilesWide - tx, limit - lane)
-                    runShift[half * maxRuns + runs] = (t / tilesWide) * layout.wp + tx - lane
-                    runMask[half * maxRuns + runs] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
-                    lane += length
-                    runs += 1
-                }
-                runCount[half] = runs
-                validMask[half] = laneIndex .< Int32(limit)
-            }
+        let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
+        let vPlane = plan.inChannels * gemmColumnBlock
+        withWindowOffsets(layout, kernel: alpha) { tapOffset in
+        withTileRuns(n0: n0, width: width, tilesWide: plan.tilesWide, rowStride: layout.wp) { runs in
             let image = plan.planes + b * plan.perImage
             for ci in channels {
                 let channel = UnsafePointer(image + ci * layout.perChannel)
-                for half in 0..<halves {
-                    let shifts = runShift + half * maxRuns, runMasks = runMask + half * maxRuns
-                    let runs = runCount[half], partial = width - half * 16 < 16
-                    for xi in 0..<positions {
-                        let p = channel + tapOffset[xi]
-                        var d = load16(p + shifts[0])
-                        for r in 1..<max(1, runs) {
-                            d = d.replacing(with: load16(p + shifts[r]), where: runMasks[r])
-                        }
-                        if partial { d = d.replacing(with: 0, where: .!validMask[half]) }
-                        blockA[xi] = d
-                    }
+                for half in 0..<runs.halves {
+                    for xi in 0..<positions { blockA[xi] = runs.load(channel + tapOffset[xi], half: half) }
                     // Columns of every row, then rows of every column.
                     for i in 0..<alpha {
                         if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
@@ -551,9 +583,8 @@ func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outC
 /// Floats of per-thread scratch for `winogradConv4x4Stride2`.
 func stridedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    // V [9][4·Cin][32] + products [9][rows][32] + gathered 6×6 windows [group·36][32] + blocks.
-    return 9 * 4 * inChannels * gemmColumnBlock + 9 * rows * gemmColumnBlock
-        + winogradChannelGroup * 36 * gemmColumnBlock + 2 * 9 * 16
+    // V [9][4·Cin][32] + products [9][rows][32] + a 6×6 window and a block of Vec16.
+    return 9 * 4 * inChannels * gemmColumnBlock + 9 * rows * gemmColumnBlock + (36 + 18) * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] (Ho = ⌊H/2⌋, Wo = ⌊W/2⌋): 4×4 convolution, stride 2,
@@ -598,25 +629,22 @@ private struct StridedWinogradTasks: ParallelTasks {
         let width = n1 - n0
         let v = plan.scratch(thread: thread)                   // [9][4·Cin][32]
         let products = v + 9 * k * gemmColumnBlock                  // [9][rowsPadded][32]
-        let gathered = products + 9 * rowsPadded * gemmColumnBlock  // [group][36][32]
-        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 36 * gemmColumnBlock)
-            .bindMemory(to: Vec16.self, capacity: 18)
-        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 6,
-                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let window = UnsafeMutableRawPointer(products + 9 * rowsPadded * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 36 + 18)          // the 6×6 window, then a block
+        let block = window + 36
         let vPlane = k * gemmColumnBlock
+        let image = planes + b * perImage
+        withWindowOffsets(layout, kernel: 6) { windowOffset in
+        withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
         for ci in 0..<cin {
-            let inGroup = ci % winogradChannelGroup
-            if inGroup == 0 {
-                let group = min(winogradChannelGroup, cin - ci)
-                source.packPanel(k0: ci * 36, kc: group * 36, n0: n0, width: width, into: gathered)
-            }
-            let window = gathered + inGroup * 36 * gemmColumnBlock
-            for half in 0..<((width + 15) / 16) {
+            let channel = UnsafePointer(image + ci * layout.perChannel)
+            for half in 0..<runs.halves {
                 let o = half * 16
+                for q in 0..<36 { window[q] = runs.load(channel + windowOffset[q], half: half) }
                 for py in 0..<2 {
                     for px in 0..<2 {
                         @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
-                            load16(window + ((2 * i + py) * 6 + 2 * j + px) * gemmColumnBlock + o)
+                            window[(2 * i + py) * 6 + 2 * j + px]
                         }
                         // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
                         for i in 0..<3 {
@@ -635,6 +663,8 @@ private struct StridedWinogradTasks: ParallelTasks {
                     }
                 }
             }
+        }
+        }
         }
         winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
@@ -717,9 +747,8 @@ func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, o
 /// Floats of per-thread scratch for `winogradConvTranspose4x4Stride2`.
 func transposedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    // V [36][Cin][32] + products [36][rows][32] + gathered 4×4 windows [group·16][32] + blocks.
-    return 36 * inChannels * gemmColumnBlock + 36 * rows * gemmColumnBlock
-        + winogradChannelGroup * 16 * gemmColumnBlock + 2 * 9 * 16
+    // V [36][Cin][32] + products [36][rows][32] + a 4×4 window and a block of Vec16.
+    return 36 * inChannels * gemmColumnBlock + 36 * rows * gemmColumnBlock + (16 + 18) * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`):
@@ -770,25 +799,22 @@ private struct TransposedWinogradTasks: ParallelTasks {
         let width = n1 - n0
         let v = plan.scratch(thread: thread)                    // [36][Cin][32]
         let products = v + 36 * cin * gemmColumnBlock                // [36][rowsPadded][32]
-        let gathered = products + 36 * rowsPadded * gemmColumnBlock  // [group][16][32]
-        let block = UnsafeMutableRawPointer(gathered + winogradChannelGroup * 16 * gemmColumnBlock)
-            .bindMemory(to: Vec16.self, capacity: 18)
-        let source = PhaseSource(planes: planes + b * perImage, layout: layout, kernel: 4,
-                                 offsetY: 0, offsetX: 0, outWidth: tilesWide)
+        let window = UnsafeMutableRawPointer(products + 36 * rowsPadded * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: 16 + 18)          // the 4×4 window, then a block
+        let block = window + 16
         let vPlane = cin * gemmColumnBlock
+        let image = planes + b * perImage
+        withWindowOffsets(layout, kernel: 4) { windowOffset in
+        withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
         for ci in 0..<cin {
-            let inGroup = ci % winogradChannelGroup
-            if inGroup == 0 {
-                let group = min(winogradChannelGroup, cin - ci)
-                source.packPanel(k0: ci * 16, kc: group * 16, n0: n0, width: width, into: gathered)
-            }
-            let window = gathered + inGroup * 16 * gemmColumnBlock
-            for half in 0..<((width + 15) / 16) {
+            let channel = UnsafePointer(image + ci * layout.perChannel)
+            for half in 0..<runs.halves {
                 let o = half * 16
+                for q in 0..<16 { window[q] = runs.load(channel + windowOffset[q], half: half) }
                 for ry in 0..<2 {
                     for rx in 0..<2 {
                         @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
-                            load16(window + ((i + ry) * 4 + j + rx) * gemmColumnBlock + o)
+                            window[(i + ry) * 4 + j + rx]
                         }
                         for i in 0..<3 {
                             let a = d(i, 0), c = d(i, 1), e = d(i, 2)
@@ -806,6 +832,8 @@ private struct TransposedWinogradTasks: ParallelTasks {
                     }
                 }
             }
+        }
+        }
         }
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
