@@ -156,15 +156,15 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
 /// merges the runs by mask, and zeroes the lanes past the chunk. The loads may reach 15
 /// floats before or after the planes; `WinogradPlan` pads for that.
 struct TileRuns {
-    /// A half's 16 lanes span at most 16 runs (one per tile row when tilesWide = 1).
-    static let maxRuns = 16
     let halves: Int
     let width: Int
-    /// [half][maxRuns]: offset of run r's loads, relative to lane 0.
-    let shifts: UnsafeMutablePointer<Int>
-    /// [half]
+    /// [half]: index of the half's first run in `shifts` and `masks`.
+    let firstRun: UnsafeMutablePointer<Int>
+    /// [half]: the number of runs.
     let counts: UnsafeMutablePointer<Int>
-    /// [half][maxRuns]: the lanes of run r.
+    /// [run]: offset of the run's loads, relative to lane 0.
+    let shifts: UnsafeMutablePointer<Int>
+    /// [run]: the lanes of the run.
     let masks: UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>
     /// [half]: the lanes inside the chunk.
     let valid: UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>
@@ -172,37 +172,47 @@ struct TileRuns {
     /// The 16 tiles of `half` at window position `p` (that position's address for tile 0).
     @inline(__always)
     func load(_ p: UnsafePointer<Float>, half: Int) -> Vec16 {
-        let shift = shifts + half * TileRuns.maxRuns, mask = masks + half * TileRuns.maxRuns
-        var d = load16(p + shift[0])
-        for r in 1..<max(1, counts[half]) { d = d.replacing(with: load16(p + shift[r]), where: mask[r]) }
+        let first = firstRun[half]
+        var d = load16(p + shifts[first])
+        for r in (first + 1)..<(first + counts[half]) { d = d.replacing(with: load16(p + shifts[r]), where: masks[r]) }
         if width - half * 16 < 16 { d = d.replacing(with: 0, where: .!valid[half]) }
         return d
     }
 }
 
-/// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width (stack storage).
+/// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width. Storage is sized to the
+/// runs there are, so it stays on the stack (under 1 KiB) for every image at least 5 tiles
+/// wide; narrower ones with many tile rows in a chunk may spill to the heap.
 @inline(__always)
 func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, _ body: (TileRuns) -> R) -> R {
-    let halves = (width + 15) / 16, maxRuns = TileRuns.maxRuns
-    return withUnsafeTemporaryAllocation(of: Int.self, capacity: halves * (maxRuns + 1)) { ints in
-        withUnsafeTemporaryAllocation(of: SIMDMask<SIMD16<Int32>>.self, capacity: halves * (maxRuns + 1)) { masks in
-            let runs = TileRuns(halves: halves, width: width, shifts: ints.baseAddress!,
-                                counts: ints.baseAddress! + halves * maxRuns, masks: masks.baseAddress!,
-                                valid: masks.baseAddress! + halves * maxRuns)
+    let halves = (width + 15) / 16
+    // Runs of each half: a new one starts at the half's first lane and at every tile row start.
+    var runCount = 0
+    for half in 0..<halves {
+        let t0 = n0 + half * 16, t1 = n0 + min(width, half * 16 + 16)
+        runCount += 1 + (t1 - 1) / tilesWide - t0 / tilesWide
+    }
+    return withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * halves + runCount) { ints in
+        withUnsafeTemporaryAllocation(of: SIMDMask<SIMD16<Int32>>.self, capacity: runCount + halves) { masks in
+            let p = ints.baseAddress!
+            let runs = TileRuns(halves: halves, width: width, firstRun: p, counts: p + halves, shifts: p + 2 * halves,
+                                masks: masks.baseAddress!, valid: masks.baseAddress! + runCount)
             let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+            var run = 0
             for half in 0..<halves {
                 let limit = min(16, width - half * 16)
-                var lane = 0, count = 0
+                runs.firstRun[half] = run
+                var lane = 0
                 while lane < limit {
                     let t = n0 + half * 16 + lane
                     let tx = t % tilesWide
                     let length = min(tilesWide - tx, limit - lane)
-                    runs.shifts[half * maxRuns + count] = (t / tilesWide) * rowStride + tx - lane
-                    runs.masks[half * maxRuns + count] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
+                    runs.shifts[run] = (t / tilesWide) * rowStride + tx - lane
+                    runs.masks[run] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
                     lane += length
-                    count += 1
+                    run += 1
                 }
-                runs.counts[half] = count
+                runs.counts[half] = run - runs.firstRun[half]
                 runs.valid[half] = laneIndex .< Int32(limit)
             }
             return body(runs)
