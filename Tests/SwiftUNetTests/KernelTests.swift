@@ -134,6 +134,37 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The same for the strided and transposed Winograd routes, which share their input
+    /// transform the same way when their output channels are split.
+    func testStridedAndTransposedSharedInputAreBitIdenticalToOneThread() throws {
+        let saved = ThreadPool.shared.numThreads
+        defer { ThreadPool.shared.numThreads = saved }
+        for (cin, cout, h, w) in [(20, 40, 12, 10), (9, 24, 8, 8), (16, 17, 14, 14)] {
+            let x = randomValues(cin * h * w, seed: 51)
+            let wts = randomValues(cout * cin * 16, seed: 52)
+            let bias = randomValues(cout, seed: 53)
+            let strided = try packStridedWinogradWeights(wts, inChannels: cin, outChannels: cout)
+            let transposedWeights = randomValues(cin * cout * 16, seed: 54)
+            let transposed = try packTransposedWinogradWeights(transposedWeights, inChannels: cin, outChannels: cout)
+            var down: [[Float]] = [], up: [[Float]] = []
+            for threads in [1, 2, 3] {
+                ThreadPool.shared.numThreads = threads
+                var y = [Float](repeating: 0, count: cout * (h / 2) * (w / 2))
+                try winogradConv4x4Stride2(x, batch: 1, inChannels: cin, height: h, width: w, weights: strided,
+                                           bias: bias, y: &y, workspace: Workspace())
+                down.append(y)
+                var z = [Float](repeating: 0, count: cout * 4 * h * w)
+                try winogradConvTranspose4x4Stride2(x, batch: 1, inChannels: cin, height: h, width: w,
+                                                    weights: transposed, bias: bias, y: &z, workspace: Workspace())
+                up.append(z)
+            }
+            XCTAssertEqual(down[0], down[1], "strided \(cin)->\(cout) \(h)x\(w): 1 vs 2 threads")
+            XCTAssertEqual(down[0], down[2], "strided \(cin)->\(cout) \(h)x\(w): 1 vs 3 threads")
+            XCTAssertEqual(up[0], up[1], "transposed \(cin)->\(cout) \(h)x\(w): 1 vs 2 threads")
+            XCTAssertEqual(up[0], up[2], "transposed \(cin)->\(cout) \(h)x\(w): 1 vs 3 threads")
+        }
+    }
+
     /// Measures each Winograd tile size against a float64 direct convolution at model-like
     /// sizes (64 → 64 channels, 32×32, unit-variance data) and bounds it well inside the
     /// SPEC's 1e-4: F(2×2) sits near float32 rounding, F(4×4) about an order above

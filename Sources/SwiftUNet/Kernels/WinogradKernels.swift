@@ -136,7 +136,7 @@ func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: In
     }
 }
 
-/// Input channels per task when the input transform of a chunk is shared out (`Winograd3x3SharedInput`).
+/// Input channels per task when the input transform of a chunk is shared out (`SharedWinogradInput`).
 let winogradChannelGroup = 8
 
 /// Floats of per-thread scratch for `winogradConv3x3`.
@@ -292,9 +292,20 @@ struct WinogradPlan {
         return (task / split.tasksPerImage, m0, m1, n0, n1)
     }
 
-    /// The scratch of `thread`.
+    /// The scratch of `thread`: V first (a task's transformed input).
     @inline(__always)
     func scratch(thread: Int) -> UnsafeMutablePointer<Float> { scratchBase + thread * scratchFloats }
+
+    /// The rest of `thread`'s scratch, after its V of `transformedFloats`: the products
+    /// [positions][rowsPadded][32], then `vectors` Vec16 for the transforms.
+    @inline(__always)
+    func buffers(thread: Int, transformedFloats: Int, positions: Int,
+                 vectors: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Vec16>) {
+        let products = scratch(thread: thread) + transformedFloats
+        let blocks = UnsafeMutableRawPointer(products + positions * rowsPadded * gemmColumnBlock)
+            .bindMemory(to: Vec16.self, capacity: vectors)
+        return (products, blocks)
+    }
 }
 
 /// The element-wise stage of every Winograd route: for each transformed position ξ,
@@ -328,6 +339,87 @@ func winogradPositionProducts(
     }
 }
 
+/// A Winograd route's work on one (image, block of output channels, chunk of tiles), in its
+/// two stages: transform the chunk's input into V, then multiply by the weights and
+/// transform back into the output. Scratch comes from the thread's share of `plan`.
+protocol WinogradStages {
+    var plan: WinogradPlan { get }
+    /// Floats of one chunk's V.
+    var transformedFloats: Int { get }
+    /// V for input channels `channels` of tiles n0 ..< n0 + width of image b.
+    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
+                        thread: Int)
+    /// Output channels m0..<m1 of tiles n0..<n1 of image b, from V.
+    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
+                                  thread: Int)
+}
+
+extension WinogradStages {
+    /// Both stages of task (image, block of output channels, chunk) on the thread's own V.
+    @inline(__always)
+    func run(_ task: Int, thread: Int) {
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
+        let v = plan.scratch(thread: thread)
+        transformInput(b: b, n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: v, thread: thread)
+        multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1, v: v, thread: thread)
+    }
+}
+
+/// Runs a Winograd route's tasks. When the batch gives every thread a chunk of its own,
+/// each task runs both stages. Otherwise (batch 1, few tiles) the output channels are
+/// split, and every thread would repeat the whole input transform of its chunk: the
+/// transform then runs first, shared out by groups of input channels into one V per
+/// chunk (`SharedWinogradInput`), and the tasks multiply and transform back from it
+/// (`SharedWinogradOutput`). Each V element is computed the same way either way, so
+/// results do not change.
+@inline(__always)
+func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages, batch: Int,
+                                                               workspace: Workspace) throws {
+    let plan = stages.plan, pool = ThreadPool.shared
+    if plan.split.rowChunks == 1 {
+        pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, stages)
+        return
+    }
+    let chunks = batch * plan.split.columnChunks
+    let vShared = try workspace.floats(chunks * stages.transformedFloats)
+    let groups = (plan.inChannels + winogradChannelGroup - 1) / winogradChannelGroup
+    pool.parallelFor(chunks * groups, maxThreads: plan.maxThreads,
+                     SharedWinogradInput(stages: stages, vShared: vShared, groups: groups))
+    pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, SharedWinogradOutput(stages: stages, vShared: vShared))
+}
+
+/// The shared input transforms of `runWinogradStages`; task = (image, chunk, channel group).
+private struct SharedWinogradInput<Stages: WinogradStages>: ParallelTasks {
+    let stages: Stages
+    /// V of every (image, chunk).
+    let vShared: UnsafeMutablePointer<Float>
+    let groups: Int
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, split = plan.split
+        let chunk = task / groups, group = task % groups
+        let b = chunk / split.columnChunks, n0 = (chunk % split.columnChunks) * split.columnsPerChunk
+        let c0 = group * winogradChannelGroup, c1 = min(plan.inChannels, c0 + winogradChannelGroup)
+        stages.transformInput(b: b, n0: n0, width: min(plan.tiles, n0 + split.columnsPerChunk) - n0,
+                              channels: c0..<c1, into: vShared + chunk * stages.transformedFloats, thread: thread)
+    }
+}
+
+/// The second stage of `runWinogradStages` from the shared V; task = (image, block of
+/// output channels, chunk).
+private struct SharedWinogradOutput<Stages: WinogradStages>: ParallelTasks {
+    let stages: Stages
+    let vShared: UnsafeMutablePointer<Float>
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan
+        let (b, m0, m1, n0, n1) = plan.ranges(task)
+        let chunk = b * plan.split.columnChunks + n0 / plan.split.columnsPerChunk
+        stages.multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1,
+                                        v: vShared + chunk * stages.transformedFloats, thread: thread)
+    }
+}
+
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
 /// Winograd F(2×2, 3×3); y = conv(x) + bias (+ y when `accumulate`), bias per image
 /// at `bias + b * biasBatchStride`. With `normalize`, the convolution reads
@@ -348,25 +440,14 @@ func winogradConv3x3(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile),
                                 normalize: normalize, workspace: workspace)
-    let tasks = Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
-                                 biasBatchStride: biasBatchStride, accumulate: accumulate)
-    let pool = ThreadPool.shared
-    if plan.split.rowChunks == 1 {
-        pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, tasks)
-        return
-    }
-    // Output channels are split: transform each chunk's input once, shared by channel group.
-    let chunks = batch * plan.split.columnChunks
-    let vShared = try workspace.floats(chunks * tile.positions * cin * gemmColumnBlock)
-    let groups = (cin + winogradChannelGroup - 1) / winogradChannelGroup
-    pool.parallelFor(chunks * groups, maxThreads: plan.maxThreads,
-                     Winograd3x3SharedInput(tasks: tasks, vShared: vShared, groups: groups))
-    pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, Winograd3x3SharedOutput(tasks: tasks, vShared: vShared))
+    try runWinogradStages(Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
+                                           biasBatchStride: biasBatchStride, accumulate: accumulate),
+                          batch: batch, workspace: workspace)
 }
 
 /// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles),
 /// each transforming its chunk's input, then multiplying and transforming back.
-private struct Winograd3x3Tasks: ParallelTasks {
+private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
     let weights: WinogradWeights
     let tile: WinogradTile
@@ -383,28 +464,20 @@ private struct Winograd3x3Tasks: ParallelTasks {
     func buffers(thread: Int) -> (v: UnsafeMutablePointer<Float>, products: UnsafeMutablePointer<Float>,
                                   blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
         let positions = tile.positions
-        let v = plan.scratch(thread: thread)
-        let products = v + positions * plan.inChannels * gemmColumnBlock
-        let blockA = UnsafeMutableRawPointer(products + positions * plan.rowsPadded * gemmColumnBlock)
-            .bindMemory(to: Vec16.self, capacity: 2 * positions)
-        return (v, products, blockA, blockA + positions)
+        let (products, blockA) = plan.buffers(thread: thread, transformedFloats: transformedFloats,
+                                              positions: positions, vectors: 2 * positions)
+        return (plan.scratch(thread: thread), products, blockA, blockA + positions)
     }
 
-    func run(_ task: Int, thread: Int) {
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let s = buffers(thread: thread)
-        transformInput(b: b, n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: s.v,
-                       blockA: s.blockA, blockB: s.blockB)
-        multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1, v: s.v, products: s.products,
-                                 blockA: s.blockA, blockB: s.blockB)
-    }
+    var transformedFloats: Int { tile.positions * plan.inChannels * gemmColumnBlock }
 
     /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` and tiles n0 ..< n0 + width of
     /// image b, into v [α²][Cin][32]. The input tiles are read straight from the phase
     /// planes (`TileRuns`): position (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j).
     @inline(__always)
     func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
+                        thread: Int) {
+        let (_, _, blockA, blockB) = buffers(thread: thread)
         let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: alpha) { tapOffset in
@@ -435,8 +508,8 @@ private struct Winograd3x3Tasks: ParallelTasks {
     /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
     @inline(__always)
     func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
-                                  products: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
-                                  blockB: UnsafeMutablePointer<Vec16>) {
+                                  thread: Int) {
+        let (_, products, blockA, blockB) = buffers(thread: thread)
         let tilesWide = plan.tilesWide, cin = plan.inChannels, cout = plan.outChannels
         let rowsPadded = plan.rowsPadded, width = n1 - n0
         let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
@@ -500,43 +573,6 @@ private struct Winograd3x3Tasks: ParallelTasks {
     }
 }
 
-/// `winogradConv3x3` when its tasks split output channels (a batch too small to give every
-/// thread its own tiles): the input transform of each tile chunk is shared out by channel
-/// group first (`Winograd3x3SharedInput`), so no thread repeats it, then these tasks
-/// multiply and transform back; task = (image, block of output channels, chunk).
-private struct Winograd3x3SharedOutput: ParallelTasks {
-    let tasks: Winograd3x3Tasks
-    /// V of every (image, chunk): [images · chunks][α²][Cin][32].
-    let vShared: UnsafeMutablePointer<Float>
-
-    func run(_ task: Int, thread: Int) {
-        let plan = tasks.plan
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let chunk = b * plan.split.columnChunks + n0 / plan.split.columnsPerChunk
-        let s = tasks.buffers(thread: thread)
-        tasks.multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1,
-                                       v: vShared + chunk * tasks.tile.positions * plan.inChannels * gemmColumnBlock,
-                                       products: s.products, blockA: s.blockA, blockB: s.blockB)
-    }
-}
-
-/// The input transforms of `Winograd3x3SharedOutput`; task = (image, chunk, channel group).
-private struct Winograd3x3SharedInput: ParallelTasks {
-    let tasks: Winograd3x3Tasks
-    let vShared: UnsafeMutablePointer<Float>
-    let groups: Int
-
-    func run(_ task: Int, thread: Int) {
-        let plan = tasks.plan, split = plan.split
-        let chunk = task / groups, group = task % groups
-        let b = chunk / split.columnChunks, n0 = (chunk % split.columnChunks) * split.columnsPerChunk
-        let c0 = group * winogradChannelGroup, c1 = min(plan.inChannels, c0 + winogradChannelGroup)
-        let s = tasks.buffers(thread: thread)
-        tasks.transformInput(b: b, n0: n0, width: min(plan.tiles, n0 + split.columnsPerChunk) - n0, channels: c0..<c1,
-                             into: vShared + chunk * tasks.tile.positions * plan.inChannels * gemmColumnBlock,
-                             blockA: s.blockA, blockB: s.blockB)
-    }
-}
 
 // MARK: - 4×4 stride-2 convolution by Winograd F(2×2, 2×2)
 
@@ -618,12 +654,12 @@ func winogradConv4x4Stride2(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: stridedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
-    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
-                                  StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias))
+    try runWinogradStages(StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias),
+                          batch: batch, workspace: workspace)
 }
 
 /// The tasks of `winogradConv4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
-private struct StridedWinogradTasks: ParallelTasks {
+private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
     let weights: StridedWinogradWeights
     let k: Int
@@ -632,21 +668,28 @@ private struct StridedWinogradTasks: ParallelTasks {
     let y: UnsafeMutablePointer<Float>
     let bias: UnsafePointer<Float>
 
-    func run(_ task: Int, thread: Int) {
-        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
-        let cin = plan.inChannels, cout = plan.outChannels, rowsPadded = plan.rowsPadded
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let width = n1 - n0
-        let v = plan.scratch(thread: thread)                   // [9][4·Cin][32]
-        let products = v + 9 * k * gemmColumnBlock                  // [9][rowsPadded][32]
-        let window = UnsafeMutableRawPointer(products + 9 * rowsPadded * gemmColumnBlock)
-            .bindMemory(to: Vec16.self, capacity: 36 + 18)          // the 6×6 window, then a block
-        let block = window + 36
+    var transformedFloats: Int { 9 * k * gemmColumnBlock }
+
+    /// A thread's scratch: V [9][4·Cin][32], products [9][rowsPadded][32], the 6×6 input
+    /// window and an output block of Vec16.
+    @inline(__always)
+    func buffers(thread: Int) -> (products: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<Vec16>,
+                                  block: UnsafeMutablePointer<Vec16>) {
+        let (products, window) = plan.buffers(thread: thread, transformedFloats: transformedFloats, positions: 9,
+                                              vectors: 36 + 18)
+        return (products, window, window + 36)
+    }
+
+    @inline(__always)
+    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
+                        thread: Int) {
+        let layout = plan.layout, tilesWide = plan.tilesWide
+        let (_, window, block) = buffers(thread: thread)
         let vPlane = k * gemmColumnBlock
-        let image = planes + b * perImage
+        let image = plan.planes + b * plan.perImage
         withWindowOffsets(layout, kernel: 6) { windowOffset in
         withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
-        for ci in 0..<cin {
+        for ci in channels {
             let channel = UnsafePointer(image + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
@@ -676,6 +719,15 @@ private struct StridedWinogradTasks: ParallelTasks {
         }
         }
         }
+    }
+
+    @inline(__always)
+    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
+                                  thread: Int) {
+        let width = n1 - n0, tilesWide = plan.tilesWide
+        let cout = plan.outChannels, rowsPadded = plan.rowsPadded
+        let (products, _, block) = buffers(thread: thread)
+        let vPlane = k * gemmColumnBlock
         winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
@@ -785,13 +837,13 @@ func winogradConvTranspose4x4Stride2(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: transposedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
-    ThreadPool.shared.parallelFor(plan.taskCount, maxThreads: plan.maxThreads,
-                                  TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
-                                                          yStride: yStride, y: y, bias: bias))
+    try runWinogradStages(TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
+                                                  yStride: yStride, y: y, bias: bias),
+                          batch: batch, workspace: workspace)
 }
 
 /// The tasks of `winogradConvTranspose4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
-private struct TransposedWinogradTasks: ParallelTasks {
+private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
     let weights: TransposedWinogradWeights
     let h: Int
@@ -802,21 +854,28 @@ private struct TransposedWinogradTasks: ParallelTasks {
     let y: UnsafeMutablePointer<Float>
     let bias: UnsafePointer<Float>
 
-    func run(_ task: Int, thread: Int) {
-        let layout = plan.layout, planes = plan.planes, perImage = plan.perImage, tilesWide = plan.tilesWide
-        let cin = plan.inChannels, rowsPadded = plan.rowsPadded
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let width = n1 - n0
-        let v = plan.scratch(thread: thread)                    // [36][Cin][32]
-        let products = v + 36 * cin * gemmColumnBlock                // [36][rowsPadded][32]
-        let window = UnsafeMutableRawPointer(products + 36 * rowsPadded * gemmColumnBlock)
-            .bindMemory(to: Vec16.self, capacity: 16 + 18)          // the 4×4 window, then a block
-        let block = window + 16
-        let vPlane = cin * gemmColumnBlock
-        let image = planes + b * perImage
+    var transformedFloats: Int { 36 * plan.inChannels * gemmColumnBlock }
+
+    /// A thread's scratch: V [36][Cin][32], products [36][rowsPadded][32], the 4×4 input
+    /// window and an output block of Vec16.
+    @inline(__always)
+    func buffers(thread: Int) -> (products: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<Vec16>,
+                                  block: UnsafeMutablePointer<Vec16>) {
+        let (products, window) = plan.buffers(thread: thread, transformedFloats: transformedFloats, positions: 36,
+                                              vectors: 16 + 18)
+        return (products, window, window + 16)
+    }
+
+    @inline(__always)
+    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
+                        thread: Int) {
+        let layout = plan.layout, tilesWide = plan.tilesWide
+        let (_, window, block) = buffers(thread: thread)
+        let vPlane = plan.inChannels * gemmColumnBlock
+        let image = plan.planes + b * plan.perImage
         withWindowOffsets(layout, kernel: 4) { windowOffset in
         withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
-        for ci in 0..<cin {
+        for ci in channels {
             let channel = UnsafePointer(image + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
@@ -845,6 +904,15 @@ private struct TransposedWinogradTasks: ParallelTasks {
         }
         }
         }
+    }
+
+    @inline(__always)
+    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
+                                  thread: Int) {
+        let width = n1 - n0, tilesWide = plan.tilesWide
+        let cin = plan.inChannels, rowsPadded = plan.rowsPadded
+        let (products, _, block) = buffers(thread: thread)
+        let vPlane = cin * gemmColumnBlock
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         let yImage = y + b * yStride
