@@ -70,6 +70,9 @@ final class KernelTests: XCTestCase {
     func testWinogradMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 8, 8, 1, 1), (2, 5, 3, 2, 2), (1, 17, 9, 7, 5), (3, 8, 16, 3, 9), (1, 16, 24, 14, 12), (2, 9, 8, 13, 11), (1, 8, 8, 5, 35),
+            // F(4×4) rows of four tiles cut short by the image edge (30, 14), bottom overhang (10),
+            // and tile rows of 7 that groups of four straddle (28).
+            (1, 8, 8, 6, 30), (2, 8, 9, 10, 14), (1, 8, 8, 28, 28),
         ]
         var worst: Float = 0
         for c in cases {

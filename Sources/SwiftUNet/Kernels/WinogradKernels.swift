@@ -136,6 +136,27 @@ func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: In
     }
 }
 
+/// p[0..<count] = v[0..<count] (+ the old values when `accumulate`), for count in 13...16:
+/// the output row of four F(4×4) tiles whose last one may overhang the image by up to 3.
+@inline(__always)
+func storeRowPrefix(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
+    if count == 16 {
+        store16(accumulate ? load16(p) + v : v, p)
+        return
+    }
+    let raw = UnsafeMutableRawPointer(p)
+    var low = v.lowHalf, high = v.highHalf
+    if accumulate {
+        low += raw.loadUnaligned(as: SIMD8<Float>.self)
+        high += SIMD8(lowHalf: raw.loadUnaligned(fromByteOffset: 32, as: SIMD4<Float>.self), highHalf: SIMD4<Float>())
+    }
+    raw.storeBytes(of: low, as: SIMD8<Float>.self)
+    raw.storeBytes(of: SIMD4(high[0], high[1], high[2], high[3]), toByteOffset: 32, as: SIMD4<Float>.self)
+    for i in 12..<count {
+        p[i] = accumulate ? p[i] + v[i] : v[i]
+    }
+}
+
 /// Input channels per task when the input transform of a chunk is shared out (`SharedWinogradInput`).
 let winogradChannelGroup = 8
 
@@ -538,24 +559,28 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                     else { winogradOutput4(blockB + i * alpha, 1, blockA + i * m, 1) }
                 }
                 for i in 0..<(m * m) { blockA[i] += biasValue }
-                var firstScalarLane = 0
-                if tile == .four && tilesWide % 4 == 0 {
-                    // Groups of four tiles on one tile row, wholly inside the image: 16-wide rows.
+                // Lanes written by the vector path (bit per lane); the rest go one by one.
+                var written = 0
+                if tile == .four {
+                    // Groups of four tiles side by side on one tile row: their output rows are
+                    // 16 contiguous pixels, cut short where the last tile overhangs the image.
                     for group in 0..<4 {
                         let t = n0 + o + 4 * group
                         if t + 4 > n1 { break }
-                        let oy = (t / tilesWide) * 4, ox = (t % tilesWide) * 4
-                        if oy + 4 > h || ox + 16 > w { break }
-                        for r in 0..<4 {
+                        let tx = t % tilesWide
+                        if tx + 4 > tilesWide { continue }
+                        let oy = (t / tilesWide) * 4, ox = tx * 4
+                        let count = min(16, w - ox)
+                        if count <= 12 { continue }
+                        for r in 0..<min(4, h - oy) {
                             let row = interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
                                                         group: group)
-                            let p = yPlane + (oy + r) * w + ox
-                            store16(accumulate ? load16(p) + row : row, p)
+                            storeRowPrefix(row, yPlane + (oy + r) * w + ox, count: count, accumulate: accumulate)
                         }
-                        firstScalarLane = 4 * group + 4
+                        written |= 0xF << (4 * group)
                     }
                 }
-                for lane in firstScalarLane..<min(16, width - o) {
+                for lane in 0..<min(16, width - o) where written & (1 << lane) == 0 {
                     let t = n0 + o + lane
                     let oy = (t / tilesWide) * m, ox = (t % tilesWide) * m
                     let rows = min(m, h - oy), cols = min(m, w - ox)
