@@ -103,6 +103,29 @@ func winogradInput4(_ d: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: Unsa
     out[5 * outStride] = four * d1 - five * d3 + d5
 }
 
+/// Bᵀ d B of Winograd F(2×2, 2×2) for 16 tiles (Bᵀ = [1 -1 0; 0 1 0; 0 -1 1]): the 3×3 input
+/// tile d(i, j) = d[i·rowStep + j·columnStep]; transformed position ξ = 3·row + column is
+/// stored at dst + ξ·positionStride. `block` is scratch for 9 vectors. The strided and the
+/// transposed 4×4 routes both reduce to these 2×2 convolutions over 3×3 sub-windows.
+@inline(__always)
+func winogradInput2x2(_ d: UnsafePointer<Vec16>, rowStep: Int, columnStep: Int, block: UnsafeMutablePointer<Vec16>,
+                      into dst: UnsafeMutablePointer<Float>, positionStride: Int) {
+    // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
+    for i in 0..<3 {
+        let row = d + i * rowStep
+        let a = row[0], c = row[columnStep], e = row[2 * columnStep]
+        block[i * 3] = a - c
+        block[i * 3 + 1] = c
+        block[i * 3 + 2] = e - c
+    }
+    for j in 0..<3 {
+        let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
+        store16(r0 - r1, dst + j * positionStride)
+        store16(r1, dst + (3 + j) * positionStride)
+        store16(r2 - r1, dst + (6 + j) * positionStride)
+    }
+}
+
 /// Aᵀ of F(2×2, 3×3) applied to 4 vectors (2 results).
 @inline(__always)
 func winogradOutput2(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
@@ -482,12 +505,12 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     /// A thread's scratch: V [α²][Cin][32], products [α²][rowsPadded][32] and two α×α
     /// blocks of Vec16.
     @inline(__always)
-    func buffers(thread: Int) -> (v: UnsafeMutablePointer<Float>, products: UnsafeMutablePointer<Float>,
-                                  blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>) {
+    func buffers(thread: Int) -> (products: UnsafeMutablePointer<Float>, blockA: UnsafeMutablePointer<Vec16>,
+                                  blockB: UnsafeMutablePointer<Vec16>) {
         let positions = tile.positions
         let (products, blockA) = plan.buffers(thread: thread, transformedFloats: transformedFloats,
                                               positions: positions, vectors: 2 * positions)
-        return (plan.scratch(thread: thread), products, blockA, blockA + positions)
+        return (products, blockA, blockA + positions)
     }
 
     var transformedFloats: Int { tile.positions * plan.inChannels * gemmColumnBlock }
@@ -498,7 +521,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     @inline(__always)
     func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
                         thread: Int) {
-        let (_, _, blockA, blockB) = buffers(thread: thread)
+        let (_, blockA, blockB) = buffers(thread: thread)
         let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: alpha) { tapOffset in
@@ -530,7 +553,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     @inline(__always)
     func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
                                   thread: Int) {
-        let (_, products, blockA, blockB) = buffers(thread: thread)
+        let (products, blockA, blockB) = buffers(thread: thread)
         let tilesWide = plan.tilesWide, cin = plan.inChannels, cout = plan.outChannels
         let rowsPadded = plan.rowsPadded, width = n1 - n0
         let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
@@ -721,23 +744,8 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
                 for q in 0..<36 { window[q] = runs.load(channel + windowOffset[q], half: half) }
                 for py in 0..<2 {
                     for px in 0..<2 {
-                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
-                            window[(2 * i + py) * 6 + 2 * j + px]
-                        }
-                        // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
-                        for i in 0..<3 {
-                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
-                            block[i * 3] = a - c
-                            block[i * 3 + 1] = c
-                            block[i * 3 + 2] = e - c
-                        }
-                        let dst = v + (ci * 4 + py * 2 + px) * gemmColumnBlock + o
-                        for j in 0..<3 {
-                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
-                            store16(r0 - r1, dst + j * vPlane)
-                            store16(r1, dst + (3 + j) * vPlane)
-                            store16(r2 - r1, dst + (6 + j) * vPlane)
-                        }
+                        winogradInput2x2(window + py * 6 + px, rowStep: 12, columnStep: 2, block: block,
+                                         into: v + (ci * 4 + py * 2 + px) * gemmColumnBlock + o, positionStride: vPlane)
                     }
                 }
             }
@@ -907,22 +915,9 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
                 for q in 0..<16 { window[q] = runs.load(channel + windowOffset[q], half: half) }
                 for ry in 0..<2 {
                     for rx in 0..<2 {
-                        @inline(__always) func d(_ i: Int, _ j: Int) -> Vec16 {
-                            window[(i + ry) * 4 + j + rx]
-                        }
-                        for i in 0..<3 {
-                            let a = d(i, 0), c = d(i, 1), e = d(i, 2)
-                            block[i * 3] = a - c
-                            block[i * 3 + 1] = c
-                            block[i * 3 + 2] = e - c
-                        }
-                        let dst = v + 9 * (2 * ry + rx) * vPlane + ci * gemmColumnBlock + o
-                        for j in 0..<3 {
-                            let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
-                            store16(r0 - r1, dst + j * vPlane)
-                            store16(r1, dst + (3 + j) * vPlane)
-                            store16(r2 - r1, dst + (6 + j) * vPlane)
-                        }
+                        winogradInput2x2(window + ry * 4 + rx, rowStep: 4, columnStep: 1, block: block,
+                                         into: v + 9 * (2 * ry + rx) * vPlane + ci * gemmColumnBlock + o,
+                                         positionStride: vPlane)
                     }
                 }
             }
