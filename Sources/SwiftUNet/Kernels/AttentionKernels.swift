@@ -8,14 +8,16 @@ import Darwin
 let attentionKeyBlock = 64
 
 /// Multi-head scaled dot-product attention over the positions of one image, for
-/// the queries [q0, q1) of head `head`.
+/// the queries [q0, q1) of head `head` (at most 16 of them).
 ///
 /// qkv [3C, N] (q, k, v stacked by channel, head h owning channels
 /// [h·dh, (h+1)·dh) of each) → o [C, N], o = softmax(qᵀk / √dh over keys) · v.
-/// Keys are visited in blocks of 64 with an online (running-max) softmax, so
-/// no N×N score matrix exists and no exponent ever sees a positive argument.
-/// Vectorised over keys: scores of 16 keys per SIMD16, and per-channel partial
-/// sums of p·v kept in 16 lanes and reduced once at the end (fixed order).
+/// The 16 queries sit in the lanes of one vector (q and o rows are contiguous in the
+/// query index) and keys are scalars broadcast to them, so a lane's softmax, its
+/// running maximum and its weighted sums need no horizontal reductions, and each
+/// lane's arithmetic is the same whatever other queries share the vector.
+/// Keys are visited in blocks of 64 with an online (running-max) softmax, so no
+/// N×N score matrix exists and no exponent ever sees a positive argument.
 /// `scratch` holds `attentionScratchCount(headDim:)` floats.
 func attentionForward(
     qkv: UnsafePointer<Float>, channels: Int, positions n: Int, heads: Int,
@@ -23,79 +25,109 @@ func attentionForward(
     o: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
 ) {
     let dh = channels / heads
-    let scale = 1 / Float(dh).squareRoot()
-    let q = qkv + head * dh * n
+    let lanes = q1 - q0
+    let scale = Vec16(repeating: 1 / Float(dh).squareRoot())
+    let q = qkv + head * dh * n + q0
     let k = qkv + (channels + head * dh) * n
     let v = qkv + (2 * channels + head * dh) * n
-    let oh = o + head * dh * n
-    let partial = UnsafeMutableRawPointer(scratch).bindMemory(to: Vec16.self, capacity: dh + attentionKeyBlock / 16)
-    let scores = partial + dh                      // one key block of scores
-    for i in q0..<q1 {
-        for c in 0..<dh { partial[c] = Vec16() }
-        var runningMax = -Float.infinity
-        var total = Vec16()
-        var j0 = 0
-        while j0 < n {
-            let keys = min(attentionKeyBlock, n - j0)
-            let vectors = (keys + 15) / 16
-            // scores[j] = (q_i · k_j) / √dh for the block; lanes past the last key get -inf.
-            for t in 0..<vectors { scores[t] = Vec16() }
-            for c in 0..<dh {
-                let qc = Vec16(repeating: q[c * n + i] * scale)
-                let krow = k + c * n + j0
-                for t in 0..<vectors {
-                    if 16 * t + 16 <= keys {
-                        scores[t].addProduct(qc, load16(krow + 16 * t))
-                    } else {
-                        var kv = Vec16()
-                        for l in 0..<(keys - 16 * t) { kv[l] = krow[16 * t + l] }
-                        scores[t].addProduct(qc, kv)
-                    }
-                }
-            }
-            var blockMax = -Float.infinity
-            // Lanes past the last key (only in the last vector) take no part in the max.
-            if keys % 16 != 0 {
-                for l in (keys % 16)..<16 { scores[vectors - 1][l] = -.infinity }
-            }
-            for t in 0..<vectors { blockMax = max(blockMax, scores[t].max()) }
-            let newMax = max(runningMax, blockMax)
-            // Rescale what was accumulated under the old maximum (exp(-inf) = 0 the first time).
-            let rescale = Vec16(repeating: runningMax == -.infinity ? 0 : expf(runningMax - newMax))
-            runningMax = newMax
-            total *= rescale
-            for c in 0..<dh { partial[c] *= rescale }
-            let m16 = Vec16(repeating: newMax)
-            for t in 0..<vectors { scores[t] = exp16(scores[t] - m16) }
-            // exp16 clamps its argument at -87.3, so lanes past the last key are zeroed explicitly.
-            if keys % 16 != 0 {
-                for l in (keys % 16)..<16 { scores[vectors - 1][l] = 0 }
-            }
-            for t in 0..<vectors { total += scores[t] }
-            for c in 0..<dh {
-                let vrow = v + c * n + j0
-                var acc = partial[c]
-                for t in 0..<vectors {
-                    if 16 * t + 16 <= keys {
-                        acc.addProduct(scores[t], load16(vrow + 16 * t))
-                    } else {
-                        var vv = Vec16()
-                        for l in 0..<(keys - 16 * t) { vv[l] = vrow[16 * t + l] }
-                        acc.addProduct(scores[t], vv)
-                    }
-                }
-                partial[c] = acc
-            }
-            j0 += keys
+    let oh = o + head * dh * n + q0
+    let vectors = UnsafeMutableRawPointer(scratch).bindMemory(to: Vec16.self, capacity: 2 * dh + attentionKeyBlock)
+    let scaledQ = vectors, acc = vectors + dh, scores = vectors + 2 * dh
+    // q·(1/√dh) for the block's queries; lanes past the last query read zeros.
+    for c in 0..<dh {
+        var row = Vec16()
+        if lanes == 16 {
+            row = load16(q + c * n)
+        } else {
+            for l in 0..<lanes { row[l] = q[c * n + l] }
         }
-        let inverse = 1 / total.sum()
-        for c in 0..<dh { oh[c * n + i] = partial[c].sum() * inverse }
+        scaledQ[c] = row * scale
+        acc[c] = Vec16()
+    }
+    var runningMax = Vec16(repeating: -.infinity)
+    var total = Vec16()
+    var j0 = 0
+    while j0 < n {
+        let keys = min(attentionKeyBlock, n - j0)
+        // scores[j] = Σ_c q_c · k[c, j0 + j], channels in order; eight keys at a time for
+        // independent accumulators.
+        var j = 0
+        while j + 8 <= keys {
+            var s0 = Vec16(), s1 = Vec16(), s2 = Vec16(), s3 = Vec16()
+            var s4 = Vec16(), s5 = Vec16(), s6 = Vec16(), s7 = Vec16()
+            for c in 0..<dh {
+                let qc = scaledQ[c]
+                let kr = k + c * n + j0 + j
+                s0.addProduct(qc, Vec16(repeating: kr[0])); s1.addProduct(qc, Vec16(repeating: kr[1]))
+                s2.addProduct(qc, Vec16(repeating: kr[2])); s3.addProduct(qc, Vec16(repeating: kr[3]))
+                s4.addProduct(qc, Vec16(repeating: kr[4])); s5.addProduct(qc, Vec16(repeating: kr[5]))
+                s6.addProduct(qc, Vec16(repeating: kr[6])); s7.addProduct(qc, Vec16(repeating: kr[7]))
+            }
+            scores[j] = s0; scores[j + 1] = s1; scores[j + 2] = s2; scores[j + 3] = s3
+            scores[j + 4] = s4; scores[j + 5] = s5; scores[j + 6] = s6; scores[j + 7] = s7
+            j += 8
+        }
+        while j < keys {
+            var s = Vec16()
+            for c in 0..<dh { s.addProduct(scaledQ[c], Vec16(repeating: k[c * n + j0 + j])) }
+            scores[j] = s
+            j += 1
+        }
+        var blockMax = scores[0]
+        for j in 1..<keys { blockMax = pointwiseMax(blockMax, scores[j]) }
+        let newMax = pointwiseMax(runningMax, blockMax)
+        // Rescale what was accumulated under the old maximum; the first block has nothing to rescale.
+        if j0 > 0 {
+            let rescale = exp16(runningMax - newMax)
+            total *= rescale
+            for c in 0..<dh { acc[c] *= rescale }
+        }
+        runningMax = newMax
+        for j in 0..<keys {
+            let p = exp16(scores[j] - newMax)
+            scores[j] = p
+            total += p
+        }
+        // acc[c] += Σ_j p_j · v[c, j0 + j], keys in order; eight channels at a time.
+        var c = 0
+        while c + 8 <= dh {
+            var a0 = acc[c], a1 = acc[c + 1], a2 = acc[c + 2], a3 = acc[c + 3]
+            var a4 = acc[c + 4], a5 = acc[c + 5], a6 = acc[c + 6], a7 = acc[c + 7]
+            let vr = v + c * n + j0
+            for j in 0..<keys {
+                let p = scores[j]
+                a0.addProduct(p, Vec16(repeating: vr[j])); a1.addProduct(p, Vec16(repeating: vr[n + j]))
+                a2.addProduct(p, Vec16(repeating: vr[2 * n + j])); a3.addProduct(p, Vec16(repeating: vr[3 * n + j]))
+                a4.addProduct(p, Vec16(repeating: vr[4 * n + j])); a5.addProduct(p, Vec16(repeating: vr[5 * n + j]))
+                a6.addProduct(p, Vec16(repeating: vr[6 * n + j])); a7.addProduct(p, Vec16(repeating: vr[7 * n + j]))
+            }
+            acc[c] = a0; acc[c + 1] = a1; acc[c + 2] = a2; acc[c + 3] = a3
+            acc[c + 4] = a4; acc[c + 5] = a5; acc[c + 6] = a6; acc[c + 7] = a7
+            c += 8
+        }
+        while c < dh {
+            var a = acc[c]
+            let vr = v + c * n + j0
+            for j in 0..<keys { a.addProduct(scores[j], Vec16(repeating: vr[j])) }
+            acc[c] = a
+            c += 1
+        }
+        j0 += keys
+    }
+    let inverse = 1 / total
+    for c in 0..<dh {
+        let out = acc[c] * inverse
+        if lanes == 16 {
+            store16(out, oh + c * n)
+        } else {
+            for l in 0..<lanes { oh[c * n + l] = out[l] }
+        }
     }
 }
 
 /// Floats of scratch `attentionForward` needs per thread.
 func attentionScratchCount(headDim: Int) -> Int {
-    16 * (headDim + attentionKeyBlock / 16)
+    16 * (2 * headDim + attentionKeyBlock)
 }
 
 /// Queries per attention task.
