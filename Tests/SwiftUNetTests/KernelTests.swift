@@ -63,6 +63,34 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The direct 3×3 kernel of the few-channel convolutions against the plain loops: batch 1
+    /// and 3, 1×1 and 2×2 images, widths off the vector width (one vector, a pair, a pair plus
+    /// a ragged one), channel counts off the block of 4 output channels.
+    func testDirect3x3MatchesNaive() throws {
+        let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+            (1, 1, 1, 1, 1), (3, 3, 5, 2, 2), (1, 3, 32, 7, 9), (2, 32, 3, 5, 37), (1, 5, 1, 17, 16),
+            (1, 1, 32, 28, 28), (2, 4, 4, 3, 33), (1, 7, 6, 4, 48),
+        ]
+        for c in cases {
+            let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
+                                 kernel: 3, stride: 1, padding: 1)
+            let x = randomValues(c.b * c.cin * c.h * c.w, seed: 51)
+            let w = randomValues(c.cout * c.cin * 9, seed: 52)
+            let bias = randomValues(c.b * c.cout, seed: 53)
+            for accumulate in [false, true] {
+                for perImage in [false, true] {
+                    var fast = randomValues(c.b * c.cout * c.h * c.w, seed: 54), plain = fast
+                    try conv3x3DirectForward(x, batch: c.b, inChannels: c.cin, outChannels: c.cout, height: c.h,
+                                             width: c.w, weights: w, bias: bias, biasBatchStride: perImage ? c.cout : 0,
+                                             y: &fast, accumulate: accumulate, workspace: Workspace())
+                    conv2dNaive(x, batch: c.b, geometry: g, weights: w, bias: bias,
+                                biasBatchStride: perImage ? c.cout : 0, y: &plain, accumulate: accumulate)
+                    assertClose(fast, plain, tolerance: 1e-5, "direct 3x3 \(c) acc=\(accumulate) perImage=\(perImage)")
+                }
+            }
+        }
+    }
+
     /// Winograd F(2×2, 3×3) against the direct definition, with odd sizes (partial 2×2
     /// tiles), 1×1 and 2×2 images, odd channel counts and more than 32 tiles (several chunks).
     /// The tolerance is the same 1e-5 as the other kernels: F(2×2) transforms only add,
@@ -307,6 +335,14 @@ final class KernelTests: XCTestCase {
                         try conv2dForward(normed, batch: c.b, geometry: g, weights: packed, bias: bias, biasBatchStride: 0,
                                           y: &split, accumulate: false, workspace: Workspace())
                         XCTAssertEqual(fused, split, "implicit GEMM \(c) threads=\(threads)")
+                        var directFused = [Float](repeating: .nan, count: fused.count), directSplit = directFused
+                        try conv3x3DirectForward(x, batch: c.b, inChannels: c.cin, outChannels: c.cout, height: c.h,
+                                                 width: c.w, weights: w, bias: bias, biasBatchStride: 0, y: &directFused,
+                                                 accumulate: false, normalize: spec, workspace: Workspace())
+                        try conv3x3DirectForward(normed, batch: c.b, inChannels: c.cin, outChannels: c.cout, height: c.h,
+                                                 width: c.w, weights: w, bias: bias, biasBatchStride: 0, y: &directSplit,
+                                                 accumulate: false, workspace: Workspace())
+                        XCTAssertEqual(directFused, directSplit, "direct 3x3 \(c) threads=\(threads)")
                     }
                 }
             }

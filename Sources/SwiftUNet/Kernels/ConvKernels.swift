@@ -374,6 +374,125 @@ func conv2dForward(
                     n: ohw, images: batch, ldc: ohw, accumulate: accumulate, workspace: workspace)
 }
 
+/// x [B, Cin, H, W] → y [B, Cout, H, W]: a 3×3, stride-1, padding-1 convolution computed
+/// directly, y = conv(x) + bias (+ y when `accumulate`), for layers with few input or
+/// output channels (the RGB/gray-in and -out convolutions). As a GEMM their one small
+/// dimension wastes most of each micro-tile, and packing the implicit im2col costs as
+/// much as the product; here each output row is 16 columns per vector, read straight
+/// from the zero-padded planes, with 4 output channels × 2 vectors of accumulators.
+///
+/// `weights` is PyTorch's [Cout, Cin, 3, 3]; `bias` holds Cout values per image at
+/// `bias + b * biasBatchStride`. With `normalize`, the planes hold GroupNorm(x) (+ SiLU).
+/// Every output sums its taps in one fixed order (ci, ky, kx), whatever the task cut.
+func conv3x3DirectForward(
+    _ x: UnsafePointer<Float>, batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
+    weights: UnsafePointer<Float>, bias: UnsafePointer<Float>, biasBatchStride: Int,
+    y: UnsafeMutablePointer<Float>, accumulate: Bool, normalize: GroupNormSpec? = nil, workspace: Workspace
+) throws {
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let layout = PhasePlanes(height: height, width: width, stride: 1, pad: 1)
+    let perImage = inChannels * layout.perChannel
+    // 16 floats of slack: a row's last vector may read up to 15 floats past the last plane.
+    let planes = try workspace.floats(batch * perImage + 16)
+    let pool = ThreadPool.shared
+    let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
+    let normScratch = normalize == nil ? nil
+        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: height * width))
+    layout.fill(x, batch: batch, channels: inChannels, height: height, width: width, into: planes,
+                normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
+    pool.parallelFor(batch * height, maxThreads: pool.threadsFor(batch * height),
+                     DirectConvRowTasks(planes: planes, perImage: perImage, wp: layout.wp, planeStride: layout.perChannel,
+                                        weights: weights, bias: bias, biasBatchStride: biasBatchStride, y: y,
+                                        inChannels: inChannels, outChannels: outChannels, height: height, width: width,
+                                        accumulate: accumulate))
+}
+
+/// The tasks of `conv3x3DirectForward`: task = one output row of one image, all channels.
+private struct DirectConvRowTasks: ParallelTasks {
+    let planes: UnsafePointer<Float>
+    let perImage: Int
+    let wp: Int
+    let planeStride: Int
+    let weights: UnsafePointer<Float>
+    let bias: UnsafePointer<Float>
+    let biasBatchStride: Int
+    let y: UnsafeMutablePointer<Float>
+    let inChannels: Int
+    let outChannels: Int
+    let height: Int
+    let width: Int
+    let accumulate: Bool
+
+    func run(_ task: Int, thread: Int) {
+        let b = task / height, oy = task % height
+        let cin = inChannels, cout = outChannels
+        let source = planes + b * perImage + oy * wp    // padded row oy is input row oy - 1
+        let imageBias = bias + b * biasBatchStride
+        let taps = cin * 9
+        var co0 = 0
+        while co0 < cout {
+            let used = min(4, cout - co0)
+            // Slots past the last channel repeat it (their results are not stored).
+            let w0 = weights + co0 * taps
+            let w1 = weights + min(co0 + 1, cout - 1) * taps
+            let w2 = weights + min(co0 + 2, cout - 1) * taps
+            let w3 = weights + min(co0 + 3, cout - 1) * taps
+            var x0 = 0
+            while x0 < width {
+                let pair = width - x0 > 16
+                var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+                var b0 = Vec16(), b1 = Vec16(), b2 = Vec16(), b3 = Vec16()
+                var t = 0
+                for ci in 0..<cin {
+                    let channel = source + ci * planeStride + x0
+                    for ky in 0..<3 {
+                        let row = channel + ky * wp
+                        for kx in 0..<3 {
+                            let u = load16(row + kx)
+                            let v = pair ? load16(row + kx + 16) : Vec16()
+                            let c0 = Vec16(repeating: w0[t]), c1 = Vec16(repeating: w1[t])
+                            let c2 = Vec16(repeating: w2[t]), c3 = Vec16(repeating: w3[t])
+                            a0.addProduct(c0, u); a1.addProduct(c1, u); a2.addProduct(c2, u); a3.addProduct(c3, u)
+                            b0.addProduct(c0, v); b1.addProduct(c1, v); b2.addProduct(c2, v); b3.addProduct(c3, v)
+                            t += 1
+                        }
+                    }
+                }
+                let sums = (a0, a1, a2, a3), seconds = (b0, b1, b2, b3)
+                for slot in 0..<used {
+                    let co = co0 + slot
+                    let first: Vec16, second: Vec16
+                    switch slot {
+                    case 0: (first, second) = (sums.0, seconds.0)
+                    case 1: (first, second) = (sums.1, seconds.1)
+                    case 2: (first, second) = (sums.2, seconds.2)
+                    default: (first, second) = (sums.3, seconds.3)
+                    }
+                    let out = y + ((b * cout + co) * height + oy) * width + x0
+                    let biasValue = Vec16(repeating: imageBias[co])
+                    storeDirectRow(first + biasValue, out, count: min(16, width - x0), accumulate: accumulate)
+                    if pair {
+                        storeDirectRow(second + biasValue, out + 16, count: min(16, width - x0 - 16), accumulate: accumulate)
+                    }
+                }
+                x0 += 32
+            }
+            co0 += 4
+        }
+    }
+}
+
+/// p[0..<count] = v[0..<count], or p + v when `accumulate` (count in 1...16).
+@inline(__always)
+private func storeDirectRow(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
+    if count == 16 {
+        store16(accumulate ? load16(p) + v : v, p)
+    } else {
+        for l in 0..<count { p[l] = accumulate ? p[l] + v[l] : v[l] }
+    }
+}
+
 /// `conv2dForward`'s GEMMs: image b's B is read from its phase planes.
 private struct ImplicitConvOperands: BatchedGemmOperands {
     let weights: PackedMatrix

@@ -37,7 +37,7 @@ final class Conv2d {
     }
 
     /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
-    /// below that (the RGB-in / RGB-out convolutions) the direct implicit GEMM is faster.
+    /// below that (the RGB-in / RGB-out convolutions) `conv3x3DirectForward` is faster.
     static let winogradMinimumChannels = 8
 
     init(_ registry: ParameterRegistry, _ prefix: String, inChannels: Int, outChannels: Int,
@@ -109,6 +109,14 @@ final class Conv2d {
                                 weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
                                 biasBatchStride: perImageBias == nil ? 0 : outChannels,
                                 y: y, accumulate: accumulate, normalize: normalize, workspace: workspace)
+            return
+        }
+        if kernel == 3 && stride == 1 && padding == 1 {
+            try conv3x3DirectForward(x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                     height: height, width: width, weights: weight.data,
+                                     bias: perImageBias ?? UnsafePointer(bias.data),
+                                     biasBatchStride: perImageBias == nil ? 0 : outChannels,
+                                     y: y, accumulate: accumulate, normalize: normalize, workspace: workspace)
             return
         }
         try conv2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
