@@ -165,6 +165,63 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Winograd chunks of 32 tiles run across image boundaries (tiles are numbered over the
+    /// batch), so each image's output must not depend on its neighbours: a batch of 3 gives,
+    /// image by image and bit for bit, what each image gives alone, in all three routes.
+    /// Shapes: 16 tiles per image (chunks hold two images), 49 (chunks cut images at 17 and
+    /// 15 tiles), 1 tile per image; per-image bias where the route takes one.
+    func testWinogradImagesAreBitIdenticalAloneAndInABatch() throws {
+        let batch = 3
+        func alone(_ count: Int, _ run: (Int, UnsafeMutablePointer<Float>) throws -> Void) rethrows -> [Float] {
+            var out = [Float](repeating: .nan, count: batch * count)
+            try out.withUnsafeMutableBufferPointer { p in
+                for b in 0..<batch { try run(b, p.baseAddress! + b * count) }
+            }
+            return out
+        }
+        for (cin, cout, h, w) in [(8, 16, 8, 8), (9, 8, 28, 28), (8, 8, 2, 2), (16, 12, 14, 14)] {
+            let x = randomValues(batch * cin * h * w, seed: 71)
+            let bias = randomValues(batch * cout, seed: 72)
+            for tile in [WinogradTile.two, .four] {
+                let weights = try packWinogradWeights(randomValues(cout * cin * 9, seed: 73), inChannels: cin,
+                                                      outChannels: cout, tile: tile)
+                var together = [Float](repeating: .nan, count: batch * cout * h * w)
+                try winogradConv3x3(x, batch: batch, inChannels: cin, height: h, width: w, weights: weights, bias: bias,
+                                    biasBatchStride: cout, y: &together, accumulate: false, workspace: Workspace())
+                let separate = try alone(cout * h * w) { b, y in
+                    try winogradConv3x3(Array(x[(b * cin * h * w)..<((b + 1) * cin * h * w)]), batch: 1, inChannels: cin,
+                                        height: h, width: w, weights: weights, bias: Array(bias[(b * cout)...]),
+                                        biasBatchStride: 0, y: y, accumulate: false, workspace: Workspace())
+                }
+                XCTAssertTrue(together == separate, "3x3 \(tile) \(cin)->\(cout) \(h)x\(w)")
+            }
+            let w4 = randomValues(cout * cin * 16, seed: 74)
+            let strided = try packStridedWinogradWeights(w4, inChannels: cin, outChannels: cout)
+            let outCount = cout * (h / 2) * (w / 2)
+            var together = [Float](repeating: .nan, count: batch * outCount)
+            try winogradConv4x4Stride2(x, batch: batch, inChannels: cin, height: h, width: w, weights: strided,
+                                       bias: bias, y: &together, workspace: Workspace())
+            var separate = try alone(outCount) { b, y in
+                try winogradConv4x4Stride2(Array(x[(b * cin * h * w)..<((b + 1) * cin * h * w)]), batch: 1,
+                                           inChannels: cin, height: h, width: w, weights: strided, bias: bias, y: y,
+                                           workspace: Workspace())
+            }
+            XCTAssertTrue(together == separate, "strided \(cin)->\(cout) \(h)x\(w)")
+            let transposed = try packTransposedWinogradWeights(randomValues(cin * cout * 16, seed: 75), inChannels: cin,
+                                                               outChannels: cout)
+            let upCount = cout * 4 * h * w
+            together = [Float](repeating: .nan, count: batch * upCount)
+            try winogradConvTranspose4x4Stride2(x, batch: batch, inChannels: cin, height: h, width: w,
+                                                weights: transposed, bias: bias, y: &together, workspace: Workspace())
+            separate = try alone(upCount) { b, y in
+                try winogradConvTranspose4x4Stride2(Array(x[(b * cin * h * w)..<((b + 1) * cin * h * w)]), batch: 1,
+                                                    inChannels: cin, height: h, width: w, weights: transposed,
+                                                    bias: bias, y: y, workspace: Workspace())
+            }
+            XCTAssertTrue(together == separate, "transposed \(cin)->\(cout) \(h)x\(w)")
+        }
+    }
+
     /// The same for the strided and transposed Winograd routes, which share their input
     /// transform the same way when their output channels are split.
     func testStridedAndTransposedSharedInputAreBitIdenticalToOneThread() throws {

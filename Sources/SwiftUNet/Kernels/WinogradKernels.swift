@@ -159,6 +159,20 @@ func interleaveTileRow(_ a: Vec16, _ b: Vec16, _ c: Vec16, _ d: Vec16, group: In
     }
 }
 
+/// The bias of output channel `channel` for tiles firstTile ..< firstTile + lanes, one per
+/// lane: image b's bias vector is at bias + b·batchStride, and 16 tiles may span two images.
+@inline(__always)
+func laneBias(_ bias: UnsafePointer<Float>, batchStride: Int, channel: Int, firstTile: Int, lanes: Int,
+              tilesPerImage: Int) -> Vec16 {
+    let first = firstTile / tilesPerImage
+    if batchStride == 0 || (firstTile + lanes - 1) / tilesPerImage == first {
+        return Vec16(repeating: bias[first * batchStride + channel])
+    }
+    var v = Vec16()
+    for lane in 0..<lanes { v[lane] = bias[((firstTile + lane) / tilesPerImage) * batchStride + channel] }
+    return v
+}
+
 /// p[0..<count] = v[0..<count] (+ the old values when `accumulate`), for count in 13...16:
 /// the output row of four F(4×4) tiles whose last one may overhang the image by up to 3.
 @inline(__always)
@@ -193,7 +207,8 @@ func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile
 
 /// Where the tiles of a chunk lie in one window position's phase plane, for loading them
 /// 16 lanes at a time without packing. Tiles are numbered row-major, `tilesWide` to a row,
-/// and tile (ty, tx) sits at ty·rowStride + tx from the position's offset. So consecutive
+/// image after image (`tilesPerImage` each), and tile (ty, tx) of image b sits at
+/// b·imageStride + ty·rowStride + tx from the position's offset in image 0. So consecutive
 /// tiles on a tile row are consecutive floats, and a 16-lane half of the chunk covers a
 /// few runs of them: two at 32×32 (rows of 8 tiles), three at 28×28 (rows of 7). `load`
 /// reads each run with one unaligned load, shifted so the run's lanes land in place,
@@ -224,13 +239,15 @@ struct TileRuns {
     }
 }
 
-/// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width. Storage is sized to the
-/// runs there are, so it stays on the stack (under 1 KiB) for every image at least 5 tiles
-/// wide; narrower ones with many tile rows in a chunk may spill to the heap.
+/// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width (numbered across the batch).
+/// Storage is sized to the runs there are, so it stays on the stack (under 1 KiB) for every
+/// image at least 5 tiles wide; narrower ones with many tile rows in a chunk may spill to the heap.
 @inline(__always)
-func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, _ body: (TileRuns) -> R) -> R {
+func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, tilesPerImage: Int, imageStride: Int,
+                     _ body: (TileRuns) -> R) -> R {
     let halves = (width + 15) / 16
-    // Runs of each half: a new one starts at the half's first lane and at every tile row start.
+    // Runs of each half: a new one starts at the half's first lane and at every tile row start
+    // (an image's first tile starts a tile row, so runs never cross images).
     var runCount = 0
     for half in 0..<halves {
         let t0 = n0 + half * 16, t1 = n0 + min(width, half * 16 + 16)
@@ -249,9 +266,9 @@ func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, _ body
                 var lane = 0
                 while lane < limit {
                     let t = n0 + half * 16 + lane
-                    let tx = t % tilesWide
+                    let n = t % tilesPerImage, tx = n % tilesWide
                     let length = min(tilesWide - tx, limit - lane)
-                    runs.shifts[run] = (t / tilesWide) * rowStride + tx - lane
+                    runs.shifts[run] = (t / tilesPerImage) * imageStride + (n / tilesWide) * rowStride + tx - lane
                     runs.masks[run] = (laneIndex .>= Int32(lane)) .& (laneIndex .< Int32(lane + length))
                     lane += length
                     run += 1
@@ -281,9 +298,12 @@ func withWindowOffsets<R>(_ layout: PhasePlanes, kernel: Int, _ body: (UnsafePoi
 
 /// What every Winograd route prepares before its parallel region: the input as
 /// stride-s phase planes (zero-padded far enough for the tiles' overhang), and the
-/// cut of the work into tasks of (image, block of output channels, chunk of up to
-/// 32 tiles), with per-thread scratch. Everything is taken from `workspace`; the
-/// caller's mark releases it.
+/// cut of the work into tasks of (block of output channels, chunk of up to 32 tiles),
+/// with per-thread scratch. Tiles are numbered across the batch, image after image, so
+/// a chunk may hold the last tiles of one image and the first of the next: small images
+/// (16 tiles at 8×8) then fill whole 32-column panels, and each weight read feeds twice
+/// the columns. A tile's arithmetic does not depend on its chunk, so neither do results.
+/// Everything is taken from `workspace`; the caller's mark releases it.
 struct WinogradPlan {
     let layout: PhasePlanes
     let planes: UnsafeMutablePointer<Float>
@@ -297,7 +317,10 @@ struct WinogradPlan {
     let outChannels: Int
     /// Output channels rounded up to whole micro-tile rows.
     let rowsPadded: Int
+    /// Tiles of one image.
     let tiles: Int
+    /// Tiles of the batch.
+    let totalTiles: Int
     let tilesWide: Int
 
     /// x [B, Cin, H, W] → planes [B, Cin, s, s, Hp, Wp], normalised on the way when
@@ -317,10 +340,11 @@ struct WinogradPlan {
         layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
                     scratch: normScratch, scratchThreads: normThreads)
         tiles = tilesHigh * tilesWide
+        totalTiles = batch * tiles
         self.tilesWide = tilesWide
-        split = GemmSplit(m: cout, n: tiles, images: batch, threads: pool.threadsFor(batch * 4),
+        split = GemmSplit(m: cout, n: totalTiles, images: 1, threads: pool.threadsFor(batch * 4),
                           columnsPerChunk: gemmColumnBlock, tasksPerThread: 1)
-        taskCount = batch * split.tasksPerImage
+        taskCount = split.tasksPerImage
         maxThreads = pool.threadsFor(taskCount)
         self.scratchFloats = scratchFloats
         scratchBase = try workspace.floats(maxThreads * scratchFloats)
@@ -329,11 +353,17 @@ struct WinogradPlan {
         rowsPadded = ((cout + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
     }
 
-    /// The image, output channels m0..<m1 and tiles n0..<n1 of `task`.
+    /// The output channels m0..<m1 and tiles n0..<n1 (of the batch) of `task`.
     @inline(__always)
-    func ranges(_ task: Int) -> (Int, Int, Int, Int, Int) {
-        let (m0, m1, n0, n1) = split.ranges(task % split.tasksPerImage, m: outChannels, n: tiles)
-        return (task / split.tasksPerImage, m0, m1, n0, n1)
+    func ranges(_ task: Int) -> (Int, Int, Int, Int) {
+        split.ranges(task, m: outChannels, n: totalTiles)
+    }
+
+    /// The `TileRuns` of tiles n0 ..< n0 + width of the batch in these planes.
+    @inline(__always)
+    func withTileRuns<R>(n0: Int, width: Int, _ body: (TileRuns) -> R) -> R {
+        SwiftUNet.withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp, tilesPerImage: tiles,
+                               imageStride: perImage, body)
     }
 
     /// The scratch of `thread`: V first (a task's transformed input).
@@ -383,33 +413,32 @@ func winogradPositionProducts(
     }
 }
 
-/// A Winograd route's work on one (image, block of output channels, chunk of tiles), in its
-/// two stages: transform the chunk's input into V, then multiply by the weights and
-/// transform back into the output. Scratch comes from the thread's share of `plan`.
+/// A Winograd route's work on one (block of output channels, chunk of tiles), in its two
+/// stages: transform the chunk's input into V, then multiply by the weights and transform
+/// back into the output. Tiles are numbered across the batch (`WinogradPlan`). Scratch
+/// comes from the thread's share of `plan`.
 protocol WinogradStages {
     var plan: WinogradPlan { get }
     /// Floats of one chunk's V.
     var transformedFloats: Int { get }
-    /// V for input channels `channels` of tiles n0 ..< n0 + width of image b.
-    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        thread: Int)
-    /// Output channels m0..<m1 of tiles n0..<n1 of image b, from V.
-    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
-                                  thread: Int)
+    /// V for input channels `channels` of tiles n0 ..< n0 + width.
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int)
+    /// Output channels m0..<m1 of tiles n0..<n1, from V.
+    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int)
 }
 
 extension WinogradStages {
-    /// Both stages of task (image, block of output channels, chunk) on the thread's own V.
+    /// Both stages of task (block of output channels, chunk) on the thread's own V.
     @inline(__always)
     func run(_ task: Int, thread: Int) {
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
+        let (m0, m1, n0, n1) = plan.ranges(task)
         let v = plan.scratch(thread: thread)
-        transformInput(b: b, n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: v, thread: thread)
-        multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1, v: v, thread: thread)
+        transformInput(n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: v, thread: thread)
+        multiplyAndTransformBack(m0: m0, m1: m1, n0: n0, n1: n1, v: v, thread: thread)
     }
 }
 
-/// Runs a Winograd route's tasks. When the batch gives every thread a chunk of its own,
+/// Runs a Winograd route's tasks. When the tiles give every thread a chunk of its own,
 /// each task runs both stages. Otherwise (batch 1, few tiles) the output channels are
 /// split, and every thread would repeat the whole input transform of its chunk: the
 /// transform then runs first, shared out by groups of input channels into one V per
@@ -417,14 +446,13 @@ extension WinogradStages {
 /// (`SharedWinogradOutput`). Each V element is computed the same way either way, so
 /// results do not change.
 @inline(__always)
-func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages, batch: Int,
-                                                               workspace: Workspace) throws {
+func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages, workspace: Workspace) throws {
     let plan = stages.plan, pool = ThreadPool.shared
     if plan.split.rowChunks == 1 {
         pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, stages)
         return
     }
-    let chunks = batch * plan.split.columnChunks
+    let chunks = plan.split.columnChunks
     let vShared = try workspace.floats(chunks * stages.transformedFloats)
     let groups = (plan.inChannels + winogradChannelGroup - 1) / winogradChannelGroup
     pool.parallelFor(chunks * groups, maxThreads: plan.maxThreads,
@@ -432,7 +460,7 @@ func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages,
     pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, SharedWinogradOutput(stages: stages, vShared: vShared))
 }
 
-/// The shared input transforms of `runWinogradStages`; task = (image, chunk, channel group).
+/// The shared input transforms of `runWinogradStages`; task = (chunk, channel group).
 private struct SharedWinogradInput<Stages: WinogradStages>: ParallelTasks {
     let stages: Stages
     /// V of every (image, chunk).
@@ -442,25 +470,25 @@ private struct SharedWinogradInput<Stages: WinogradStages>: ParallelTasks {
     func run(_ task: Int, thread: Int) {
         let plan = stages.plan, split = plan.split
         let chunk = task / groups, group = task % groups
-        let b = chunk / split.columnChunks, n0 = (chunk % split.columnChunks) * split.columnsPerChunk
+        let n0 = chunk * split.columnsPerChunk
         let c0 = group * winogradChannelGroup, c1 = min(plan.inChannels, c0 + winogradChannelGroup)
-        stages.transformInput(b: b, n0: n0, width: min(plan.tiles, n0 + split.columnsPerChunk) - n0,
+        stages.transformInput(n0: n0, width: min(plan.totalTiles, n0 + split.columnsPerChunk) - n0,
                               channels: c0..<c1, into: vShared + chunk * stages.transformedFloats, thread: thread)
     }
 }
 
-/// The second stage of `runWinogradStages` from the shared V; task = (image, block of
-/// output channels, chunk).
+/// The second stage of `runWinogradStages` from the shared V; task = (block of output
+/// channels, chunk).
 private struct SharedWinogradOutput<Stages: WinogradStages>: ParallelTasks {
     let stages: Stages
     let vShared: UnsafeMutablePointer<Float>
 
     func run(_ task: Int, thread: Int) {
         let plan = stages.plan
-        let (b, m0, m1, n0, n1) = plan.ranges(task)
-        let chunk = b * plan.split.columnChunks + n0 / plan.split.columnsPerChunk
-        stages.multiplyAndTransformBack(b: b, m0: m0, m1: m1, n0: n0, n1: n1,
-                                        v: vShared + chunk * stages.transformedFloats, thread: thread)
+        let (m0, m1, n0, n1) = plan.ranges(task)
+        stages.multiplyAndTransformBack(m0: m0, m1: m1, n0: n0, n1: n1,
+                                        v: vShared + (n0 / plan.split.columnsPerChunk) * stages.transformedFloats,
+                                        thread: thread)
     }
 }
 
@@ -486,7 +514,7 @@ func winogradConv3x3(
                                 normalize: normalize, workspace: workspace)
     try runWinogradStages(Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
                                            biasBatchStride: biasBatchStride, accumulate: accumulate),
-                          batch: batch, workspace: workspace)
+                          workspace: workspace)
 }
 
 /// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles),
@@ -519,16 +547,14 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     /// image b, into v [α²][Cin][32]. The input tiles are read straight from the phase
     /// planes (`TileRuns`): position (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j).
     @inline(__always)
-    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        thread: Int) {
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
         let (_, blockA, blockB) = buffers(thread: thread)
         let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: alpha) { tapOffset in
-        withTileRuns(n0: n0, width: width, tilesWide: plan.tilesWide, rowStride: layout.wp) { runs in
-            let image = plan.planes + b * plan.perImage
+        plan.withTileRuns(n0: n0, width: width) { runs in
             for ci in channels {
-                let channel = UnsafePointer(image + ci * layout.perChannel)
+                let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
                 for half in 0..<runs.halves {
                     for xi in 0..<positions { blockA[xi] = runs.load(channel + tapOffset[xi], half: half) }
                     // Columns of every row, then rows of every column.
@@ -551,8 +577,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     /// Output channels m0..<m1 of tiles n0..<n1 of image b from V [α²][Cin][32]: the α²
     /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
     @inline(__always)
-    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
-                                  thread: Int) {
+    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
         let (products, blockA, blockB) = buffers(thread: thread)
         let tilesWide = plan.tilesWide, cin = plan.inChannels, cout = plan.outChannels
         let rowsPadded = plan.rowsPadded, width = n1 - n0
@@ -561,15 +586,15 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
         // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ.
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
-        // Y = Aᵀ M A, + bias (+ old y), written where the m×m tile lies inside the image.
-        let yImage = y + b * cout * h * w
-        let biasImage = bias + b * biasBatchStride
+        // Y = Aᵀ M A, + bias (+ old y), written where the m×m tile lies inside its image.
+        let tiles = plan.tiles, imageFloats = cout * h * w
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
-            let yPlane = yImage + co * h * w
-            let biasValue = Vec16(repeating: biasImage[co])
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
+                let lanes = min(16, width - o)
+                let biasValue = laneBias(bias, batchStride: biasBatchStride, channel: co, firstTile: n0 + o,
+                                         lanes: lanes, tilesPerImage: tiles)
                 let base = products + co * gemmColumnBlock + o
                 for i in 0..<positions { blockA[i] = load16(base + i * step) }
                 // Rows of every column (α → m), then columns of every row; result Y [m][m] in blockA.
@@ -590,11 +615,12 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                     for group in 0..<4 {
                         let t = n0 + o + 4 * group
                         if t + 4 > n1 { break }
-                        let tx = t % tilesWide
-                        if tx + 4 > tilesWide { continue }
-                        let oy = (t / tilesWide) * 4, ox = tx * 4
+                        let n = t % tiles, tx = n % tilesWide
+                        if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
+                        let oy = (n / tilesWide) * 4, ox = tx * 4
                         let count = min(16, w - ox)
                         if count <= 12 { continue }
+                        let yPlane = y + (t / tiles) * imageFloats + co * h * w
                         for r in 0..<min(4, h - oy) {
                             let row = interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
                                                         group: group)
@@ -603,10 +629,11 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                         written |= 0xF << (4 * group)
                     }
                 }
-                for lane in 0..<min(16, width - o) where written & (1 << lane) == 0 {
-                    let t = n0 + o + lane
-                    let oy = (t / tilesWide) * m, ox = (t % tilesWide) * m
+                for lane in 0..<lanes where written & (1 << lane) == 0 {
+                    let t = n0 + o + lane, n = t % tiles
+                    let oy = (n / tilesWide) * m, ox = (n % tilesWide) * m
                     let rows = min(m, h - oy), cols = min(m, w - ox)
+                    let yPlane = y + (t / tiles) * imageFloats + co * h * w
                     for r in 0..<rows {
                         let p = yPlane + (oy + r) * w + ox
                         if accumulate {
@@ -703,7 +730,7 @@ func winogradConv4x4Stride2(
                                 scratchFloats: stridedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
     try runWinogradStages(StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias),
-                          batch: batch, workspace: workspace)
+                          workspace: workspace)
 }
 
 /// The tasks of `winogradConv4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
@@ -729,16 +756,14 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        thread: Int) {
-        let layout = plan.layout, tilesWide = plan.tilesWide
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
+        let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
         let vPlane = k * gemmColumnBlock
-        let image = plan.planes + b * plan.perImage
         withWindowOffsets(layout, kernel: 6) { windowOffset in
-        withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
+        plan.withTileRuns(n0: n0, width: width) { runs in
         for ci in channels {
-            let channel = UnsafePointer(image + ci * layout.perChannel)
+            let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
                 for q in 0..<36 { window[q] = runs.load(channel + windowOffset[q], half: half) }
@@ -755,8 +780,7 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
-                                  thread: Int) {
+    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
         let width = n1 - n0, tilesWide = plan.tilesWide
         let cout = plan.outChannels, rowsPadded = plan.rowsPadded
         let (products, _, block) = buffers(thread: thread)
@@ -764,10 +788,9 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
         winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
-        let yImage = y + b * cout * ho * wo
+        let tiles = plan.tiles, imageFloats = cout * ho * wo
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
-            let yPlane = yImage + co * ho * wo
             let biasValue = Vec16(repeating: bias[co])
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
@@ -780,9 +803,9 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
                 block[2] = r0 + r1 + biasValue
                 block[3] = r1 + r2 + biasValue
                 for lane in 0..<min(16, width - o) {
-                    let t = n0 + o + lane
-                    let oy = (t / tilesWide) * 2, ox = (t % tilesWide) * 2
-                    let p = yPlane + oy * wo + ox
+                    let t = n0 + o + lane, n = t % tiles
+                    let oy = (n / tilesWide) * 2, ox = (n % tilesWide) * 2
+                    let p = y + (t / tiles) * imageFloats + co * ho * wo + oy * wo + ox
                     let right = ox + 1 < wo, below = oy + 1 < ho
                     p[0] = block[0][lane]
                     if right { p[1] = block[1][lane] }
@@ -872,7 +895,7 @@ func winogradConvTranspose4x4Stride2(
                                 workspace: workspace)
     try runWinogradStages(TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
                                                   yStride: yStride, y: y, bias: bias),
-                          batch: batch, workspace: workspace)
+                          workspace: workspace)
 }
 
 /// The tasks of `winogradConvTranspose4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
@@ -900,16 +923,14 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func transformInput(b: Int, n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>,
-                        thread: Int) {
-        let layout = plan.layout, tilesWide = plan.tilesWide
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
+        let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
         let vPlane = plan.inChannels * gemmColumnBlock
-        let image = plan.planes + b * plan.perImage
         withWindowOffsets(layout, kernel: 4) { windowOffset in
-        withTileRuns(n0: n0, width: width, tilesWide: tilesWide, rowStride: layout.wp) { runs in
+        plan.withTileRuns(n0: n0, width: width) { runs in
         for ci in channels {
-            let channel = UnsafePointer(image + ci * layout.perChannel)
+            let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
                 for q in 0..<16 { window[q] = runs.load(channel + windowOffset[q], half: half) }
@@ -927,18 +948,16 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func multiplyAndTransformBack(b: Int, m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>,
-                                  thread: Int) {
+    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
         let width = n1 - n0, tilesWide = plan.tilesWide
         let cin = plan.inChannels, rowsPadded = plan.rowsPadded
         let (products, _, block) = buffers(thread: thread)
         let vPlane = cin * gemmColumnBlock
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
-        let yImage = y + b * yStride
+        let tiles = plan.tiles
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
-            let yPlane = yImage + co * ho * wo
             let biasValue = Vec16(repeating: bias[co])
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
@@ -954,11 +973,11 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
                     block[4 * parity + 3] = r1 + r2 + biasValue
                 }
                 for lane in 0..<min(16, width - o) {
-                    let t = n0 + o + lane
-                    let ty = t / tilesWide, tx = t % tilesWide
+                    let t = n0 + o + lane, n = t % tiles
+                    let ty = n / tilesWide, tx = n % tilesWide
                     // Parity output (2ty + a, 2tx + b) is pixel (4ty + 2a + ry, 4tx + 2b + rx).
                     let rows = min(4, ho - 4 * ty), cols = min(4, wo - 4 * tx)
-                    let p = yPlane + 4 * ty * wo + 4 * tx
+                    let p = y + (t / tiles) * yStride + co * ho * wo + 4 * ty * wo + 4 * tx
                     for r in 0..<rows {
                         let a = r >> 1, ry = r & 1
                         for c in 0..<cols {
