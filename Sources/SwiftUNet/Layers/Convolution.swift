@@ -23,17 +23,17 @@ final class Conv2d {
     /// Whether an H×W image uses F(4×4, 3×3) tiles (when prepared). A function of the shape
     /// only, so results never depend on the batch or the thread count.
     ///
-    /// At ≥ 24 always (2.25 multiplies per output instead of 4). From 12 up, also when the
-    /// F(2×2) tiles do not fill whole 32-column panels: at 14×14 (the 28×28 model's middle
-    /// level) F(2×2) has 49 tiles, two panels of 32 mostly empty, while F(4×4) has 16 tiles
-    /// in one 16-column panel. At 16×16 F(2×2) keeps its 64 tiles: two full panels, and at
-    /// batch 1 on 2 threads the two column chunks need no row split (measured, 2 threads,
-    /// batch 1, [64, 128, 256] at 32×32: 10.4 ms with F(2×2) at 16×16, 11.3 ms with F(4×4)).
-    /// Below 12 the F(4×4) tiles overhang too much (8×8: 4 tiles padded to 16 lanes).
+    /// From 12×12 up (2.25 multiplies per output instead of 4). Chunks of tiles run across
+    /// images, so at 16×16 and 14×14 the 16 F(4×4) tiles of an image fill half a 32-column
+    /// panel and two images fill one. At 16×16 this trades batch 1 on 2 threads, where the
+    /// one chunk must split its output channels (F(2×2)'s 64 tiles split into two chunks),
+    /// for everything else. Measured with alternating builds, best of 4–6 runs each
+    /// (`SwiftUNetBench 20 <threads> <case> <batch>`), F(4×4) against F(2×2) at 16×16:
+    /// [64, 128, 256] batch 1, 1 thread 17.8 / 19.5 ms, batch 8, 1 thread 110 / 117 ms;
+    /// [32, 64, 128] batch 8, 2 threads 17.5 / 18.2 ms; batch 1, 2 threads 3.46 / 3.32 ms.
+    /// Below 12 the F(4×4) tiles overhang too much (8×8: 4 tiles covering 16×16).
     static func prefersLargeTiles(height: Int, width: Int) -> Bool {
-        if height >= 24 && width >= 24 { return true }
-        let smallTiles = ((height + 1) / 2) * ((width + 1) / 2)
-        return height >= 12 && width >= 12 && smallTiles % gemmColumnBlock != 0
+        height >= 12 && width >= 12
     }
 
     /// Winograd F(2×2, 3×3) pays once both channel counts fill the 8-row micro-tiles;
