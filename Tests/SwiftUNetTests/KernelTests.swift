@@ -101,6 +101,8 @@ final class KernelTests: XCTestCase {
             // F(4×4) rows of four tiles cut short by the image edge (30, 14), bottom overhang (10),
             // and tile rows of 7 that groups of four straddle (28).
             (1, 8, 8, 6, 30), (2, 8, 9, 10, 14), (1, 8, 8, 28, 28),
+            // Chunks of at most 16 tiles with output channels off the 16-row kernel's blocks.
+            (1, 8, 40, 8, 8), (2, 9, 33, 7, 7), (1, 16, 64, 14, 14),
         ]
         var worst: Float = 0
         for c in cases {
@@ -179,7 +181,10 @@ final class KernelTests: XCTestCase {
             }
             return out
         }
-        for (cin, cout, h, w) in [(8, 16, 8, 8), (9, 8, 28, 28), (8, 8, 2, 2), (16, 12, 14, 14)] {
+        // At 8×8 and 14×14 with 40 and 33 output channels: alone, each image's 16 tiles take
+        // the 16-column kernels; in the batch, chunks of 32 tiles take the 32-column one.
+        for (cin, cout, h, w) in [(8, 16, 8, 8), (9, 8, 28, 28), (8, 8, 2, 2), (16, 12, 14, 14), (12, 40, 8, 8),
+                                  (8, 33, 14, 14)] {
             let x = randomValues(batch * cin * h * w, seed: 71)
             let bias = randomValues(batch * cout, seed: 72)
             for tile in [WinogradTile.two, .four] {
@@ -305,6 +310,7 @@ final class KernelTests: XCTestCase {
     func testStridedWinogradMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 8, 8, 2, 2), (2, 5, 3, 3, 3), (1, 17, 9, 7, 6), (3, 8, 16, 4, 10), (1, 16, 24, 32, 18), (2, 9, 8, 13, 37),
+            (1, 8, 40, 16, 16), (2, 9, 33, 14, 14),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
@@ -324,6 +330,7 @@ final class KernelTests: XCTestCase {
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2), (1, 9, 12, 9, 20),
+            (1, 8, 40, 8, 8), (2, 9, 33, 7, 7),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
