@@ -24,13 +24,43 @@ func sinusoidalEmbedding(_ t: UnsafePointer<Int64>, batch: Int, dim: Int, e: Uns
 /// x [B, in] → y [B, out]: y = x · Wᵀ + bias, W [out, in] (nn.Linear).
 ///
 /// Dot products in 16 lanes (then a fixed-order lane sum), per image, so an
-/// image's result does not depend on the batch.
+/// image's result does not depend on the batch. Four outputs at a time: their
+/// independent chains hide the fused multiply-add latency that one chain waits on.
 func linearForward(_ x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFeatures: Int,
                    weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
     let vectorEnd = inFeatures & ~15
+    @inline(__always) func finish(_ lanes: SIMD16<Float>, _ w: UnsafePointer<Float>, _ xb: UnsafePointer<Float>) -> Float {
+        var s = lanes.sum()
+        var i = vectorEnd
+        while i < inFeatures {
+            s += w[i] * xb[i]
+            i += 1
+        }
+        return s
+    }
     for b in 0..<batch {
         let xb = x + b * inFeatures
-        for o in 0..<outFeatures {
+        let yb = y + b * outFeatures
+        var o = 0
+        while o + 4 <= outFeatures {
+            let w0 = weight + o * inFeatures, w1 = w0 + inFeatures, w2 = w1 + inFeatures, w3 = w2 + inFeatures
+            var l0 = SIMD16<Float>(), l1 = SIMD16<Float>(), l2 = SIMD16<Float>(), l3 = SIMD16<Float>()
+            var i = 0
+            while i < vectorEnd {
+                let xv = load16(xb + i)
+                l0.addProduct(load16(w0 + i), xv)
+                l1.addProduct(load16(w1 + i), xv)
+                l2.addProduct(load16(w2 + i), xv)
+                l3.addProduct(load16(w3 + i), xv)
+                i += 16
+            }
+            yb[o] = finish(l0, w0, xb) + bias[o]
+            yb[o + 1] = finish(l1, w1, xb) + bias[o + 1]
+            yb[o + 2] = finish(l2, w2, xb) + bias[o + 2]
+            yb[o + 3] = finish(l3, w3, xb) + bias[o + 3]
+            o += 4
+        }
+        while o < outFeatures {
             let w = weight + o * inFeatures
             var lanes = SIMD16<Float>()
             var i = 0
@@ -38,12 +68,8 @@ func linearForward(_ x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFe
                 lanes.addProduct(load16(w + i), load16(xb + i))
                 i += 16
             }
-            var s = lanes.sum()
-            while i < inFeatures {
-                s += w[i] * xb[i]
-                i += 1
-            }
-            y[b * outFeatures + o] = s + bias[o]
+            yb[o] = finish(lanes, w, xb) + bias[o]
+            o += 1
         }
     }
 }
