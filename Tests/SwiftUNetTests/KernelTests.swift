@@ -130,11 +130,11 @@ final class KernelTests: XCTestCase {
         print("Winograd worst relative error vs float32 direct: \(worst)")
     }
 
-    /// At batch 1 on several threads the output channels are split, and each chunk's input
-    /// transform is shared out by channel group first. The result must equal the one-thread
-    /// result bit for bit: channel counts off the group size (20), more than 32 tiles
-    /// (two chunks), both tile sizes, with and without the fused GroupNorm.
-    func testWinogradSharedInputIsBitIdenticalToOneThread() throws {
+    /// At batch 1 on several threads the output channels are split into row chunks, each
+    /// repeating its chunk's input transform. The result must equal the one-thread result
+    /// bit for bit: channel counts off the 8-row blocks, more than 32 tiles (two chunks),
+    /// both tile sizes, with and without the fused GroupNorm.
+    func testWinogradRowSplitsAreBitIdenticalToOneThread() throws {
         let saved = ThreadPool.shared.numThreads
         defer { ThreadPool.shared.numThreads = saved }
         let gamma = randomValues(20, seed: 41), beta = randomValues(20, seed: 42)
@@ -227,9 +227,9 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    /// The same for the strided and transposed Winograd routes, which share their input
-    /// transform the same way when their output channels are split.
-    func testStridedAndTransposedSharedInputAreBitIdenticalToOneThread() throws {
+    /// The same for the strided and transposed Winograd routes, whose output channels are
+    /// split the same way.
+    func testStridedAndTransposedRowSplitsAreBitIdenticalToOneThread() throws {
         let saved = ThreadPool.shared.numThreads
         defer { ThreadPool.shared.numThreads = saved }
         for (cin, cout, h, w) in [(20, 40, 12, 10), (9, 24, 8, 8), (16, 17, 14, 14)] {

@@ -12,7 +12,7 @@
 /// float32 sum's 9.7e-7); F(4×4) 4.1e-6 (its transforms scale by up to 8 and 1/24).
 /// Both sit far inside the SPEC's 1e-4 bound, so no test tolerance was loosened.
 ///
-/// Work is cut into tasks of 32 tiles of one image: the input transform writes
+/// Work is cut into tasks of 32 tiles (numbered across the batch): the input transform writes
 /// V straight into the packed-B panel layout [Cin][32] the micro-kernel reads,
 /// the α² products land in a per-thread buffer, and the output transform adds
 /// bias (and the old y) and writes the m×m pixels. Tiles are fixed by the image
@@ -193,9 +193,6 @@ func storeRowPrefix(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, ac
         p[i] = accumulate ? p[i] + v[i] : v[i]
     }
 }
-
-/// Input channels per task when the input transform of a chunk is shared out (`SharedWinogradInput`).
-let winogradChannelGroup = 8
 
 /// Floats of per-thread scratch for `winogradConv3x3`.
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
@@ -438,58 +435,17 @@ extension WinogradStages {
     }
 }
 
-/// Runs a Winograd route's tasks. When the tiles give every thread a chunk of its own,
-/// each task runs both stages. Otherwise (batch 1, few tiles) the output channels are
-/// split, and every thread would repeat the whole input transform of its chunk: the
-/// transform then runs first, shared out by groups of input channels into one V per
-/// chunk (`SharedWinogradInput`), and the tasks multiply and transform back from it
-/// (`SharedWinogradOutput`). Each V element is computed the same way either way, so
-/// results do not change.
+/// Runs a Winograd route's tasks, each both stages on its own V. With fewer chunks than
+/// threads (batch 1, at most 32 tiles) the output channels are split and each task repeats
+/// its chunk's input transform. Sharing that transform out by input channels first (one
+/// region more, and every task then reads V written on the other core) measured slower
+/// at batch 1 on 2 threads once each thread kept to its own half of a region's tasks:
+/// alternating builds (`SwiftUNetBench 20 2 0,2,4 1`, best of 8), repeated transform
+/// against shared: 3.21 / 3.67 ms gray28-small, 3.28 / 3.81 rgb32-small, 11.0 / 11.8
+/// rgb32-large.
 @inline(__always)
-func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages, workspace: Workspace) throws {
-    let plan = stages.plan, pool = ThreadPool.shared
-    if plan.split.rowChunks == 1 {
-        pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, stages)
-        return
-    }
-    let chunks = plan.split.columnChunks
-    let vShared = try workspace.floats(chunks * stages.transformedFloats)
-    let groups = (plan.inChannels + winogradChannelGroup - 1) / winogradChannelGroup
-    pool.parallelFor(chunks * groups, maxThreads: plan.maxThreads,
-                     SharedWinogradInput(stages: stages, vShared: vShared, groups: groups))
-    pool.parallelFor(plan.taskCount, maxThreads: plan.maxThreads, SharedWinogradOutput(stages: stages, vShared: vShared))
-}
-
-/// The shared input transforms of `runWinogradStages`; task = (chunk, channel group).
-private struct SharedWinogradInput<Stages: WinogradStages>: ParallelTasks {
-    let stages: Stages
-    /// V of every (image, chunk).
-    let vShared: UnsafeMutablePointer<Float>
-    let groups: Int
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan, split = plan.split
-        let chunk = task / groups, group = task % groups
-        let n0 = chunk * split.columnsPerChunk
-        let c0 = group * winogradChannelGroup, c1 = min(plan.inChannels, c0 + winogradChannelGroup)
-        stages.transformInput(n0: n0, width: min(plan.totalTiles, n0 + split.columnsPerChunk) - n0,
-                              channels: c0..<c1, into: vShared + chunk * stages.transformedFloats, thread: thread)
-    }
-}
-
-/// The second stage of `runWinogradStages` from the shared V; task = (block of output
-/// channels, chunk).
-private struct SharedWinogradOutput<Stages: WinogradStages>: ParallelTasks {
-    let stages: Stages
-    let vShared: UnsafeMutablePointer<Float>
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan
-        let (m0, m1, n0, n1) = plan.ranges(task)
-        stages.multiplyAndTransformBack(m0: m0, m1: m1, n0: n0, n1: n1,
-                                        v: vShared + (n0 / plan.split.columnsPerChunk) * stages.transformedFloats,
-                                        thread: thread)
-    }
+func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages) {
+    ThreadPool.shared.parallelFor(stages.plan.taskCount, maxThreads: stages.plan.maxThreads, stages)
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
@@ -512,12 +468,11 @@ func winogradConv3x3(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile),
                                 normalize: normalize, workspace: workspace)
-    try runWinogradStages(Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
-                                           biasBatchStride: biasBatchStride, accumulate: accumulate),
-                          workspace: workspace)
+    runWinogradStages(Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
+                                           biasBatchStride: biasBatchStride, accumulate: accumulate))
 }
 
-/// The tasks of `winogradConv3x3`: task = (image, block of output channels, chunk of ≤ 32 tiles),
+/// The tasks of `winogradConv3x3`: task = (block of output channels, chunk of ≤ 32 tiles),
 /// each transforming its chunk's input, then multiplying and transforming back.
 private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
@@ -729,11 +684,10 @@ func winogradConv4x4Stride2(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: stridedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
-    try runWinogradStages(StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias),
-                          workspace: workspace)
+    runWinogradStages(StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias))
 }
 
-/// The tasks of `winogradConv4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+/// The tasks of `winogradConv4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
 private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
     let weights: StridedWinogradWeights
@@ -893,12 +847,11 @@ func winogradConvTranspose4x4Stride2(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: transposedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
-    try runWinogradStages(TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
-                                                  yStride: yStride, y: y, bias: bias),
-                          workspace: workspace)
+    runWinogradStages(TransposedWinogradTasks(plan: plan, weights: weights, h: h, w: w, ho: ho, wo: wo,
+                                                  yStride: yStride, y: y, bias: bias))
 }
 
-/// The tasks of `winogradConvTranspose4x4Stride2`: task = (image, block of output channels, chunk of ≤ 32 tiles).
+/// The tasks of `winogradConvTranspose4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
 private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
     let plan: WinogradPlan
     let weights: TransposedWinogradWeights
