@@ -31,6 +31,9 @@ final class Conv2d {
     /// (`SwiftUNetBench 20 <threads> <case> <batch>`), F(4×4) against F(2×2) at 16×16:
     /// [64, 128, 256] batch 1, 1 thread 17.8 / 19.5 ms, batch 8, 1 thread 110 / 117 ms;
     /// [32, 64, 128] batch 8, 2 threads 17.5 / 18.2 ms; batch 1, 2 threads 3.46 / 3.32 ms.
+    /// Measured again once row chunks repeat their input transform (`runWinogradStages`),
+    /// best of 6: batch 1, 1 thread 3.88 / 4.22 ms ([32, 64, 128]) and 16.0 / 17.5 ms
+    /// ([64, 128, 256]); batch 1, 2 threads 2.86 / 2.81 and 9.55 / 9.27 ms, about even.
     /// Below 12 the F(4×4) tiles overhang too much (8×8: 4 tiles covering 16×16).
     static func prefersLargeTiles(height: Int, width: Int) -> Bool {
         height >= 12 && width >= 12
