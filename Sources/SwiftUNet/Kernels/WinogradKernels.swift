@@ -437,12 +437,11 @@ extension WinogradStages {
 
 /// Runs a Winograd route's tasks, each both stages on its own V. With fewer chunks than
 /// threads (batch 1, at most 32 tiles) the output channels are split and each task repeats
-/// its chunk's input transform. Sharing that transform out by input channels first (one
-/// region more, and every task then reads V written on the other core) measured slower
-/// at batch 1 on 2 threads once each thread kept to its own half of a region's tasks:
-/// alternating builds (`SwiftUNetBench 20 2 0,2,4 1`, best of 8), repeated transform
-/// against shared: 3.21 / 3.67 ms gray28-small, 3.28 / 3.81 rgb32-small, 11.0 / 11.8
-/// rgb32-large.
+/// its chunk's input transform. Sharing that transform out by input channels first costs
+/// one region more, and every task then reads a V written partly on the other core; it
+/// measured slower at batch 1 on 2 threads: alternating builds (`SwiftUNetBench 20 2
+/// 0,2,4 1`, best of 6), repeated against shared transform: 2.99 / 3.47 ms gray28-small,
+/// 3.27 / 3.36 rgb32-small, 11.8 / 12.8 rgb32-large.
 @inline(__always)
 func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages) {
     ThreadPool.shared.parallelFor(stages.plan.taskCount, maxThreads: stages.plan.maxThreads, stages)

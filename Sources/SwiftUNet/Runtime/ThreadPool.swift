@@ -38,13 +38,8 @@ public final class ThreadPool {
     /// (generation << 16) | helpers: one word, so a worker never pairs one
     /// region's generation with another's helper count.
     private let ticket = Atomic<Int>(0)
-    /// Tasks handed out in the current region: (taken from the back << 32) | taken from
-    /// the front. Thread 1 takes from the back, every other thread from the front, so with
-    /// two threads each works through its own contiguous half first and only then helps
-    /// with the other's. Consecutive regions cut their work the same way (output channels,
-    /// groups, tiles in order), so a thread mostly reads what it wrote in the region
-    /// before: data stays in its core's cache instead of crossing to the other core.
-    private let claims = Atomic<Int>(0)
+    /// Next task index to hand out in the current region.
+    private let nextTask = Atomic<Int>(0)
     /// Bit 0: the region is closed to new helpers; bits 1..<32: helpers inside it;
     /// bits 32...: the region's generation, so a helper can only join the region
     /// whose ticket (and helper count, and scratch size) it read.
@@ -163,7 +158,7 @@ public final class ThreadPool {
         regionTasks = tasks
         regionRun = run
         regionCount = count
-        claims.store(0, ordering: .relaxed)
+        nextTask.store(0, ordering: .relaxed)
         let generation = (ticket.load(ordering: .relaxed) >> 16) &+ 1
         regionState.store(ThreadPool.stateGeneration(generation), ordering: .releasing)
         pthread_mutex_lock(sleepMutex)
@@ -200,23 +195,10 @@ public final class ThreadPool {
         let run = regionRun
         let tasks = regionTasks!
         let count = regionCount
-        let fromBack = thread == 1
-        while let i = claim(fromBack: fromBack, count: count) {
-            run(tasks, i, thread)
-        }
-    }
-
-    /// The next task of the current region from the front or the back, nil once all are taken.
-    @inline(__always)
-    private func claim(fromBack: Bool, count: Int) -> Int? {
-        var word = claims.load(ordering: .relaxed)
         while true {
-            let front = word & 0xFFFF_FFFF, back = word >> 32
-            if front + back >= count { return nil }
-            let (exchanged, current) = claims.compareExchange(
-                expected: word, desired: fromBack ? word + (1 << 32) : word + 1, ordering: .relaxed)
-            if exchanged { return fromBack ? count - 1 - back : front }
-            word = current
+            let i = nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
+            if i >= count { break }
+            run(tasks, i, thread)
         }
     }
 
