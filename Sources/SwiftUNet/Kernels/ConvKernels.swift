@@ -77,6 +77,20 @@ struct PhasePlanes {
         }
     }
 
+    /// `fill`, with the normalising scratch (when `normalize` is given) taken from
+    /// `workspace`, sized for the threads the fill will use; the caller's mark releases it.
+    func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
+              into planes: UnsafeMutablePointer<Float>, normalize: GroupNormSpec?, workspace: Workspace) throws {
+        guard let norm = normalize else {
+            fill(x, batch: batch, channels: channels, height: height, width: width, into: planes)
+            return
+        }
+        let threads = ThreadPool.shared.threadsFor(batch * norm.groups)
+        let scratch = try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: threads, spatial: height * width))
+        fill(x, batch: batch, channels: channels, height: height, width: width, into: planes, normalize: norm,
+             scratch: scratch, scratchThreads: threads)
+    }
+
     /// One channel: x [H, W] → planes [s, s, Hp, Wp]
     @inline(__always)
     func fillChannel(_ src: UnsafePointer<Float>, height: Int, width: Int, into dst: UnsafeMutablePointer<Float>) {
@@ -363,11 +377,8 @@ func conv2dForward(
     let layout = PhasePlanes(height: g.height, width: g.width, stride: g.stride, pad: g.padding)
     let perImage = g.inChannels * layout.perChannel
     let planes = try workspace.floats(batch * perImage)
-    let normThreads = ThreadPool.shared.threadsFor(batch * (normalize?.groups ?? 1))
-    let normScratch = normalize == nil ? nil
-        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: hw))
-    layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes,
-                normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
+    try layout.fill(x, batch: batch, channels: g.inChannels, height: g.height, width: g.width, into: planes,
+                    normalize: normalize, workspace: workspace)
     try batchedGemm(ImplicitConvOperands(weights: weights, planes: planes, perImage: perImage, layout: layout,
                                          kernel: g.kernel, outWidth: g.outWidth, y: y, outPlane: outPlane,
                                          biasBase: bias, biasStride: biasBatchStride),
@@ -395,12 +406,9 @@ func conv3x3DirectForward(
     let perImage = inChannels * layout.perChannel
     // 16 floats of slack: a row's last vector may read up to 15 floats past the last plane.
     let planes = try workspace.floats(batch * perImage + 16)
+    try layout.fill(x, batch: batch, channels: inChannels, height: height, width: width, into: planes,
+                    normalize: normalize, workspace: workspace)
     let pool = ThreadPool.shared
-    let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
-    let normScratch = normalize == nil ? nil
-        : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: height * width))
-    layout.fill(x, batch: batch, channels: inChannels, height: height, width: width, into: planes,
-                normalize: normalize, scratch: normScratch, scratchThreads: normThreads)
     pool.parallelFor(batch * height, maxThreads: pool.threadsFor(batch * height),
                      DirectConvRowTasks(planes: planes, perImage: perImage, wp: layout.wp, planeStride: layout.perChannel,
                                         weights: weights, bias: bias, biasBatchStride: biasBatchStride, y: y,

@@ -331,11 +331,8 @@ struct WinogradPlan {
         perImage = cin * layout.perChannel
         // 16 floats of slack either side for the shifted loads of `TileRuns`.
         planes = try workspace.floats(batch * perImage + 32) + 16
-        let normThreads = pool.threadsFor(batch * (normalize?.groups ?? 1))
-        let normScratch = normalize == nil ? nil
-            : try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: normThreads, spatial: h * w))
-        layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
-                    scratch: normScratch, scratchThreads: normThreads)
+        try layout.fill(x, batch: batch, channels: cin, height: h, width: w, into: planes, normalize: normalize,
+                        workspace: workspace)
         tiles = tilesHigh * tilesWide
         totalTiles = batch * tiles
         self.tilesWide = tilesWide
