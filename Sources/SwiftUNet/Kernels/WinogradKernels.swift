@@ -126,6 +126,20 @@ func winogradInput2x2(_ d: UnsafePointer<Vec16>, rowStep: Int, columnStep: Int, 
     }
 }
 
+/// Aᵀ M A + bias of Winograd F(2×2, 2×2) for 16 tiles (Aᵀ = [1 1 0; 0 1 1]): position
+/// ξ = 3·row + column of M is at m + ξ·step; out[2a + b] = output (a, b). The strided and
+/// the transposed 4×4 routes both end in it.
+@inline(__always)
+func winogradOutput2x2(_ m: UnsafePointer<Float>, step: Int, bias: Vec16, into out: UnsafeMutablePointer<Vec16>) {
+    @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(m + xi * step) }
+    let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)   // rows 0 + 1
+    let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)   // rows 1 + 2
+    out[0] = s0 + s1 + bias
+    out[1] = s1 + s2 + bias
+    out[2] = r0 + r1 + bias
+    out[3] = r1 + r2 + bias
+}
+
 /// Aᵀ of F(2×2, 3×3) applied to 4 vectors (2 results).
 @inline(__always)
 func winogradOutput2(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
@@ -737,21 +751,13 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
         let vPlane = k * gemmColumnBlock
         winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
-        // Y = Aᵀ M A + bias: rows (m0 + m1, m1 + m2) then the same on columns.
         let tiles = plan.tiles, imageFloats = cout * ho * wo
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
             let biasValue = Vec16(repeating: bias[co])
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
-                let base = products + co * gemmColumnBlock + o
-                @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
-                let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)   // rows 0 + 1
-                let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)   // rows 1 + 2
-                block[0] = s0 + s1 + biasValue
-                block[1] = s1 + s2 + biasValue
-                block[2] = r0 + r1 + biasValue
-                block[3] = r1 + r2 + biasValue
+                winogradOutput2x2(products + co * gemmColumnBlock + o, step: step, bias: biasValue, into: block)
                 for lane in 0..<min(16, width - o) {
                     let t = n0 + o + lane, n = t % tiles
                     let oy = (n / tilesWide) * 2, ox = (n % tilesWide) * 2
@@ -912,14 +918,8 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
                 let o = half * 16
                 // block[4·parity + 2a + b] = output (a, b) of that parity for 16 tiles.
                 for parity in 0..<4 {
-                    let base = products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o
-                    @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(base + xi * step) }
-                    let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)
-                    let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)
-                    block[4 * parity] = s0 + s1 + biasValue
-                    block[4 * parity + 1] = s1 + s2 + biasValue
-                    block[4 * parity + 2] = r0 + r1 + biasValue
-                    block[4 * parity + 3] = r1 + r2 + biasValue
+                    winogradOutput2x2(products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o, step: step,
+                                      bias: biasValue, into: block + 4 * parity)
                 }
                 for lane in 0..<min(16, width - o) {
                     let t = n0 + o + lane, n = t % tiles
