@@ -429,8 +429,8 @@ protocol WinogradStages {
     var plan: WinogradPlan { get }
     /// Floats of one chunk's V.
     var transformedFloats: Int { get }
-    /// V for input channels `channels` of tiles n0 ..< n0 + width.
-    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int)
+    /// V of tiles n0 ..< n0 + width, every input channel.
+    func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int)
     /// Output channels m0..<m1 of tiles n0..<n1, from V.
     func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int)
 }
@@ -441,7 +441,7 @@ extension WinogradStages {
     func run(_ task: Int, thread: Int) {
         let (m0, m1, n0, n1) = plan.ranges(task)
         let v = plan.scratch(thread: thread)
-        transformInput(n0: n0, width: n1 - n0, channels: 0..<plan.inChannels, into: v, thread: thread)
+        transformInput(n0: n0, width: n1 - n0, into: v, thread: thread)
         multiplyAndTransformBack(m0: m0, m1: m1, n0: n0, n1: n1, v: v, thread: thread)
     }
 }
@@ -508,17 +508,17 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
 
     var transformedFloats: Int { tile.positions * plan.inChannels * gemmColumnBlock }
 
-    /// V_ξ[ci, t] = (Bᵀ d B)_ξ for input channels `channels` and tiles n0 ..< n0 + width of
-    /// image b, into v [α²][Cin][32]. The input tiles are read straight from the phase
+    /// V_ξ[ci, t] = (Bᵀ d B)_ξ for every input channel and tiles n0 ..< n0 + width (numbered
+    /// across the batch), into v [α²][Cin][32]. The input tiles are read straight from the phase
     /// planes (`TileRuns`): position (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j).
     @inline(__always)
-    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
+    func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
         let (_, blockA, blockB) = buffers(thread: thread)
         let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: alpha) { tapOffset in
         plan.withTileRuns(n0: n0, width: width) { runs in
-            for ci in channels {
+            for ci in 0..<plan.inChannels {
                 let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
                 for half in 0..<runs.halves {
                     for xi in 0..<positions { blockA[xi] = runs.load(channel + tapOffset[xi], half: half) }
@@ -539,7 +539,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
         }
     }
 
-    /// Output channels m0..<m1 of tiles n0..<n1 of image b from V [α²][Cin][32]: the α²
+    /// Output channels m0..<m1 of tiles n0..<n1 (of the batch) from V [α²][Cin][32]: the α²
     /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
     @inline(__always)
     func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
@@ -720,13 +720,13 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
+    func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
         let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
         let vPlane = k * gemmColumnBlock
         withWindowOffsets(layout, kernel: 6) { windowOffset in
         plan.withTileRuns(n0: n0, width: width) { runs in
-        for ci in channels {
+        for ci in 0..<plan.inChannels {
             let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
@@ -878,13 +878,13 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
     }
 
     @inline(__always)
-    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, thread: Int) {
+    func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
         let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: 4) { windowOffset in
         plan.withTileRuns(n0: n0, width: width) { runs in
-        for ci in channels {
+        for ci in 0..<plan.inChannels {
             let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
             for half in 0..<runs.halves {
                 let o = half * 16
