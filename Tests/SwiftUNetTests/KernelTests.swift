@@ -330,7 +330,7 @@ final class KernelTests: XCTestCase {
     func testConvTransposeMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (1, 8, 8, 4, 4), (3, 17, 9, 5, 7), (1, 16, 16, 1, 2), (1, 9, 12, 9, 20),
-            (1, 8, 40, 8, 8), (2, 9, 33, 7, 7),
+            (1, 8, 40, 8, 8), (2, 9, 33, 7, 7), (2, 8, 8, 14, 14), (1, 8, 9, 6, 13),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,

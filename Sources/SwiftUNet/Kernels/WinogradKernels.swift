@@ -921,7 +921,27 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
                     winogradOutput2x2(products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o, step: step,
                                       bias: biasValue, into: block + 4 * parity)
                 }
-                for lane in 0..<min(16, width - o) {
+                // Groups of four tiles side by side on one tile row: each output row of theirs
+                // is 16 contiguous pixels, column 2b + rx of a tile coming from parity rx's output b.
+                var written = 0
+                for group in 0..<4 {
+                    let t = n0 + o + 4 * group
+                    if t + 4 > n1 { break }
+                    let n = t % tiles, tx = n % tilesWide
+                    if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
+                    let ty = n / tilesWide
+                    let count = min(16, wo - 4 * tx)
+                    if count <= 12 { continue }
+                    let p = y + (t / tiles) * yStride + co * ho * wo + 4 * ty * wo + 4 * tx
+                    for r in 0..<min(4, ho - 4 * ty) {
+                        let a = r >> 1, ry = r & 1
+                        let even = block + 4 * (2 * ry) + 2 * a, odd = block + 4 * (2 * ry + 1) + 2 * a
+                        let row = interleaveTileRow(even[0], odd[0], even[1], odd[1], group: group)
+                        storeRowPrefix(row, p + r * wo, count: count, accumulate: false)
+                    }
+                    written |= 0xF << (4 * group)
+                }
+                for lane in 0..<min(16, width - o) where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
                     let ty = n / tilesWide, tx = n % tilesWide
                     // Parity output (2ty + a, 2tx + b) is pixel (4ty + 2a + ry, 4tx + 2b + rx).
