@@ -32,6 +32,39 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Matrices packed into a `WeightStore` hold the same panels as ones with their own
+    /// allocation, each 64-byte aligned and apart from the others, one of them larger than a
+    /// chunk; they stay readable after the store's last other reference is gone.
+    func testPackedMatricesInAWeightStore() throws {
+        let shapes = [(1, 1), (9, 7), (16, 33), (8, WeightStore.chunkFloats / 8 + 3), (5, 3)]
+        var store: WeightStore? = WeightStore()
+        var matrices: [(PackedMatrix, [Float])] = []
+        for (i, (rows, cols)) in shapes.enumerated() {
+            let source = randomValues(rows * cols, seed: UInt64(20 + i))
+            let packed = try source.withUnsafeBufferPointer {
+                try PackedMatrix(rows: rows, cols: cols, source: $0.baseAddress!, ld: cols, store: store)
+            }
+            matrices.append((packed, source))
+        }
+        store = nil
+        var ranges: [(Int, Int)] = []
+        for (packed, source) in matrices {
+            let start = Int(bitPattern: packed.data)
+            XCTAssertEqual(start % 64, 0, "\(packed.rows)x\(packed.cols) alignment")
+            ranges.append((start, start + packed.panels * gemmRowBlock * packed.cols * 4))
+            let own = try source.withUnsafeBufferPointer {
+                try PackedMatrix(rows: packed.rows, cols: packed.cols, source: $0.baseAddress!, ld: packed.cols)
+            }
+            let count = packed.panels * gemmRowBlock * packed.cols
+            XCTAssertTrue((0..<count).allSatisfy { packed.data[$0] == own.data[$0] }, "\(packed.rows)x\(packed.cols) panels")
+        }
+        ranges.sort { $0.0 < $1.0 }
+        for (earlier, later) in zip(ranges, ranges.dropFirst()) { XCTAssertLessThanOrEqual(earlier.1, later.0) }
+        let huge = try XCTUnwrap(allocateHugePageFloats(3))
+        defer { freeFloats(huge) }
+        XCTAssertEqual(Int(bitPattern: huge) % hugePageBytes, 0)
+    }
+
     func testConv2dMatchesNaive() throws {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, s: Int, p: Int)] = [
             (1, 1, 1, 1, 1, 1, 1, 0), (1, 3, 8, 1, 1, 3, 1, 1), (2, 3, 5, 7, 9, 3, 1, 1),

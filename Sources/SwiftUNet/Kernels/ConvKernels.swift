@@ -571,7 +571,8 @@ struct SubPixelWeights {
 @inline(__always) func subPixelTap(_ r: Int, _ t: Int) -> Int { r == 0 ? 3 - 2 * t : 2 - 2 * t }
 
 /// Packs a ConvTranspose2d weight [Cin, Cout, 4, 4] into four sub-pixel 2×2 convolutions.
-func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, kernel: Int) throws -> SubPixelWeights {
+func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, kernel: Int,
+                                store: WeightStore? = nil) throws -> SubPixelWeights {
     precondition(kernel == 4, "only the 4×4 stride-2 transposed convolution is implemented")
     let cols = inChannels * 4
     let t = try allocateFloatsOrThrow(max(1, outChannels * cols), "transposed-conv weights")
@@ -589,7 +590,7 @@ func packTransposedConvWeights(_ w: UnsafePointer<Float>, inChannels: Int, outCh
                     }
                 }
             }
-            parities.append(try PackedMatrix(rows: outChannels, cols: cols, source: t, ld: cols))
+            parities.append(try PackedMatrix(rows: outChannels, cols: cols, source: t, ld: cols, store: store))
         }
     }
     return SubPixelWeights(parities: parities)

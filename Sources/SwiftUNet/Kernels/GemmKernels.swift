@@ -38,13 +38,17 @@ public final class PackedMatrix {
     /// Number of 8-row panels.
     let panels: Int
 
-    /// Packs `source` [rows, cols] with leading dimension `ld` (>= cols).
-    init(rows: Int, cols: Int, source: UnsafePointer<Float>, ld: Int) throws {
+    /// The store `data` was carved from (nil: `data` is an allocation of its own).
+    private let store: WeightStore?
+
+    /// Packs `source` [rows, cols] with leading dimension `ld` (>= cols), into `store` when given.
+    init(rows: Int, cols: Int, source: UnsafePointer<Float>, ld: Int, store: WeightStore? = nil) throws {
         self.rows = rows
         self.cols = cols
         panels = (rows + gemmRowBlock - 1) / gemmRowBlock
         let count = max(1, panels * gemmRowBlock * cols)
-        data = try allocateFloatsOrThrow(count, "packed weights")
+        data = try store?.floats(count, "packed weights") ?? allocateFloatsOrThrow(count, "packed weights")
+        self.store = store
         data.initialize(repeating: 0, count: count)
         for r in 0..<rows {
             let panel = data + (r / gemmRowBlock) * gemmRowBlock * cols
@@ -53,7 +57,9 @@ public final class PackedMatrix {
         }
     }
 
-    deinit { freeFloats(data) }
+    deinit {
+        if store == nil { freeFloats(data) }
+    }
 
     /// Element (r, k) of the original matrix (for tests and slow paths).
     func element(_ r: Int, _ k: Int) -> Float {

@@ -50,7 +50,7 @@ private func winogradG(_ tile: WinogradTile) -> [[Double]] {
 
 /// Transforms Conv2d weights [Cout, Cin, 3, 3] into `WinogradWeights` (in float64, rounded once).
 func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
-                         tile: WinogradTile = .two) throws -> WinogradWeights {
+                         tile: WinogradTile = .two, store: WeightStore? = nil) throws -> WinogradWeights {
     let g = winogradG(tile), alpha = tile.alpha
     let count = max(1, outChannels * inChannels)
     let u = try allocateFloatsOrThrow(tile.positions * count, "Winograd weights")
@@ -75,7 +75,7 @@ func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels
     }
     var positions: [PackedMatrix] = []
     for xi in 0..<tile.positions {
-        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + xi * count, ld: inChannels))
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + xi * count, ld: inChannels, store: store))
     }
     return WinogradWeights(tile: tile, positions: positions)
 }
@@ -632,7 +632,8 @@ struct StridedWinogradWeights {
 }
 
 /// Conv2d weights [Cout, Cin, 4, 4] → `StridedWinogradWeights` (float64, rounded once).
-func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> StridedWinogradWeights {
+func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
+                                 store: WeightStore? = nil) throws -> StridedWinogradWeights {
     let cols = 4 * inChannels
     let count = max(1, outChannels * cols)
     let u = try allocateFloatsOrThrow(9 * count, "Winograd weights")
@@ -661,7 +662,7 @@ func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outC
     }
     var positions: [PackedMatrix] = []
     for xi in 0..<9 {
-        positions.append(try PackedMatrix(rows: outChannels, cols: cols, source: u + xi * count, ld: cols))
+        positions.append(try PackedMatrix(rows: outChannels, cols: cols, source: u + xi * count, ld: cols, store: store))
     }
     return StridedWinogradWeights(positions: positions)
 }
@@ -784,7 +785,8 @@ struct TransposedWinogradWeights {
 }
 
 /// ConvTranspose2d weights [Cin, Cout, 4, 4] → `TransposedWinogradWeights` (float64, rounded once).
-func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int) throws -> TransposedWinogradWeights {
+func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
+                                    store: WeightStore? = nil) throws -> TransposedWinogradWeights {
     let count = max(1, outChannels * inChannels)
     let u = try allocateFloatsOrThrow(36 * count, "Winograd weights")
     defer { freeFloats(u) }
@@ -813,7 +815,7 @@ func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, o
     }
     var positions: [PackedMatrix] = []
     for p in 0..<36 {
-        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + p * count, ld: inChannels))
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + p * count, ld: inChannels, store: store))
     }
     return TransposedWinogradWeights(positions: positions)
 }

@@ -10,9 +10,9 @@ final class DownBlock {
                           kernel: 4, stride: 2, padding: 1)
     }
 
-    func prepare() throws {
-        try res.prepare()
-        try down.prepare()
+    func prepare(store: WeightStore? = nil) throws {
+        try res.prepare(store: store)
+        try down.prepare(store: store)
     }
 
     /// x [B, Cin, H, W] → skip [B, Cout, H, W], y [B, Cout, H/2, W/2]
@@ -38,9 +38,9 @@ final class UpBlock {
         res = try ResBlock(registry, prefix + ".res", inChannels: 2 * channels, outChannels: outChannels, timeDim: timeDim)
     }
 
-    func prepare() throws {
-        try up.prepare()
-        try res.prepare()
+    func prepare(store: WeightStore? = nil) throws {
+        try up.prepare(store: store)
+        try res.prepare(store: store)
     }
 
     /// x [B, C, H, W], skip [B, C, 2H, 2W] → y [B, Cout, 2H, 2W]

@@ -55,15 +55,17 @@ final class Conv2d {
         bias = try registry.make(prefix + ".bias", [outChannels], .uniform(fanIn: fanIn))
     }
 
-    /// Rebuilds the packed weights; call after the weights change.
-    func prepare() throws {
+    /// Rebuilds the packed weights (into `store` when given); call after the weights change.
+    func prepare(store: WeightStore? = nil) throws {
         let k = inChannels * kernel * kernel
-        packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k)
+        packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k, store: store)
         if kernel == 3 && stride == 1 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
-            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two)
+            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two,
+                                               store: store)
             winogradLarge = Conv2d.prefersLargeTiles(height: expectedSpatialSize, width: expectedSpatialSize)
-                ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four)
+                ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four,
+                                          store: store)
                 : nil
         } else {
             winograd = nil
@@ -71,7 +73,7 @@ final class Conv2d {
         }
         stridedWinograd = kernel == 4 && stride == 2 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
-            ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, store: store)
             : nil
     }
 
@@ -157,11 +159,12 @@ final class ConvTranspose2d {
         bias = try registry.make(prefix + ".bias", [outChannels], .uniform(fanIn: fanIn))
     }
 
-    func prepare() throws {
+    func prepare(store: WeightStore? = nil) throws {
         packed = try packTransposedConvWeights(weight.data, inChannels: inChannels,
-                                               outChannels: outChannels, kernel: kernel)
+                                               outChannels: outChannels, kernel: kernel, store: store)
         winograd = min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
-            ? try packTransposedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels)
+            ? try packTransposedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels,
+                                                store: store)
             : nil
     }
 

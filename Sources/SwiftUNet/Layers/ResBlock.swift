@@ -30,10 +30,10 @@ final class ResBlock {
         conv2.expectedSpatialSize = size
     }
 
-    func prepare() throws {
-        try conv1.prepare()
-        try conv2.prepare()
-        try skip?.prepare()
+    func prepare(store: WeightStore? = nil) throws {
+        try conv1.prepare(store: store)
+        try conv2.prepare(store: store)
+        try skip?.prepare(store: store)
     }
 
     /// x [B, Cin, H, W], temb [B, T] → y [B, Cout, H, W]

@@ -17,9 +17,9 @@ final class SelfAttention {
         proj = try Conv2d(registry, prefix + ".proj", inChannels: channels, outChannels: channels, kernel: 1)
     }
 
-    func prepare() throws {
-        try qkv.prepare()
-        try proj.prepare()
+    func prepare(store: WeightStore? = nil) throws {
+        try qkv.prepare(store: store)
+        try proj.prepare(store: store)
     }
 
     /// x [B, C, H, W] → y [B, C, H, W]

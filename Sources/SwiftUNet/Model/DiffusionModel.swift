@@ -67,15 +67,17 @@ public final class DiffusionModel {
         parameters.first { $0.name == name }
     }
 
-    /// Repacks every layer's weights for the kernels.
+    /// Repacks every layer's weights for the kernels, all into one new `WeightStore` (the
+    /// previous one goes with the last of the matrices packed into it).
     private func prepare() throws {
-        try initConv.prepare()
-        for b in downBlocks { try b.prepare() }
-        try middleIn.prepare()
-        try attention.prepare()
-        try middleOut.prepare()
-        for b in upBlocks { try b.prepare() }
-        try outConv.prepare()
+        let store = WeightStore()
+        try initConv.prepare(store: store)
+        for b in downBlocks { try b.prepare(store: store) }
+        try middleIn.prepare(store: store)
+        try attention.prepare(store: store)
+        try middleOut.prepare(store: store)
+        for b in upBlocks { try b.prepare(store: store) }
+        try outConv.prepare(store: store)
     }
 
     /// Replaces all weights at once from `sources[i]` (parameter i's values, state_dict

@@ -62,7 +62,12 @@ final class Workspace {
             freeFloats(block)
             block = nil
             capacity = 0
-            block = try allocateFloatsOrThrow(highWater, "the activation arena")
+            // From 1 MiB up on huge pages (see `allocateHugePageFloats`), rounded up to 2 MiB.
+            if highWater * MemoryLayout<Float>.stride >= hugePageBytes / 2, let p = allocateHugePageFloats(highWater) {
+                block = p
+            } else {
+                block = try allocateFloatsOrThrow(highWater, "the activation arena")
+            }
             capacity = highWater
         }
     }
