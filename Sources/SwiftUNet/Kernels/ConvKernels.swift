@@ -139,7 +139,7 @@ struct PhasePlanes {
 
     /// The stride-2 and stride-4, padding-1 fill, one input row at a time: all of a channel's
     /// planes are zeroed, then each image row is split into its s column phases with
-    /// constant-index lane shuffles (16 pixels per step), the ragged end pixel by pixel.
+    /// constant-index lane shuffles (16 pixels per step, then 8), the ragged end pixel by pixel.
     /// x [H, W] → planes [s, s, Hp, Wp]
     @inline(__always)
     private func fillPadOneRows(_ src: UnsafePointer<Float>, height: Int, width: Int,
@@ -165,6 +165,16 @@ struct PhasePlanes {
                     storeFour(SIMD4(v[3], v[7], v[11], v[15]), p0 + q + 1)
                     ix += 16
                 }
+                if ix + 8 <= width {
+                    // Eight more (widths 24–31 and 8–15: 28 and 14 are levels of a 28×28 model).
+                    let v = UnsafeRawPointer(srow + ix).loadUnaligned(as: SIMD8<Float>.self)
+                    let q = ix / 4
+                    storeTwo(SIMD2(v[0], v[4]), p1 + q)
+                    storeTwo(SIMD2(v[1], v[5]), p2 + q)
+                    storeTwo(SIMD2(v[2], v[6]), p3 + q)
+                    storeTwo(SIMD2(v[3], v[7]), p0 + q + 1)
+                    ix += 8
+                }
             } else {
                 let p0 = rowBase, p1 = rowBase + phasePlane
                 while ix + 16 <= width {
@@ -173,6 +183,13 @@ struct PhasePlanes {
                     storeEight(SIMD8(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), p1 + q)
                     storeEight(SIMD8(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]), p0 + q + 1)
                     ix += 16
+                }
+                if ix + 8 <= width {
+                    let v = UnsafeRawPointer(srow + ix).loadUnaligned(as: SIMD8<Float>.self)
+                    let q = ix / 2
+                    storeFour(SIMD4(v[0], v[2], v[4], v[6]), p1 + q)
+                    storeFour(SIMD4(v[1], v[3], v[5], v[7]), p0 + q + 1)
+                    ix += 8
                 }
             }
             // The ragged end (all of a row narrower than 16, e.g. 14 or 7 pixels): constant
@@ -227,6 +244,9 @@ private struct FillTasks: ParallelTasks {
     }
 }
 
+@inline(__always) private func storeTwo(_ v: SIMD2<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD2<Float>.self)
+}
 @inline(__always) private func storeFour(_ v: SIMD4<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
 }
