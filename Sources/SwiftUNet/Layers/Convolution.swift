@@ -8,6 +8,7 @@ final class Conv2d {
     let padding: Int
     let weight: Parameter
     let bias: Parameter
+    /// The implicit-GEMM form, packed only where no Winograd form serves every call.
     private(set) var packed: PackedMatrix?
     /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
     private(set) var winograd: WinogradWeights?
@@ -57,8 +58,6 @@ final class Conv2d {
 
     /// Rebuilds the packed weights (into `store` when given); call after the weights change.
     func prepare(store: WeightStore? = nil) throws {
-        let k = inChannels * kernel * kernel
-        packed = try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k, store: store)
         if kernel == 3 && stride == 1 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
             winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two,
@@ -74,6 +73,12 @@ final class Conv2d {
         stridedWinograd = kernel == 4 && stride == 2 && padding == 1
             && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
             ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, store: store)
+            : nil
+        // The GEMM form only where no Winograd form serves every call (the strided one
+        // declines accumulating calls).
+        let k = inChannels * kernel * kernel
+        packed = winograd == nil
+            ? try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k, store: store)
             : nil
     }
 
@@ -141,6 +146,7 @@ final class ConvTranspose2d {
     let padding: Int
     let weight: Parameter
     let bias: Parameter
+    /// The sub-pixel GEMM form, packed only where there is no Winograd form.
     private(set) var packed: SubPixelWeights?
     /// Winograd F(2×2, 2×2) form of the four sub-pixel kernels (channels >= 8).
     private(set) var winograd: TransposedWinogradWeights?
@@ -160,11 +166,13 @@ final class ConvTranspose2d {
     }
 
     func prepare(store: WeightStore? = nil) throws {
-        packed = try packTransposedConvWeights(weight.data, inChannels: inChannels,
-                                               outChannels: outChannels, kernel: kernel, store: store)
         winograd = min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
             ? try packTransposedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels,
                                                 store: store)
+            : nil
+        packed = winograd == nil
+            ? try packTransposedConvWeights(weight.data, inChannels: inChannels,
+                                            outChannels: outChannels, kernel: kernel, store: store)
             : nil
     }
 
