@@ -208,6 +208,63 @@ func storeRowPrefix(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, ac
     }
 }
 
+/// One output row of four adjacent 2×2 tiles: lanes 4g..<4g+4 of the tiles' row vectors
+/// a and b (output columns 0 and 1 of each tile), interleaved tile by tile.
+@inline(__always)
+func interleavePairRow(_ a: Vec16, _ b: Vec16, group: Int) -> SIMD8<Float> {
+    switch group {
+    case 0: return SIMD8(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3])
+    case 1: return SIMD8(a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7])
+    case 2: return SIMD8(a[8], b[8], a[9], b[9], a[10], b[10], a[11], b[11])
+    default: return SIMD8(a[12], b[12], a[13], b[13], a[14], b[14], a[15], b[15])
+    }
+}
+
+/// p[0..<count] = v[0..<count] (+ the old values when `accumulate`), count in 1...8.
+@inline(__always)
+func storeRowPrefix8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
+    let raw = UnsafeMutableRawPointer(p)
+    if count == 8 {
+        raw.storeBytes(of: accumulate ? raw.loadUnaligned(as: SIMD8<Float>.self) + v : v, as: SIMD8<Float>.self)
+        return
+    }
+    var start = 0
+    if count >= 4 {
+        let low = v.lowHalf
+        raw.storeBytes(of: accumulate ? raw.loadUnaligned(as: SIMD4<Float>.self) + low : low, as: SIMD4<Float>.self)
+        start = 4
+    }
+    for i in start..<count { p[i] = accumulate ? p[i] + v[i] : v[i] }
+}
+
+/// The vector path of the routes with 2×2 output tiles (F(2×2, 3×3) and the strided
+/// F(2×2, 2×2)): out[2r + c] holds pixel (r, c) of tiles firstTile ..< firstTile + lanes
+/// (numbered across the batch, `tilesWide` to a tile row, `tilesPerImage` to an image).
+/// Each group of four lanes whose tiles lie side by side on one tile row writes each of
+/// its two output rows as one 8-pixel vector, cut short at the image edge. Image b's
+/// height × width plane of this channel starts at plane + b·imageStride. Returns the
+/// lanes written (a bit per lane); the caller writes the others.
+@inline(__always)
+func storeTileGroups2x2(_ out: UnsafePointer<Vec16>, firstTile: Int, lanes: Int, tilesWide: Int, tilesPerImage: Int,
+                        plane: UnsafeMutablePointer<Float>, imageStride: Int, height: Int, width: Int,
+                        accumulate: Bool) -> Int {
+    var written = 0
+    for group in 0..<(lanes / 4) {
+        let t = firstTile + 4 * group
+        let n = t % tilesPerImage, tx = n % tilesWide
+        if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
+        let oy = (n / tilesWide) * 2, ox = tx * 2
+        let count = min(8, width - ox)
+        let p = plane + (t / tilesPerImage) * imageStride + oy * width + ox
+        for r in 0..<min(2, height - oy) {
+            storeRowPrefix8(interleavePairRow(out[2 * r], out[2 * r + 1], group: group), p + r * width,
+                            count: count, accumulate: accumulate)
+        }
+        written |= 0xF << (4 * group)
+    }
+    return written
+}
+
 /// Floats of per-thread scratch for `winogradConv3x3`.
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
@@ -593,6 +650,10 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                         }
                         written |= 0xF << (4 * group)
                     }
+                } else {
+                    written = storeTileGroups2x2(blockA, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
+                                                 tilesPerImage: tiles, plane: y + co * h * w, imageStride: imageFloats,
+                                                 height: h, width: w, accumulate: accumulate)
                 }
                 for lane in 0..<lanes where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
@@ -759,7 +820,11 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
                 winogradOutput2x2(products + co * gemmColumnBlock + o, step: step, bias: biasValue, into: block)
-                for lane in 0..<min(16, width - o) {
+                let lanes = min(16, width - o)
+                let written = storeTileGroups2x2(block, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
+                                                 tilesPerImage: tiles, plane: y + co * ho * wo, imageStride: imageFloats,
+                                                 height: ho, width: wo, accumulate: false)
+                for lane in 0..<lanes where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
                     let oy = (n / tilesWide) * 2, ox = (n % tilesWide) * 2
                     let p = y + (t / tiles) * imageFloats + co * ho * wo + oy * wo + ox
