@@ -136,6 +136,8 @@ final class KernelTests: XCTestCase {
             (1, 8, 8, 6, 30), (2, 8, 9, 10, 14), (1, 8, 8, 28, 28),
             // Chunks of at most 16 tiles with output channels off the 16-row kernel's blocks.
             (1, 8, 40, 8, 8), (2, 9, 33, 7, 7), (1, 16, 64, 14, 14),
+            // Input channels summed in two halves (at batch 1, one half per thread).
+            (1, 48, 24, 7, 7), (2, 40, 17, 14, 14),
         ]
         var worst: Float = 0
         for c in cases {
@@ -170,8 +172,10 @@ final class KernelTests: XCTestCase {
     func testWinogradRowSplitsAreBitIdenticalToOneThread() throws {
         let saved = ThreadPool.shared.numThreads
         defer { ThreadPool.shared.numThreads = saved }
-        let gamma = randomValues(20, seed: 41), beta = randomValues(20, seed: 42)
-        for (cin, cout, h, w) in [(20, 40, 9, 7), (20, 48, 13, 14), (8, 17, 4, 4)] {
+        let gamma = randomValues(64, seed: 41), beta = randomValues(64, seed: 42)
+        // The last two split their input channels into two sums (at most 32 tiles,
+        // Cin >= 2·Cout), which two threads take half each.
+        for (cin, cout, h, w) in [(20, 40, 9, 7), (20, 48, 13, 14), (8, 17, 4, 4), (64, 24, 9, 7), (48, 17, 13, 14)] {
             let x = randomValues(cin * h * w, seed: 43)
             let wts = randomValues(cout * cin * 9, seed: 44)
             let bias = randomValues(cout, seed: 45)
@@ -216,8 +220,10 @@ final class KernelTests: XCTestCase {
         }
         // At 8×8 and 14×14 with 40 and 33 output channels: alone, each image's 16 tiles take
         // the 16-column kernels; in the batch, chunks of 32 tiles take the 32-column one.
+        // The last two split their input channels into two sums; alone (batch 1) two threads
+        // each take half of them.
         for (cin, cout, h, w) in [(8, 16, 8, 8), (9, 8, 28, 28), (8, 8, 2, 2), (16, 12, 14, 14), (12, 40, 8, 8),
-                                  (8, 33, 14, 14)] {
+                                  (8, 33, 14, 14), (48, 24, 7, 7), (40, 17, 14, 14)] {
             let x = randomValues(batch * cin * h * w, seed: 71)
             let bias = randomValues(batch * cout, seed: 72)
             for tile in [WinogradTile.two, .four] {
@@ -396,7 +402,7 @@ final class KernelTests: XCTestCase {
         let saved = pool.numThreads
         defer { pool.numThreads = saved }
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int, groups: Int)] = [
-            (1, 8, 8, 1, 1, 8), (2, 16, 9, 7, 5, 8), (3, 24, 8, 13, 11, 8), (1, 8, 3, 17, 16, 4),
+            (1, 8, 8, 1, 1, 8), (2, 16, 9, 7, 5, 8), (3, 24, 8, 13, 11, 8), (1, 8, 3, 17, 16, 4), (1, 32, 16, 8, 8, 8),
         ]
         for threads in [1, 2] {
             pool.numThreads = threads

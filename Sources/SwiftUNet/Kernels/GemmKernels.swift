@@ -103,11 +103,13 @@ struct DenseSource: PanelSource {
 
 /// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
 /// Sixteen SIMD16 accumulators stay in registers over the whole k loop.
-/// With `fromZero` the old C is not read (the sums start at +0, as zero-filled C would).
+/// With `fromZero` the old C is not read (the sums start at +0, as zero-filled C would);
+/// with `addToOld` the sums also start at +0 and C becomes old C + sum (`finishTile`).
 @inline(__always)
 func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+    @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
     var c00 = start(c), c01 = start(c + 16)
     var c10 = start(c + ldc), c11 = start(c + ldc + 16)
     var c20 = start(c + 2 * ldc), c21 = start(c + 2 * ldc + 16)
@@ -140,11 +142,20 @@ func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
     store16(c70, c + 7 * ldc); store16(c71, c + 7 * ldc + 16)
 }
 
+/// The micro-kernels' store: the sum itself, or with `addToOld` the old value plus the sum
+/// (a product over a second range of k kept as its own chain, then added: see
+/// `winogradPositionProducts`).
+@inline(__always)
+func finishTile(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, addToOld: Bool) {
+    SwiftUNet.store16(addToOld ? load16(p) + v : v, p)
+}
+
 /// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
 @inline(__always)
 func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+    @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
     var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
     var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
     var pa = a, pb = b
@@ -171,8 +182,9 @@ func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
 /// per-lane arithmetic as the other kernels.
 @inline(__always)
 func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero ? Vec16() : load16(p) }
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
+    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+    @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
     var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
     var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
     let d = c + 8 * ldc

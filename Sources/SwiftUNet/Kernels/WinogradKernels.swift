@@ -451,27 +451,32 @@ struct WinogradPlan {
 /// M_ξ [rows m0..<m1, 32] = U_ξ [rows, k] · V_ξ [k, 32-column panel].
 /// positions[ξ] are the packed U_ξ; V_ξ starts at v + ξ·vPlane; M_ξ at
 /// products + (ξ·rowsPadded + row)·gemmColumnBlock. `width` is the panel's used columns.
+/// With `depth`, only k in that range (of the full `k`); with `addToOld`, that range's
+/// sum is its own chain from zero, added to the M already there.
 @inline(__always)
 func winogradPositionProducts(
-    _ positions: [PackedMatrix], k: Int, v: UnsafeMutablePointer<Float>, vPlane: Int,
+    _ positions: [PackedMatrix], k: Int, depth: Range<Int>? = nil, addToOld: Bool = false,
+    v: UnsafeMutablePointer<Float>, vPlane: Int,
     products: UnsafeMutablePointer<Float>, rowsPadded: Int, m0: Int, m1: Int, width: Int
 ) {
+    let k0 = depth?.lowerBound ?? 0, kc = (depth?.upperBound ?? k) - k0
     for xi in 0..<positions.count {
         let u = positions[xi]
-        let vPanel = UnsafePointer(v + xi * vPlane)
+        let vPanel = UnsafePointer(v + xi * vPlane + k0 * gemmColumnBlock)
         var row = m0
         while row < m1 {
             let out = products + (xi * rowsPadded + row) * gemmColumnBlock
-            let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k)
+            let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
             if width <= 16 && m1 - row >= 2 * gemmRowBlock {
-                microKernel16x16(k, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock, fromZero: true)
+                microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock,
+                                 fromZero: !addToOld, addToOld: addToOld)
                 row += 2 * gemmRowBlock
                 continue
             }
             if width <= 16 {
-                microKernel8x16(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                microKernel8x16(kc, aPanel, vPanel, out, gemmColumnBlock, fromZero: !addToOld, addToOld: addToOld)
             } else {
-                microKernel8x32(k, aPanel, vPanel, out, gemmColumnBlock, fromZero: true)
+                microKernel8x32(kc, aPanel, vPanel, out, gemmColumnBlock, fromZero: !addToOld, addToOld: addToOld)
             }
             row += gemmRowBlock
         }
@@ -535,8 +540,55 @@ func winogradConv3x3(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: winogradScratchFloats(inChannels: cin, outChannels: cout, tile: tile),
                                 normalize: normalize, workspace: workspace)
-    runWinogradStages(Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
-                                           biasBatchStride: biasBatchStride, accumulate: accumulate))
+    let split = Winograd3x3Tasks.inputSplit(inChannels: cin, outChannels: cout, tiles: tilesHigh * tilesWide, normalize: normalize)
+    let tasks = Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
+                                 biasBatchStride: biasBatchStride, accumulate: accumulate, inputSplit: split)
+    if let split = split, plan.totalTiles <= gemmColumnBlock, plan.maxThreads >= 2 {
+        // One chunk (batch 1) on two threads: each transforms and multiplies its half of the
+        // input channels, then each transforms back half of the output channels. Splitting
+        // the output channels instead would have both threads transform all of the input.
+        let pool = ThreadPool.shared
+        pool.parallelFor(2, maxThreads: 2, Winograd3x3InputHalves(stages: tasks, split: split))
+        pool.parallelFor(2, maxThreads: 2, Winograd3x3OutputHalves(stages: tasks))
+        return
+    }
+    runWinogradStages(tasks)
+}
+
+/// Region 1 of `winogradConv3x3` at batch 1 on two threads: task h transforms input
+/// channels [0, split) (h = 0) or [split, Cin) (h = 1) of the one chunk and multiplies
+/// them, every output channel, into the products of scratch h.
+private struct Winograd3x3InputHalves: ParallelTasks {
+    let stages: Winograd3x3Tasks
+    let split: Int
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cin = plan.inChannels
+        let channels = task == 0 ? 0..<split : split..<cin
+        let v = plan.scratch(thread: task)
+        stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
+        let products = stages.buffers(thread: task).products
+        winogradPositionProducts(stages.weights.positions, k: cin, depth: channels, v: v,
+                                 vPlane: cin * gemmColumnBlock, products: products, rowsPadded: plan.rowsPadded,
+                                 m0: 0, m1: plan.outChannels, width: plan.totalTiles)
+    }
+}
+
+/// Region 2 of `winogradConv3x3` at batch 1 on two threads: task h transforms back half of
+/// the output channels from the sum of both halves' products (half 0's + half 1's: the
+/// value `addToOld` gives on one thread).
+private struct Winograd3x3OutputHalves: ParallelTasks {
+    let stages: Winograd3x3Tasks
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cout = plan.outChannels
+        let middle = ((cout / gemmRowBlock + 1) / 2) * gemmRowBlock
+        let (m0, m1) = task == 0 ? (0, min(middle, cout)) : (min(middle, cout), cout)
+        if m0 >= m1 { return }
+        stages.transformBack(m0: m0, m1: m1, n0: 0, n1: plan.totalTiles,
+                             products: stages.buffers(thread: 0).products,
+                             second: UnsafePointer(stages.buffers(thread: 1).products), thread: thread)
+    }
 }
 
 /// The tasks of `winogradConv3x3`: task = (block of output channels, chunk of ≤ 32 tiles),
@@ -551,6 +603,22 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     let bias: UnsafePointer<Float>
     let biasBatchStride: Int
     let accumulate: Bool
+    /// Where the input channels split into two sums (`inputSplit(...)`), if they do.
+    let inputSplit: Int?
+
+    /// Layers with at least twice as many input channels as output channels, on images of
+    /// at most one chunk of tiles (a 32-column panel), sum their products over the input
+    /// channels as two chains, [0, Cin/2) and [Cin/2, Cin), added at the end: so that at
+    /// batch 1 two threads can each take half the input channels (see `winogradConv3x3`)
+    /// with the same result as one thread at any batch. Splitting the output channels
+    /// instead, each thread would transform all of the input, which costs more than the
+    /// products in such layers (the decoder's first convolution, on the concatenation).
+    /// The halves hold whole GroupNorm groups. A function of the shape only.
+    static func inputSplit(inChannels cin: Int, outChannels cout: Int, tiles: Int, normalize: GroupNormSpec?) -> Int? {
+        guard tiles <= gemmColumnBlock, cin >= 2 * cout, cin >= 32, cin % 2 == 0 else { return nil }
+        if let norm = normalize, norm.groups % 2 != 0 { return nil }
+        return cin / 2
+    }
 
     /// A thread's scratch: V [α²][Cin][32], products [α²][rowsPadded][32] and two α×α
     /// blocks of Vec16.
@@ -570,12 +638,19 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     /// planes (`TileRuns`): position (i, j) of tile (ty, tx) is padded pixel (m·ty + i, m·tx + j).
     @inline(__always)
     func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
-        let (_, blockA, blockB) = buffers(thread: thread)
+        transformInput(n0: n0, width: width, channels: 0..<plan.inChannels, into: v, scratch: thread)
+    }
+
+    /// `transformInput` of the input channels `channels` only, with the transform blocks of
+    /// scratch `scratch`.
+    @inline(__always)
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int) {
+        let (_, blockA, blockB) = buffers(thread: scratch)
         let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
         let vPlane = plan.inChannels * gemmColumnBlock
         withWindowOffsets(layout, kernel: alpha) { tapOffset in
         plan.withTileRuns(n0: n0, width: width) { runs in
-            for ci in 0..<plan.inChannels {
+            for ci in channels {
                 let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
                 for half in 0..<runs.halves {
                     for xi in 0..<positions { blockA[xi] = runs.load(channel + tapOffset[xi], half: half) }
@@ -600,15 +675,31 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
     @inline(__always)
     func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
-        let (products, blockA, blockB) = buffers(thread: thread)
-        let tilesWide = plan.tilesWide, cin = plan.inChannels, cout = plan.outChannels
+        let products = buffers(thread: thread).products
+        let cin = plan.inChannels, vPlane = cin * gemmColumnBlock
+        // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ (over two halves of the input
+        // channels, the second added to the first, when they split).
+        if let split = inputSplit {
+            winogradPositionProducts(weights.positions, k: cin, depth: 0..<split, v: v, vPlane: vPlane,
+                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+            winogradPositionProducts(weights.positions, k: cin, depth: split..<cin, addToOld: true, v: v, vPlane: vPlane,
+                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+        } else {
+            winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
+                                     rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+        }
+        transformBack(m0: m0, m1: m1, n0: n0, n1: n1, products: products, second: nil, thread: thread)
+    }
+
+    /// Output channels m0..<m1 of tiles n0..<n1 from the products M (plus `second`'s, laid
+    /// out alike, when given): Y = Aᵀ M A + bias (+ old y), written where each tile lies inside its image.
+    @inline(__always)
+    func transformBack(m0: Int, m1: Int, n0: Int, n1: Int, products: UnsafeMutablePointer<Float>,
+                       second: UnsafePointer<Float>?, thread: Int) {
+        let (_, blockA, blockB) = buffers(thread: thread)
+        let tilesWide = plan.tilesWide, cout = plan.outChannels
         let rowsPadded = plan.rowsPadded, width = n1 - n0
         let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
-        let vPlane = cin * gemmColumnBlock
-        // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ.
-        winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
-                                 rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
-        // Y = Aᵀ M A, + bias (+ old y), written where the m×m tile lies inside its image.
         let tiles = plan.tiles, imageFloats = cout * h * w
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
@@ -618,7 +709,12 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                 let biasValue = laneBias(bias, batchStride: biasBatchStride, channel: co, firstTile: n0 + o,
                                          lanes: lanes, tilesPerImage: tiles)
                 let base = products + co * gemmColumnBlock + o
-                for i in 0..<positions { blockA[i] = load16(base + i * step) }
+                if let second = second {
+                    let other = second + co * gemmColumnBlock + o
+                    for i in 0..<positions { blockA[i] = load16(base + i * step) + load16(other + i * step) }
+                } else {
+                    for i in 0..<positions { blockA[i] = load16(base + i * step) }
+                }
                 // Rows of every column (α → m), then columns of every row; result Y [m][m] in blockA.
                 for j in 0..<alpha {
                     if tile == .two { winogradOutput2(blockA + j, alpha, blockB + j, alpha) }
