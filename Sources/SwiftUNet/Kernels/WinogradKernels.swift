@@ -187,27 +187,6 @@ func laneBias(_ bias: UnsafePointer<Float>, batchStride: Int, channel: Int, firs
     return v
 }
 
-/// p[0..<count] = v[0..<count] (+ the old values when `accumulate`), for count in 13...16:
-/// the output row of four F(4×4) tiles whose last one may overhang the image by up to 3.
-@inline(__always)
-func storeRowPrefix(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
-    if count == 16 {
-        store16(accumulate ? load16(p) + v : v, p)
-        return
-    }
-    let raw = UnsafeMutableRawPointer(p)
-    var low = v.lowHalf, high = v.highHalf
-    if accumulate {
-        low += raw.loadUnaligned(as: SIMD8<Float>.self)
-        high += SIMD8(lowHalf: raw.loadUnaligned(fromByteOffset: 32, as: SIMD4<Float>.self), highHalf: SIMD4<Float>())
-    }
-    raw.storeBytes(of: low, as: SIMD8<Float>.self)
-    raw.storeBytes(of: SIMD4(high[0], high[1], high[2], high[3]), toByteOffset: 32, as: SIMD4<Float>.self)
-    for i in 12..<count {
-        p[i] = accumulate ? p[i] + v[i] : v[i]
-    }
-}
-
 /// One output row of four adjacent 2×2 tiles: lanes 4g..<4g+4 of the tiles' row vectors
 /// a and b (output columns 0 and 1 of each tile), interleaved tile by tile.
 @inline(__always)
@@ -237,28 +216,40 @@ func storeRowPrefix8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, count:
     for i in start..<count { p[i] = accumulate ? p[i] + v[i] : v[i] }
 }
 
-/// The vector path of the routes with 2×2 output tiles (F(2×2, 3×3) and the strided
-/// F(2×2, 2×2)): out[2r + c] holds pixel (r, c) of tiles firstTile ..< firstTile + lanes
-/// (numbered across the batch, `tilesWide` to a tile row, `tilesPerImage` to an image).
-/// Each group of four lanes whose tiles lie side by side on one tile row writes each of
-/// its two output rows as one 8-pixel vector, cut short at the image edge. Image b's
-/// height × width plane of this channel starts at plane + b·imageStride. Returns the
-/// lanes written (a bit per lane); the caller writes the others.
+/// p[0..<count] = v[0..<count] (+ the old values when `accumulate`), count in 1...16: an
+/// output row of four tiles, cut short where the last one overhangs the image.
 @inline(__always)
-func storeTileGroups2x2(_ out: UnsafePointer<Vec16>, firstTile: Int, lanes: Int, tilesWide: Int, tilesPerImage: Int,
-                        plane: UnsafeMutablePointer<Float>, imageStride: Int, height: Int, width: Int,
-                        accumulate: Bool) -> Int {
+func storeRowPrefix(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
+    if count == 16 {
+        store16(accumulate ? load16(p) + v : v, p)
+        return
+    }
+    storeRowPrefix8(v.lowHalf, p, count: min(count, 8), accumulate: accumulate)
+    if count > 8 { storeRowPrefix8(v.highHalf, p + 8, count: count - 8, accumulate: accumulate) }
+}
+
+/// The vector path of every Winograd output transform, for one output channel and tiles
+/// firstTile ..< firstTile + lanes (numbered across the batch, `tilesWide` to a tile row,
+/// `tilesPerImage` to an image; image b's height × width plane of the channel starts at
+/// plane + b·imageStride). Each group g of four lanes (4g ..< 4g + 4) whose tiles lie side
+/// by side on one tile row writes each of its output rows as 4·tileSize contiguous
+/// pixels, cut short at the image's edge: `row(r, g)` gives row r of the group, the four
+/// tiles' values one after another in its first 4·tileSize lanes. Returns the lanes
+/// written (a bit per lane); the caller writes the others one by one.
+@inline(__always)
+func storeTileGroups(tileSize m: Int, firstTile: Int, lanes: Int, tilesWide: Int, tilesPerImage: Int,
+                     plane: UnsafeMutablePointer<Float>, imageStride: Int, height: Int, width: Int,
+                     accumulate: Bool, row: (_ r: Int, _ group: Int) -> Vec16) -> Int {
     var written = 0
     for group in 0..<(lanes / 4) {
         let t = firstTile + 4 * group
         let n = t % tilesPerImage, tx = n % tilesWide
         if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
-        let oy = (n / tilesWide) * 2, ox = tx * 2
-        let count = min(8, width - ox)
+        let oy = (n / tilesWide) * m, ox = tx * m
+        let count = min(4 * m, width - ox)
         let p = plane + (t / tilesPerImage) * imageStride + oy * width + ox
-        for r in 0..<min(2, height - oy) {
-            storeRowPrefix8(interleavePairRow(out[2 * r], out[2 * r + 1], group: group), p + r * width,
-                            count: count, accumulate: accumulate)
+        for r in 0..<min(m, height - oy) {
+            storeRowPrefix(row(r, group), p + r * width, count: count, accumulate: accumulate)
         }
         written |= 0xF << (4 * group)
     }
@@ -726,30 +717,14 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
                 }
                 for i in 0..<(m * m) { blockA[i] += biasValue }
                 // Lanes written by the vector path (bit per lane); the rest go one by one.
-                var written = 0
-                if tile == .four {
-                    // Groups of four tiles side by side on one tile row: their output rows are
-                    // 16 contiguous pixels, cut short where the last tile overhangs the image.
-                    for group in 0..<4 {
-                        let t = n0 + o + 4 * group
-                        if t + 4 > n1 { break }
-                        let n = t % tiles, tx = n % tilesWide
-                        if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
-                        let oy = (n / tilesWide) * 4, ox = tx * 4
-                        let count = min(16, w - ox)
-                        if count <= 12 { continue }
-                        let yPlane = y + (t / tiles) * imageFloats + co * h * w
-                        for r in 0..<min(4, h - oy) {
-                            let row = interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
-                                                        group: group)
-                            storeRowPrefix(row, yPlane + (oy + r) * w + ox, count: count, accumulate: accumulate)
-                        }
-                        written |= 0xF << (4 * group)
-                    }
-                } else {
-                    written = storeTileGroups2x2(blockA, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
-                                                 tilesPerImage: tiles, plane: y + co * h * w, imageStride: imageFloats,
-                                                 height: h, width: w, accumulate: accumulate)
+                let written = storeTileGroups(tileSize: m, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
+                                              tilesPerImage: tiles, plane: y + co * h * w, imageStride: imageFloats,
+                                              height: h, width: w, accumulate: accumulate) { r, group in
+                    tile == .four
+                        ? interleaveTileRow(blockA[4 * r], blockA[4 * r + 1], blockA[4 * r + 2], blockA[4 * r + 3],
+                                            group: group)
+                        : Vec16(lowHalf: interleavePairRow(blockA[2 * r], blockA[2 * r + 1], group: group),
+                                highHalf: SIMD8<Float>())
                 }
                 for lane in 0..<lanes where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
@@ -917,9 +892,11 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
                 let o = half * 16
                 winogradOutput2x2(products + co * gemmColumnBlock + o, step: step, bias: biasValue, into: block)
                 let lanes = min(16, width - o)
-                let written = storeTileGroups2x2(block, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
-                                                 tilesPerImage: tiles, plane: y + co * ho * wo, imageStride: imageFloats,
-                                                 height: ho, width: wo, accumulate: false)
+                let written = storeTileGroups(tileSize: 2, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
+                                              tilesPerImage: tiles, plane: y + co * ho * wo, imageStride: imageFloats,
+                                              height: ho, width: wo, accumulate: false) { r, group in
+                    Vec16(lowHalf: interleavePairRow(block[2 * r], block[2 * r + 1], group: group), highHalf: SIMD8<Float>())
+                }
                 for lane in 0..<lanes where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
                     let oy = (n / tilesWide) * 2, ox = (n % tilesWide) * 2
@@ -1084,27 +1061,17 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
                     winogradOutput2x2(products + (9 * parity * rowsPadded + co) * gemmColumnBlock + o, step: step,
                                       bias: biasValue, into: block + 4 * parity)
                 }
-                // Groups of four tiles side by side on one tile row: each output row of theirs
-                // is 16 contiguous pixels, column 2b + rx of a tile coming from parity rx's output b.
-                var written = 0
-                for group in 0..<4 {
-                    let t = n0 + o + 4 * group
-                    if t + 4 > n1 { break }
-                    let n = t % tiles, tx = n % tilesWide
-                    if tx + 4 > tilesWide { continue }     // (also keeps the four in one image)
-                    let ty = n / tilesWide
-                    let count = min(16, wo - 4 * tx)
-                    if count <= 12 { continue }
-                    let p = y + (t / tiles) * yStride + co * ho * wo + 4 * ty * wo + 4 * tx
-                    for r in 0..<min(4, ho - 4 * ty) {
-                        let a = r >> 1, ry = r & 1
-                        let even = block + 4 * (2 * ry) + 2 * a, odd = block + 4 * (2 * ry + 1) + 2 * a
-                        let row = interleaveTileRow(even[0], odd[0], even[1], odd[1], group: group)
-                        storeRowPrefix(row, p + r * wo, count: count, accumulate: false)
-                    }
-                    written |= 0xF << (4 * group)
+                // Each tile's output block is 4×4 pixels; column 2b + rx of its row 2a + ry is
+                // parity (ry, rx)'s output (a, b).
+                let lanes = min(16, width - o)
+                let written = storeTileGroups(tileSize: 4, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
+                                              tilesPerImage: tiles, plane: y + co * ho * wo, imageStride: yStride,
+                                              height: ho, width: wo, accumulate: false) { r, group in
+                    let a = r >> 1, ry = r & 1
+                    let even = block + 4 * (2 * ry) + 2 * a, odd = block + 4 * (2 * ry + 1) + 2 * a
+                    return interleaveTileRow(even[0], odd[0], even[1], odd[1], group: group)
                 }
-                for lane in 0..<min(16, width - o) where written & (1 << lane) == 0 {
+                for lane in 0..<lanes where written & (1 << lane) == 0 {
                     let t = n0 + o + lane, n = t % tiles
                     let ty = n / tilesWide, tx = n % tilesWide
                     // Parity output (2ty + a, 2tx + b) is pixel (4ty + 2a + ry, 4tx + 2b + rx).
