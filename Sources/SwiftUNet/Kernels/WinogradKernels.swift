@@ -296,6 +296,102 @@ struct TileRuns {
         if width - half * 16 < 16 { d = d.replacing(with: 0, where: .!valid[half]) }
         return d
     }
+
+    /// The loads of `half` with its offsets and masks held in locals, when it has at most
+    /// four runs (every half of images at least 4 tiles wide, at chunk boundaries on whole
+    /// tile rows): read from the tables on every load, they took most of the input
+    /// transforms' time.
+    @inline(__always)
+    func fewRuns(_ half: Int) -> FewRuns? {
+        let first = firstRun[half], count = counts[half]
+        if count > 4 { return nil }
+        let none = SIMDMask<SIMD16<Int32>>()
+        return FewRuns(count: count, shift0: shifts[first], shift1: count > 1 ? shifts[first + 1] : 0,
+                       shift2: count > 2 ? shifts[first + 2] : 0, shift3: count > 3 ? shifts[first + 3] : 0,
+                       mask1: count > 1 ? masks[first + 1] : none, mask2: count > 2 ? masks[first + 2] : none,
+                       mask3: count > 3 ? masks[first + 3] : none,
+                       partial: width - half * 16 < 16, outside: .!valid[half])
+    }
+}
+
+/// Loads of the 16 tiles of one half of a chunk at a window position (see `TileRuns`).
+protocol TileLoads {
+    func load(_ p: UnsafePointer<Float>) -> Vec16
+}
+
+/// A half of at most four runs (`TileRuns.fewRuns`): the same loads and merges as
+/// `TileRuns.load`, so the same values.
+struct FewRuns: TileLoads {
+    let count: Int
+    let shift0: Int, shift1: Int, shift2: Int, shift3: Int
+    let mask1: SIMDMask<SIMD16<Int32>>, mask2: SIMDMask<SIMD16<Int32>>, mask3: SIMDMask<SIMD16<Int32>>
+    let partial: Bool
+    let outside: SIMDMask<SIMD16<Int32>>
+
+    @inline(__always)
+    func load(_ p: UnsafePointer<Float>) -> Vec16 {
+        var d = load16(p + shift0)
+        if count > 1 { d = d.replacing(with: load16(p + shift1), where: mask1) }
+        if count > 2 { d = d.replacing(with: load16(p + shift2), where: mask2) }
+        if count > 3 { d = d.replacing(with: load16(p + shift3), where: mask3) }
+        if partial { d = d.replacing(with: 0, where: outside) }
+        return d
+    }
+}
+
+/// Any half, read through the tables of `TileRuns`.
+struct ManyRuns: TileLoads {
+    let runs: TileRuns
+    let half: Int
+
+    @inline(__always)
+    func load(_ p: UnsafePointer<Float>) -> Vec16 { runs.load(p, half: half) }
+}
+
+/// What a Winograd route's input transform works with, for one chunk: the input channels
+/// to transform, the offset of each window position in a channel's planes, two blocks
+/// of Vec16 scratch, and V (position ξ's plane at v + ξ·vPlane for the 3×3 route; the
+/// strided and transposed routes place their positions themselves).
+struct InputTransformContext {
+    let channels: Range<Int>
+    let offsets: UnsafePointer<Int>
+    let blockA: UnsafeMutablePointer<Vec16>
+    let blockB: UnsafeMutablePointer<Vec16>
+    let v: UnsafeMutablePointer<Float>
+    let vPlane: Int
+}
+
+/// A route's input transform of one half of a chunk, given how to load its tiles.
+protocol WinogradInputHalves {
+    func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext)
+}
+
+extension WinogradInputHalves {
+    /// The input transform of `channels` for tiles n0 ..< n0 + width of `plan`, whose window
+    /// is kernel × kernel padded pixels: every half through `transformHalf`.
+    @inline(__always)
+    func transformWindows(_ plan: WinogradPlan, kernel: Int, n0: Int, width: Int, channels: Range<Int>,
+                          blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>,
+                          into v: UnsafeMutablePointer<Float>, vPlane: Int) {
+        withWindowOffsets(plan.layout, kernel: kernel) { offsets in
+            plan.withTileRuns(n0: n0, width: width) { runs in
+                transformHalves(runs, InputTransformContext(channels: channels, offsets: offsets, blockA: blockA,
+                                                            blockB: blockB, v: v, vPlane: vPlane))
+            }
+        }
+    }
+
+    /// Transforms every half of the chunk that `runs` describes, each with the cheapest loads that serve it.
+    @inline(__always)
+    func transformHalves(_ runs: TileRuns, _ context: InputTransformContext) {
+        for half in 0..<runs.halves {
+            if let few = runs.fewRuns(half) {
+                transformHalf(few, half: half, context)
+            } else {
+                transformHalf(ManyRuns(runs: runs, half: half), half: half, context)
+            }
+        }
+    }
 }
 
 /// Calls `body` with the `TileRuns` of tiles n0 ..< n0 + width (numbered across the batch).
@@ -584,7 +680,7 @@ private struct Winograd3x3OutputHalves: ParallelTasks {
 
 /// The tasks of `winogradConv3x3`: task = (block of output channels, chunk of ≤ 32 tiles),
 /// each transforming its chunk's input, then multiplying and transforming back.
-private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
+private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHalves {
     let plan: WinogradPlan
     let weights: WinogradWeights
     let tile: WinogradTile
@@ -637,28 +733,29 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
     @inline(__always)
     func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int) {
         let (_, blockA, blockB) = buffers(thread: scratch)
-        let layout = plan.layout, alpha = tile.alpha, positions = tile.positions
-        let vPlane = plan.inChannels * gemmColumnBlock
-        withWindowOffsets(layout, kernel: alpha) { tapOffset in
-        plan.withTileRuns(n0: n0, width: width) { runs in
-            for ci in channels {
-                let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
-                for half in 0..<runs.halves {
-                    for xi in 0..<positions { blockA[xi] = runs.load(channel + tapOffset[xi], half: half) }
-                    // Columns of every row, then rows of every column.
-                    for i in 0..<alpha {
-                        if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-                        else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-                    }
-                    for j in 0..<alpha {
-                        if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
-                        else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
-                    }
-                    let dst = v + ci * gemmColumnBlock + half * 16
-                    for xi in 0..<positions { store16(blockA[xi], dst + xi * vPlane) }
-                }
+        transformWindows(plan, kernel: tile.alpha, n0: n0, width: width, channels: channels, blockA: blockA,
+                         blockB: blockB, into: v, vPlane: plan.inChannels * gemmColumnBlock)
+    }
+
+    /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
+    @inline(__always)
+    func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext) {
+        let perChannel = plan.layout.perChannel, alpha = tile.alpha, positions = tile.positions
+        let blockA = context.blockA, blockB = context.blockB
+        for ci in context.channels {
+            let channel = UnsafePointer(plan.planes + ci * perChannel)
+            for xi in 0..<positions { blockA[xi] = loads.load(channel + context.offsets[xi]) }
+            // Columns of every row, then rows of every column.
+            for i in 0..<alpha {
+                if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
+                else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
             }
-        }
+            for j in 0..<alpha {
+                if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
+                else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
+            }
+            let dst = context.v + ci * gemmColumnBlock + half * 16
+            for xi in 0..<positions { store16(blockA[xi], dst + xi * context.vPlane) }
         }
     }
 
@@ -746,6 +843,28 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages {
 }
 
 
+/// The input transform of one half of a chunk for the routes built on F(2×2, 2×2) (the
+/// strided and the transposed 4×4 convolutions): for each channel, the window's
+/// `windowSize` taps are loaded, then each of its four 3×3 sub-windows (s = 0..<4, starting
+/// at tap origin(s), rows `rowStep` and columns `columnStep` taps apart) is transformed
+/// into destination(ci, s), its 9 positions `positionStride` apart.
+@inline(__always)
+func transformSubWindows<Loads: TileLoads>(
+    _ loads: Loads, plan: WinogradPlan, _ context: InputTransformContext, windowSize: Int, rowStep: Int,
+    columnStep: Int, origin: (Int) -> Int, positionStride: Int,
+    destination: (_ ci: Int, _ subWindow: Int) -> UnsafeMutablePointer<Float>
+) {
+    let perChannel = plan.layout.perChannel, window = context.blockA
+    for ci in context.channels {
+        let channel = UnsafePointer(plan.planes + ci * perChannel)
+        for q in 0..<windowSize { window[q] = loads.load(channel + context.offsets[q]) }
+        for sub in 0..<4 {
+            winogradInput2x2(window + origin(sub), rowStep: rowStep, columnStep: columnStep, block: context.blockB,
+                             into: destination(ci, sub), positionStride: positionStride)
+        }
+    }
+}
+
 // MARK: - 4×4 stride-2 convolution by Winograd F(2×2, 2×2)
 
 /// Weights of a 4×4, stride-2, padding-1 convolution as Winograd F(2×2, 2×2) over
@@ -831,7 +950,7 @@ func winogradConv4x4Stride2(
 }
 
 /// The tasks of `winogradConv4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
-private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
+private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInputHalves {
     let plan: WinogradPlan
     let weights: StridedWinogradWeights
     let k: Int
@@ -854,25 +973,18 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages {
 
     @inline(__always)
     func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
-        let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
-        let vPlane = k * gemmColumnBlock
-        withWindowOffsets(layout, kernel: 6) { windowOffset in
-        plan.withTileRuns(n0: n0, width: width) { runs in
-        for ci in 0..<plan.inChannels {
-            let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
-            for half in 0..<runs.halves {
-                let o = half * 16
-                for q in 0..<36 { window[q] = runs.load(channel + windowOffset[q], half: half) }
-                for py in 0..<2 {
-                    for px in 0..<2 {
-                        winogradInput2x2(window + py * 6 + px, rowStep: 12, columnStep: 2, block: block,
-                                         into: v + (ci * 4 + py * 2 + px) * gemmColumnBlock + o, positionStride: vPlane)
-                    }
-                }
-            }
-        }
-        }
+        transformWindows(plan, kernel: 6, n0: n0, width: width, channels: 0..<plan.inChannels, blockA: window,
+                         blockB: block, into: v, vPlane: k * gemmColumnBlock)
+    }
+
+    /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
+    @inline(__always)
+    func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext) {
+        // Phase (py, px)'s 3×3 sub-window: every other row and column from (py, px).
+        transformSubWindows(loads, plan: plan, context, windowSize: 36, rowStep: 12, columnStep: 2,
+                            origin: { 6 * ($0 / 2) + $0 % 2 }, positionStride: context.vPlane) { ci, phase in
+            context.v + (ci * 4 + phase) * gemmColumnBlock + half * 16
         }
     }
 
@@ -994,7 +1106,7 @@ func winogradConvTranspose4x4Stride2(
 }
 
 /// The tasks of `winogradConvTranspose4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
-private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
+private struct TransposedWinogradTasks: ParallelTasks, WinogradStages, WinogradInputHalves {
     let plan: WinogradPlan
     let weights: TransposedWinogradWeights
     let h: Int
@@ -1019,26 +1131,18 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages {
 
     @inline(__always)
     func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
-        let layout = plan.layout
         let (_, window, block) = buffers(thread: thread)
-        let vPlane = plan.inChannels * gemmColumnBlock
-        withWindowOffsets(layout, kernel: 4) { windowOffset in
-        plan.withTileRuns(n0: n0, width: width) { runs in
-        for ci in 0..<plan.inChannels {
-            let channel = UnsafePointer(plan.planes + ci * layout.perChannel)
-            for half in 0..<runs.halves {
-                let o = half * 16
-                for q in 0..<16 { window[q] = runs.load(channel + windowOffset[q], half: half) }
-                for ry in 0..<2 {
-                    for rx in 0..<2 {
-                        winogradInput2x2(window + ry * 4 + rx, rowStep: 4, columnStep: 1, block: block,
-                                         into: v + 9 * (2 * ry + rx) * vPlane + ci * gemmColumnBlock + o,
-                                         positionStride: vPlane)
-                    }
-                }
-            }
-        }
-        }
+        transformWindows(plan, kernel: 4, n0: n0, width: width, channels: 0..<plan.inChannels, blockA: window,
+                         blockB: block, into: v, vPlane: plan.inChannels * gemmColumnBlock)
+    }
+
+    /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
+    @inline(__always)
+    func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext) {
+        // Output phase (ry, rx)'s 3×3 sub-window: rows ry..., columns rx... of the 4×4 window.
+        transformSubWindows(loads, plan: plan, context, windowSize: 16, rowStep: 4, columnStep: 1,
+                            origin: { 4 * ($0 / 2) + $0 % 2 }, positionStride: context.vPlane) { ci, phase in
+            context.v + 9 * phase * context.vPlane + ci * gemmColumnBlock + half * 16
         }
     }
 
