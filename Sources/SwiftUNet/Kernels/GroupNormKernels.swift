@@ -92,14 +92,18 @@ struct GroupNormSpec {
 }
 
 /// Mean and 1/sqrt(variance + eps) of one group: x [cpg, spatial] (biased variance;
-/// two passes, 4 × 16 float lanes per channel, channels added in float64 in order).
+/// two passes, 4 × 16 float lanes per channel, each channel's lanes then added in
+/// float64 lanes, which are summed once per group).
 @inline(__always)
 func groupStatistics(_ src: UnsafePointer<Float>, channels cpg: Int, spatial: Int, eps: Float) -> (mean: Float, invStd: Double) {
     let groupSize = cpg * spatial
     let vectorEnd = spatial & ~15
     // Four accumulators per pass: one would wait on each add's latency.
     let quadEnd = spatial & ~63
-    var sum = 0.0
+    // A horizontal sum per channel (`SIMD16.sum()`) is a chain of 15 dependent adds, which
+    // at 7×7 and 8×8 cost more than the loads: widen the lanes to float64 instead and
+    // sum across lanes once.
+    var sums = SIMD8<Double>()
     for c in 0..<cpg {
         let s = src + c * spatial
         var l0 = SIMD16<Float>(), l1 = SIMD16<Float>(), l2 = SIMD16<Float>(), l3 = SIMD16<Float>()
@@ -109,13 +113,13 @@ func groupStatistics(_ src: UnsafePointer<Float>, channels cpg: Int, spatial: In
             i += 64
         }
         while i < vectorEnd { l0 += load16(s + i); i += 16 }
-        var tail: Float = 0
-        while i < spatial { tail += s[i]; i += 1 }
-        sum += Double(((l0 + l1) + (l2 + l3)).sum()) + Double(tail)
+        var tail = SIMD16<Float>()
+        for t in 0..<(spatial - i) { tail[t] = s[i + t] }
+        sums += widenedHalves(((l0 + l1) + (l2 + l3)) + tail)
     }
-    let mean = sum / Double(groupSize)
+    let mean = sums.sum() / Double(groupSize)
     let meanF = Float(mean)
-    var sq = 0.0
+    var squares = SIMD8<Double>()
     let m16 = SIMD16<Float>(repeating: meanF)
     for c in 0..<cpg {
         let s = src + c * spatial
@@ -128,11 +132,18 @@ func groupStatistics(_ src: UnsafePointer<Float>, channels cpg: Int, spatial: In
             i += 64
         }
         while i < vectorEnd { let d = load16(s + i) - m16; l0 += d * d; i += 16 }
-        var tail: Float = 0
-        while i < spatial { let d = s[i] - meanF; tail += d * d; i += 1 }
-        sq += Double(((l0 + l1) + (l2 + l3)).sum()) + Double(tail)
+        var tail = SIMD16<Float>()
+        for t in 0..<(spatial - i) { let d = s[i + t] - meanF; tail[t] = d * d }
+        squares += widenedHalves(((l0 + l1) + (l2 + l3)) + tail)
     }
-    return (meanF, 1.0 / (sq / Double(groupSize) + Double(eps)).squareRoot())
+    return (meanF, 1.0 / (squares.sum() / Double(groupSize) + Double(eps)).squareRoot())
+}
+
+/// v's two halves in float64, added lane by lane: 16 floats → 8 doubles, exactly
+/// (each double holds the sum of two floats without rounding).
+@inline(__always)
+func widenedHalves(_ v: SIMD16<Float>) -> SIMD8<Double> {
+    SIMD8<Double>(v.lowHalf) + SIMD8<Double>(v.highHalf)
 }
 
 /// One channel: d = (s - mean)·scale + shift, then SiLU when `silu`. s, d [spatial]
