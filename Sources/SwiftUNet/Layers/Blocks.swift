@@ -43,20 +43,25 @@ final class UpBlock {
         try res.prepare(store: store)
     }
 
-    /// x [B, C, H, W], skip [B, C, 2H, 2W] → y [B, Cout, 2H, 2W]
+    /// x [B, C, H, W], skip [B, C, 2H, 2W] → y [B, Cout, 2H, 2W]. With `skipInPlace` (batch
+    /// 1 only), the skip is already the second half of a [2C, 2H, 2W] concatenation buffer,
+    /// and the upsampled channels are written in front of it.
     func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int, temb: UnsafePointer<Float>,
-                 skip: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                 skip: UnsafeMutablePointer<Float>, skipInPlace: Bool = false, into y: UnsafeMutablePointer<Float>,
                  workspace: Workspace) throws {
         let outSpatial = 4 * height * width
         let plane = channels * outSpatial
         let mark = workspace.mark()
         defer { workspace.release(to: mark) }
+        precondition(!skipInPlace || batch == 1, "skips are in place at batch 1 only")
         // The upsampled channels go straight into the first half of each image's concatenation.
-        let joined = try workspace.floats(batch * 2 * plane)
+        let joined = skipInPlace ? skip - plane : try workspace.floats(batch * 2 * plane)
         try up.forward(x, batch: batch, height: height, width: width, into: joined,
                        outputBatchStride: 2 * plane, workspace: workspace)
-        for b in 0..<batch {
-            (joined + (2 * b + 1) * plane).update(from: skip + b * plane, count: plane)
+        if !skipInPlace {
+            for b in 0..<batch {
+                (joined + (2 * b + 1) * plane).update(from: skip + b * plane, count: plane)
+            }
         }
         try res.forward(joined, batch: batch, height: 2 * height, width: 2 * width, temb: temb,
                         into: y, workspace: workspace)

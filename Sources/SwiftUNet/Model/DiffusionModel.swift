@@ -252,11 +252,16 @@ public final class DiffusionModel {
         var h = try ws.floats(batch * d[0] * height * width)
         try initConv.forward(x, batch: batch, height: height, width: width, into: h, workspace: ws)
 
+        // At batch 1 each skip is written straight into the second half of its decoder level's
+        // concatenation [u, skip], which the decoder then fills in front of it instead of
+        // copying the skip (larger batches interleave the images, so they copy).
+        let skipsInPlace = batch == 1
         // The skip pointers live on the stack: no heap allocation per forward.
         try withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>.self, capacity: levels) { skips in
             var hh = height, ww = width
             for (i, block) in downBlocks.enumerated() {
-                let skip = try ws.floats(batch * d[i + 1] * hh * ww)
+                let plane = d[i + 1] * hh * ww
+                let skip = skipsInPlace ? try ws.floats(2 * plane) + plane : try ws.floats(batch * plane)
                 let next = try ws.floats(batch * d[i + 1] * (hh / 2) * (ww / 2))
                 try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skip, into: next, workspace: ws)
                 skips[i] = skip
@@ -276,7 +281,8 @@ public final class DiffusionModel {
             for (j, block) in upBlocks.enumerated() {
                 let i = levels - 1 - j
                 let next = try ws.floats(batch * d[i] * (hh * 2) * (ww * 2))
-                try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skips[i], into: next, workspace: ws)
+                try block.forward(h, batch: batch, height: hh, width: ww, temb: temb, skip: skips[i],
+                                  skipInPlace: skipsInPlace, into: next, workspace: ws)
                 h = next
                 hh *= 2
                 ww *= 2
