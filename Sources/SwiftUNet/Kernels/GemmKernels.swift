@@ -236,17 +236,24 @@ func gemmTile<Source: PanelSource>(
     let packedB = scratch
     let edge = scratch + gemmDepthBlock * gemmColumnBlock
     let width = n1 - n0
-    // Start value of every element: bias (+ the old C). The k loop continues from it.
-    for m in m0..<m1 {
-        let row = c + m * ldc + n0
-        let bias = rowBias?[m] ?? 0
-        if accumulate {
-            for j in 0..<width { row[j] += bias }
-        } else {
-            row.update(repeating: bias, count: width)
+    // Start value of every element: bias (+ the old C); the k loop continues from it. Set
+    // tile by tile just before the tile's first k block, while the tile is in L1: a pass
+    // over the task's whole C first had written it out to L2 and read it back.
+    @inline(__always) func start(_ m: Int, rows: Int, _ tile: UnsafeMutablePointer<Float>, cols: Int) {
+        for r in 0..<rows {
+            let row = tile + r * ldc
+            let bias = rowBias?[m + r] ?? 0
+            if accumulate {
+                for j in 0..<cols { row[j] += bias }
+            } else {
+                row.update(repeating: bias, count: cols)
+            }
         }
     }
-    if k == 0 { return }
+    if k == 0 {
+        start(m0, rows: m1 - m0, c + m0 * ldc + n0, cols: width)
+        return
+    }
     let panelsN = (width + gemmColumnBlock - 1) / gemmColumnBlock
     var k0 = 0
     while k0 < k {
@@ -263,10 +270,12 @@ func gemmTile<Source: PanelSource>(
                 let aPanel = UnsafePointer(a.data + (m / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
                 let ct = c + m * ldc + pn
                 if cols == 16 && m1 - m >= 2 * gemmRowBlock {
+                    if k0 == 0 { start(m, rows: 2 * gemmRowBlock, ct, cols: cols) }
                     microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, bPanel, ct, ldc)
                     m += 2 * gemmRowBlock
                     continue
                 }
+                if k0 == 0 { start(m, rows: rows, ct, cols: cols) }
                 if rows == gemmRowBlock && cols == gemmColumnBlock {
                     microKernel8x32(kc, aPanel, bPanel, ct, ldc)
                 } else if rows == gemmRowBlock && cols == 16 {
