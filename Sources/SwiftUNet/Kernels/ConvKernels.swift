@@ -55,8 +55,19 @@ struct PhasePlanes {
     /// Floats of scratch `fill(..., normalize:)` needs with `threads` threads (one
     /// normalised channel each); `threads` = `ThreadPool.shared.threadsFor(batch · groups)`,
     /// read once and passed to `fill` as `scratchThreads`.
-    static func normalizeScratchFloats(threads: Int, spatial: Int) -> Int {
-        threads * ((spatial + 15) & ~15)
+    static func normalizeScratchFloats(threads: Int, spatial: Int, channelsPerGroup: Int) -> Int {
+        threads * normalizedFloats(spatial: spatial, channelsPerGroup: channelsPerGroup)
+    }
+
+    /// Floats of one thread's normalised scratch: the whole group when it has at least 16
+    /// pixels per channel and fits in 32 KiB (`groupNormBlock`: no per-channel tails), else
+    /// one channel.
+    static func normalizedFloats(spatial: Int, channelsPerGroup cpg: Int) -> Int {
+        normalizesWholeGroup(spatial: spatial, channelsPerGroup: cpg) ? (cpg * spatial + 15) & ~15 : (spatial + 15) & ~15
+    }
+
+    static func normalizesWholeGroup(spatial: Int, channelsPerGroup cpg: Int) -> Bool {
+        spatial >= 16 && cpg * spatial <= 8192
     }
 
     /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).
@@ -86,7 +97,8 @@ struct PhasePlanes {
             return
         }
         let threads = ThreadPool.shared.threadsFor(batch * norm.groups)
-        let scratch = try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: threads, spatial: height * width))
+        let scratch = try workspace.floats(PhasePlanes.normalizeScratchFloats(threads: threads, spatial: height * width,
+                                                                              channelsPerGroup: channels / norm.groups))
         fill(x, batch: batch, channels: channels, height: height, width: width, into: planes, normalize: norm,
              scratch: scratch, scratchThreads: threads)
     }
@@ -234,7 +246,17 @@ private struct FillTasks: ParallelTasks {
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
         let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: norm.eps)
-        let normed = scratch + thread * ((spatial + 15) & ~15)
+        let normed = scratch + thread * PhasePlanes.normalizedFloats(spatial: spatial, channelsPerGroup: cpg)
+        if PhasePlanes.normalizesWholeGroup(spatial: spatial, channelsPerGroup: cpg) {
+            groupNormBlock(x + base, normed, channels: cpg, spatial: spatial, mean: stats.mean,
+                           invStd: Float(stats.invStd), gamma: norm.gamma + g * cpg, beta: norm.beta + g * cpg,
+                           silu: norm.silu)
+            for c in 0..<cpg {
+                layout.fillChannel(normed + c * spatial, height: height, width: width,
+                                   into: planes + (b * channels + g * cpg + c) * perChannel)
+            }
+            return
+        }
         for c in 0..<cpg {
             let ch = g * cpg + c
             groupNormChannel(x + base + c * spatial, normed, spatial: spatial, mean: stats.mean,

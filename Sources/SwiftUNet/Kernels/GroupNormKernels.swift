@@ -73,6 +73,11 @@ private struct GroupNormTasks: ParallelTasks {
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
         let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: eps)
+        if spatial >= 16 {
+            groupNormBlock(x + base, y + base, channels: cpg, spatial: spatial, mean: stats.mean,
+                           invStd: Float(stats.invStd), gamma: gamma + g * cpg, beta: beta + g * cpg, silu: silu)
+            return
+        }
         for c in 0..<cpg {
             let ch = g * cpg + c
             groupNormChannel(x + base + c * spatial, y + base + c * spatial, spatial: spatial, mean: stats.mean,
@@ -91,52 +96,47 @@ struct GroupNormSpec {
     let silu: Bool
 }
 
-/// Mean and 1/sqrt(variance + eps) of one group: x [cpg, spatial] (biased variance;
-/// two passes, 4 × 16 float lanes per channel, each channel's lanes then added in
-/// float64 lanes, which are summed once per group).
+/// Mean and 1/sqrt(variance + eps) of one group: x [cpg, spatial], contiguous (biased
+/// variance; two passes, each `groupSum` over the whole group).
 @inline(__always)
 func groupStatistics(_ src: UnsafePointer<Float>, channels cpg: Int, spatial: Int, eps: Float) -> (mean: Float, invStd: Double) {
-    let groupSize = cpg * spatial
-    let vectorEnd = spatial & ~15
-    // Four accumulators per pass: one would wait on each add's latency.
-    let quadEnd = spatial & ~63
-    // A horizontal sum per channel (`SIMD16.sum()`) is a chain of 15 dependent adds, which
-    // at 7×7 and 8×8 cost more than the loads: widen the lanes to float64 instead and
-    // sum across lanes once.
-    var sums = SIMD8<Double>()
-    for c in 0..<cpg {
-        let s = src + c * spatial
-        var l0 = SIMD16<Float>(), l1 = SIMD16<Float>(), l2 = SIMD16<Float>(), l3 = SIMD16<Float>()
-        var i = 0
-        while i < quadEnd {
-            l0 += load16(s + i); l1 += load16(s + i + 16); l2 += load16(s + i + 32); l3 += load16(s + i + 48)
-            i += 64
-        }
-        while i < vectorEnd { l0 += load16(s + i); i += 16 }
-        var tail = SIMD16<Float>()
-        for t in 0..<(spatial - i) { tail[t] = s[i + t] }
-        sums += widenedHalves(((l0 + l1) + (l2 + l3)) + tail)
-    }
-    let mean = sums.sum() / Double(groupSize)
+    let count = cpg * spatial
+    let mean = groupSum(src, count: count) { $0 } / Double(count)
     let meanF = Float(mean)
-    var squares = SIMD8<Double>()
     let m16 = SIMD16<Float>(repeating: meanF)
-    for c in 0..<cpg {
-        let s = src + c * spatial
+    let squares = groupSum(src, count: count) { let d = $0 - m16; return d * d }
+    return (meanF, 1.0 / (squares / Double(count) + Double(eps)).squareRoot())
+}
+
+/// Σ term(x) over src[0..<count], in a fixed order: blocks of up to 1,024 floats, each
+/// summed in four 16-lane float accumulators (so no float lane adds more than 16 terms),
+/// then widened to float64 lanes (exactly) and added; the last partial vector zero-padded
+/// after `term`; one horizontal sum at the end. Over the group as one run instead of
+/// channel by channel, images of 7×7 or 14×14 pixels leave no per-channel tails.
+@inline(__always)
+func groupSum(_ src: UnsafePointer<Float>, count: Int, _ term: (SIMD16<Float>) -> SIMD16<Float>) -> Double {
+    let vectorEnd = count & ~15
+    var total = SIMD8<Double>()
+    var i = 0
+    while i < vectorEnd {
+        let blockEnd = min(vectorEnd, i + 1024)
+        // Four accumulators: one would wait on each add's latency.
         var l0 = SIMD16<Float>(), l1 = SIMD16<Float>(), l2 = SIMD16<Float>(), l3 = SIMD16<Float>()
-        var i = 0
-        while i < quadEnd {
-            let d0 = load16(s + i) - m16, d1 = load16(s + i + 16) - m16
-            let d2 = load16(s + i + 32) - m16, d3 = load16(s + i + 48) - m16
-            l0 += d0 * d0; l1 += d1 * d1; l2 += d2 * d2; l3 += d3 * d3
+        while i + 64 <= blockEnd {
+            l0 += term(load16(src + i)); l1 += term(load16(src + i + 16))
+            l2 += term(load16(src + i + 32)); l3 += term(load16(src + i + 48))
             i += 64
         }
-        while i < vectorEnd { let d = load16(s + i) - m16; l0 += d * d; i += 16 }
-        var tail = SIMD16<Float>()
-        for t in 0..<(spatial - i) { let d = s[i + t] - meanF; tail[t] = d * d }
-        squares += widenedHalves(((l0 + l1) + (l2 + l3)) + tail)
+        while i < blockEnd { l0 += term(load16(src + i)); i += 16 }
+        total += widenedHalves((l0 + l1) + (l2 + l3))
     }
-    return (meanF, 1.0 / (squares.sum() / Double(groupSize) + Double(eps)).squareRoot())
+    if i < count {
+        var tail = SIMD16<Float>()
+        for t in 0..<(count - i) { tail[t] = src[i + t] }
+        let lanes = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+        total += widenedHalves(term(tail).replacing(with: 0, where: lanes .>= Int32(count - i)))
+    }
+    return total.sum()
 }
 
 /// v's two halves in float64, added lane by lane: 16 floats → 8 doubles, exactly
@@ -168,6 +168,48 @@ func groupNormChannel(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float
         var v = (lanes - m16) * scale16 + shift16
         if silu { v = silu16(v) }
         for t in 0..<(spatial - i) { d[i + t] = v[t] }
+    }
+}
+
+/// A whole group at once: d = (s - mean)·scale_c + shift_c (+ SiLU) over s [cpg, spatial],
+/// channel c's scale being invStd·gamma[c] and its shift beta[c] (gamma and beta start at
+/// the group's first channel). A vector that reaches into the next channel takes that
+/// channel's scale and shift in those lanes, so every element gets the arithmetic of
+/// `groupNormChannel`; with spatial ≥ 16 a vector spans at most two channels. Only the
+/// group's last partial vector goes through a zero-padded copy.
+@inline(__always)
+func groupNormBlock(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, channels cpg: Int, spatial: Int,
+                    mean meanF: Float, invStd: Float, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                    silu: Bool) {
+    precondition(spatial >= 16, "groupNormBlock needs at least 16 pixels per channel")
+    let count = cpg * spatial
+    let m16 = SIMD16<Float>(repeating: meanF)
+    let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    var c = 0, channelEnd = spatial
+    var i = 0
+    while i < count {
+        var scale = SIMD16<Float>(repeating: invStd * gamma[c]), shift = SIMD16<Float>(repeating: beta[c])
+        if channelEnd - i < 16 && c + 1 < cpg {
+            let next = laneIndex .>= Int32(channelEnd - i)
+            scale = scale.replacing(with: invStd * gamma[c + 1], where: next)
+            shift = shift.replacing(with: beta[c + 1], where: next)
+        }
+        let lanes = min(16, count - i)
+        if lanes == 16 {
+            let v = (load16(s + i) - m16) * scale + shift
+            store16(silu ? silu16(v) : v, d + i)
+        } else {
+            var x = SIMD16<Float>()
+            for t in 0..<lanes { x[t] = s[i + t] }
+            var v = (x - m16) * scale + shift
+            if silu { v = silu16(v) }
+            for t in 0..<lanes { d[i + t] = v[t] }
+        }
+        i += 16
+        if i >= channelEnd {
+            c += 1
+            channelEnd += spatial
+        }
     }
 }
 
