@@ -35,12 +35,7 @@ func attentionForward(
     let scaledQ = vectors, acc = vectors + dh, scores = vectors + 2 * dh
     // q·(1/√dh) for the block's queries; lanes past the last query read zeros.
     for c in 0..<dh {
-        var row = Vec16()
-        if lanes == 16 {
-            row = load16(q + c * n)
-        } else {
-            for l in 0..<lanes { row[l] = q[c * n + l] }
-        }
+        let row = lanes == 16 ? load16(q + c * n) : loadPrefix16(q + c * n, count: lanes)
         scaledQ[c] = row * scale
         acc[c] = Vec16()
     }
@@ -120,7 +115,7 @@ func attentionForward(
         if lanes == 16 {
             store16(out, oh + c * n)
         } else {
-            for l in 0..<lanes { oh[c * n + l] = out[l] }
+            storePrefix16(out, oh + c * n, count: lanes)
         }
     }
 }

@@ -67,7 +67,7 @@ struct PhasePlanes {
     }
 
     static func normalizesWholeGroup(spatial: Int, channelsPerGroup cpg: Int) -> Bool {
-        spatial >= 16 && cpg * spatial <= 8192
+        spatial >= groupNormBlockMinimumSpatial && cpg * spatial <= 8192
     }
 
     /// x [B, C, H, W] → planes [B, C, s, s, Hp, Wp] (parallel over images × channels).

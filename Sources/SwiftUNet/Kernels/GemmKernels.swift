@@ -28,6 +28,21 @@ typealias Vec16 = SIMD16<Float>
 @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vec16.self)
 }
+/// p[0..<count] in the first lanes, zeros after (count in 0...16): a vector from the end
+/// of a run, without reading past it.
+@inline(__always) func loadPrefix16(_ p: UnsafePointer<Float>, count: Int) -> Vec16 {
+    var v = Vec16()
+    for lane in 0..<count { v[lane] = p[lane] }
+    return v
+}
+/// p[0..<count] = v's first `count` lanes (count in 0...16).
+@inline(__always) func storePrefix16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, count: Int) {
+    for lane in 0..<count { p[lane] = v[lane] }
+}
+/// 0, 1, ..., 15: compared with a lane count, it gives the mask of the lanes before or after it.
+@inline(__always) var laneIndices16: SIMD16<Int32> {
+    SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+}
 
 /// A weight matrix A [rows, cols] prepared for `gemm`: panels of 8 rows, each
 /// stored k-major ([cols][8]), rows past the end zero-filled.

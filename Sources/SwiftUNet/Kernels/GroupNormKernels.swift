@@ -73,7 +73,7 @@ private struct GroupNormTasks: ParallelTasks {
         let b = task / groups, g = task % groups
         let base = (b * channels + g * cpg) * spatial
         let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: eps)
-        if spatial >= 16 {
+        if spatial >= groupNormBlockMinimumSpatial {
             groupNormBlock(x + base, y + base, channels: cpg, spatial: spatial, mean: stats.mean,
                            invStd: Float(stats.invStd), gamma: gamma + g * cpg, beta: beta + g * cpg, silu: silu)
             return
@@ -131,10 +131,8 @@ func groupSum(_ src: UnsafePointer<Float>, count: Int, _ term: (SIMD16<Float>) -
         total += widenedHalves((l0 + l1) + (l2 + l3))
     }
     if i < count {
-        var tail = SIMD16<Float>()
-        for t in 0..<(count - i) { tail[t] = src[i + t] }
-        let lanes = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-        total += widenedHalves(term(tail).replacing(with: 0, where: lanes .>= Int32(count - i)))
+        let tail = term(loadPrefix16(src + i, count: count - i))
+        total += widenedHalves(tail.replacing(with: 0, where: laneIndices16 .>= Int32(count - i)))
     }
     return total.sum()
 }
@@ -163,13 +161,15 @@ func groupNormChannel(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float
     }
     if i < spatial {
         // Tail: the same vector arithmetic on a zero-padded copy.
-        var lanes = SIMD16<Float>()
-        for t in 0..<(spatial - i) { lanes[t] = s[i + t] }
-        var v = (lanes - m16) * scale16 + shift16
+        var v = (loadPrefix16(s + i, count: spatial - i) - m16) * scale16 + shift16
         if silu { v = silu16(v) }
-        for t in 0..<(spatial - i) { d[i + t] = v[t] }
+        storePrefix16(v, d + i, count: spatial - i)
     }
 }
+
+/// Channels of fewer pixels leave vectors spanning three or more channels, which
+/// `groupNormBlock` does not handle: they go channel by channel (`groupNormChannel`).
+let groupNormBlockMinimumSpatial = 16
 
 /// A whole group at once: d = (s - mean)·scale_c + shift_c (+ SiLU) over s [cpg, spatial],
 /// channel c's scale being invStd·gamma[c] and its shift beta[c] (gamma and beta start at
@@ -181,16 +181,15 @@ func groupNormChannel(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float
 func groupNormBlock(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, channels cpg: Int, spatial: Int,
                     mean meanF: Float, invStd: Float, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                     silu: Bool) {
-    precondition(spatial >= 16, "groupNormBlock needs at least 16 pixels per channel")
+    precondition(spatial >= groupNormBlockMinimumSpatial, "groupNormBlock needs at least 16 pixels per channel")
     let count = cpg * spatial
     let m16 = SIMD16<Float>(repeating: meanF)
-    let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
     var c = 0, channelEnd = spatial
     var i = 0
     while i < count {
         var scale = SIMD16<Float>(repeating: invStd * gamma[c]), shift = SIMD16<Float>(repeating: beta[c])
         if channelEnd - i < 16 && c + 1 < cpg {
-            let next = laneIndex .>= Int32(channelEnd - i)
+            let next = laneIndices16 .>= Int32(channelEnd - i)
             scale = scale.replacing(with: invStd * gamma[c + 1], where: next)
             shift = shift.replacing(with: beta[c + 1], where: next)
         }
@@ -199,11 +198,9 @@ func groupNormBlock(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>,
             let v = (load16(s + i) - m16) * scale + shift
             store16(silu ? silu16(v) : v, d + i)
         } else {
-            var x = SIMD16<Float>()
-            for t in 0..<lanes { x[t] = s[i + t] }
-            var v = (x - m16) * scale + shift
+            var v = (loadPrefix16(s + i, count: lanes) - m16) * scale + shift
             if silu { v = silu16(v) }
-            for t in 0..<lanes { d[i + t] = v[t] }
+            storePrefix16(v, d + i, count: lanes)
         }
         i += 16
         if i >= channelEnd {

@@ -413,7 +413,7 @@ func withTileRuns<R>(n0: Int, width: Int, tilesWide: Int, rowStride: Int, tilesP
             let p = ints.baseAddress!
             let runs = TileRuns(halves: halves, width: width, firstRun: p, counts: p + halves, shifts: p + 2 * halves,
                                 masks: masks.baseAddress!, valid: masks.baseAddress! + runCount)
-            let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+            let laneIndex = laneIndices16
             var run = 0
             for half in 0..<halves {
                 let limit = min(16, width - half * 16)
