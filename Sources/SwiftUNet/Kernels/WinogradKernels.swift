@@ -80,50 +80,53 @@ func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels
     return WinogradWeights(tile: tile, positions: positions)
 }
 
-/// Bᵀ of F(2×2, 3×3) applied to 4 vectors.
+/// Bᵀ of F(2×2, 3×3) applied to 4 vectors: reads d(0..<4), then writes out(0..<4). The
+/// callers' closures place the vectors, so a pass can read from the planes or write to V.
 @inline(__always)
-func winogradInput2(_ d: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
-    let d0 = d[0], d1 = d[stride], d2 = d[2 * stride], d3 = d[3 * stride]
-    out[0] = d0 - d2
-    out[outStride] = d1 + d2
-    out[2 * outStride] = d2 - d1
-    out[3 * outStride] = d1 - d3
+func winogradInput2(_ d: (Int) -> Vec16, _ out: (Int, Vec16) -> Void) {
+    let d0 = d(0), d1 = d(1), d2 = d(2), d3 = d(3)
+    out(0, d0 - d2)
+    out(1, d1 + d2)
+    out(2, d2 - d1)
+    out(3, d1 - d3)
 }
 
-/// Bᵀ of F(4×4, 3×3) applied to 6 vectors.
+/// Bᵀ of F(4×4, 3×3) applied to 6 vectors: reads d(0..<6), then writes out(0..<6).
 @inline(__always)
-func winogradInput4(_ d: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
-    let d0 = d[0], d1 = d[stride], d2 = d[2 * stride], d3 = d[3 * stride], d4 = d[4 * stride], d5 = d[5 * stride]
+func winogradInput4(_ d: (Int) -> Vec16, _ out: (Int, Vec16) -> Void) {
+    let d0 = d(0), d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4), d5 = d(5)
     let four: Float = 4, five: Float = 5, two: Float = 2
-    out[0] = four * d0 - five * d2 + d4
-    out[outStride] = d3 + d4 - four * (d1 + d2)
-    out[2 * outStride] = four * (d1 - d2) - d3 + d4
-    out[3 * outStride] = two * (d3 - d1) - d2 + d4
-    out[4 * outStride] = two * (d1 - d3) - d2 + d4
-    out[5 * outStride] = four * d1 - five * d3 + d5
+    out(0, four * d0 - five * d2 + d4)
+    out(1, d3 + d4 - four * (d1 + d2))
+    out(2, four * (d1 - d2) - d3 + d4)
+    out(3, two * (d3 - d1) - d2 + d4)
+    out(4, two * (d1 - d3) - d2 + d4)
+    out(5, four * d1 - five * d3 + d5)
 }
 
 /// Bᵀ d B of Winograd F(2×2, 2×2) for 16 tiles (Bᵀ = [1 -1 0; 0 1 0; 0 -1 1]): the 3×3 input
 /// tile d(i, j) = d[i·rowStep + j·columnStep]; transformed position ξ = 3·row + column is
-/// stored at dst + ξ·positionStride. `block` is scratch for 9 vectors. The strided and the
-/// transposed 4×4 routes both reduce to these 2×2 convolutions over 3×3 sub-windows.
+/// stored at dst + ξ·positionStride. The strided and the transposed 4×4 routes both reduce
+/// to these 2×2 convolutions over 3×3 sub-windows.
 @inline(__always)
-func winogradInput2x2(_ d: UnsafePointer<Vec16>, rowStep: Int, columnStep: Int, block: UnsafeMutablePointer<Vec16>,
-                      into dst: UnsafeMutablePointer<Float>, positionStride: Int) {
-    // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows.
-    for i in 0..<3 {
+func winogradInput2x2(_ d: UnsafePointer<Vec16>, rowStep: Int, columnStep: Int, into dst: UnsafeMutablePointer<Float>,
+                      positionStride: Int) {
+    // Bᵀ on columns: (d0 - d1, d1, d2 - d1) per row, then on rows; the first pass stays in
+    // registers (nine vectors), where a pass through `block` measured slower.
+    @inline(__always) func columns(_ i: Int) -> (Vec16, Vec16, Vec16) {
         let row = d + i * rowStep
         let a = row[0], c = row[columnStep], e = row[2 * columnStep]
-        block[i * 3] = a - c
-        block[i * 3 + 1] = c
-        block[i * 3 + 2] = e - c
+        return (a - c, c, e - c)
     }
-    for j in 0..<3 {
-        let r0 = block[j], r1 = block[3 + j], r2 = block[6 + j]
-        store16(r0 - r1, dst + j * positionStride)
-        store16(r1, dst + (3 + j) * positionStride)
-        store16(r2 - r1, dst + (6 + j) * positionStride)
+    let r0 = columns(0), r1 = columns(1), r2 = columns(2)
+    @inline(__always) func rows(_ j: Int, _ t0: Vec16, _ t1: Vec16, _ t2: Vec16) {
+        store16(t0 - t1, dst + j * positionStride)
+        store16(t1, dst + (3 + j) * positionStride)
+        store16(t2 - t1, dst + (6 + j) * positionStride)
     }
+    rows(0, r0.0, r1.0, r2.0)
+    rows(1, r0.1, r1.1, r2.1)
+    rows(2, r0.2, r1.2, r2.2)
 }
 
 /// Aᵀ M A + bias of Winograd F(2×2, 2×2) for 16 tiles (Aᵀ = [1 1 0; 0 1 1]): position
@@ -140,24 +143,24 @@ func winogradOutput2x2(_ m: UnsafePointer<Float>, step: Int, bias: Vec16, into o
     out[3] = r1 + r2 + bias
 }
 
-/// Aᵀ of F(2×2, 3×3) applied to 4 vectors (2 results).
+/// Aᵀ of F(2×2, 3×3) applied to 4 vectors: reads m(0..<4), then writes out(0..<2).
 @inline(__always)
-func winogradOutput2(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
-    let m0 = m[0], m1 = m[stride], m2 = m[2 * stride], m3 = m[3 * stride]
-    out[0] = m0 + m1 + m2
-    out[outStride] = m1 - m2 - m3
+func winogradOutput2(_ m: (Int) -> Vec16, _ out: (Int, Vec16) -> Void) {
+    let m0 = m(0), m1 = m(1), m2 = m(2), m3 = m(3)
+    out(0, m0 + m1 + m2)
+    out(1, m1 - m2 - m3)
 }
 
-/// Aᵀ of F(4×4, 3×3) applied to 6 vectors (4 results).
+/// Aᵀ of F(4×4, 3×3) applied to 6 vectors: reads m(0..<6), then writes out(0..<4).
 @inline(__always)
-func winogradOutput4(_ m: UnsafeMutablePointer<Vec16>, _ stride: Int, _ out: UnsafeMutablePointer<Vec16>, _ outStride: Int) {
-    let m0 = m[0], m1 = m[stride], m2 = m[2 * stride], m3 = m[3 * stride], m4 = m[4 * stride], m5 = m[5 * stride]
+func winogradOutput4(_ m: (Int) -> Vec16, _ out: (Int, Vec16) -> Void) {
+    let m0 = m(0), m1 = m(1), m2 = m(2), m3 = m(3), m4 = m(4), m5 = m(5)
     let sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4
     let two: Float = 2, four: Float = 4, eight: Float = 8
-    out[0] = m0 + sum12 + sum34
-    out[outStride] = diff12 + two * diff34
-    out[2 * outStride] = sum12 + four * sum34
-    out[3 * outStride] = diff12 + eight * diff34 + m5
+    out(0, m0 + sum12 + sum34)
+    out(1, diff12 + two * diff34)
+    out(2, sum12 + four * sum34)
+    out(3, diff12 + eight * diff34 + m5)
 }
 
 /// One output row of four adjacent F(4×4) tiles: lanes 4g..<4g+4 of the tiles' row
@@ -740,22 +743,32 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
     /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
     @inline(__always)
     func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext) {
-        let perChannel = plan.layout.perChannel, alpha = tile.alpha, positions = tile.positions
-        let blockA = context.blockA, blockB = context.blockB
+        if tile == .two {
+            transformHalf(loads, half: half, context, alpha: WinogradTile.two.alpha, transform: winogradInput2)
+        } else {
+            transformHalf(loads, half: half, context, alpha: WinogradTile.four.alpha, transform: winogradInput4)
+        }
+    }
+
+    /// `transformHalf` with α and Bᵀ fixed. The tiles are read straight into the first pass
+    /// and the second pass writes straight into V, so only the intermediate block goes
+    /// through memory (docs/KERNELS.md: a block in scratch between every step was 2-4% of the
+    /// forward slower).
+    @inline(__always)
+    func transformHalf<Loads: TileLoads>(_ loads: Loads, half: Int, _ context: InputTransformContext, alpha: Int,
+                                         transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
+        let perChannel = plan.layout.perChannel, offsets = context.offsets, vPlane = context.vPlane
+        let block = context.blockB
         for ci in context.channels {
             let channel = UnsafePointer(plan.planes + ci * perChannel)
-            for xi in 0..<positions { blockA[xi] = loads.load(channel + context.offsets[xi]) }
             // Columns of every row, then rows of every column.
             for i in 0..<alpha {
-                if tile == .two { winogradInput2(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-                else { winogradInput4(blockA + i * alpha, 1, blockB + i * alpha, 1) }
-            }
-            for j in 0..<alpha {
-                if tile == .two { winogradInput2(blockB + j, alpha, blockA + j, alpha) }
-                else { winogradInput4(blockB + j, alpha, blockA + j, alpha) }
+                transform({ loads.load(channel + offsets[i * alpha + $0]) }, { block[i * alpha + $0] = $1 })
             }
             let dst = context.v + ci * gemmColumnBlock + half * 16
-            for xi in 0..<positions { store16(blockA[xi], dst + xi * context.vPlane) }
+            for j in 0..<alpha {
+                transform({ block[$0 * alpha + j] }, { store16($1, dst + ($0 * alpha + j) * vPlane) })
+            }
         }
     }
 
@@ -787,7 +800,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
         let (_, blockA, blockB) = buffers(thread: thread)
         let tilesWide = plan.tilesWide, cout = plan.outChannels
         let rowsPadded = plan.rowsPadded, width = n1 - n0
-        let m = tile.rawValue, alpha = tile.alpha, positions = tile.positions
+        let m = tile.rawValue
         let tiles = plan.tiles, imageFloats = cout * h * w
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
@@ -797,22 +810,15 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
                 let biasValue = laneBias(bias, batchStride: biasBatchStride, channel: co, firstTile: n0 + o,
                                          lanes: lanes, tilesPerImage: tiles)
                 let base = products + co * gemmColumnBlock + o
-                if let second = second {
-                    let other = second + co * gemmColumnBlock + o
-                    for i in 0..<positions { blockA[i] = load16(base + i * step) + load16(other + i * step) }
+                let other = second.map { $0 + co * gemmColumnBlock + o }
+                // Rows of every column (α → m), then columns of every row; Y [m][m] + bias in blockA.
+                if tile == .two {
+                    transformBackBlock(base, other, step: step, alpha: WinogradTile.two.alpha, m: 2, bias: biasValue,
+                                       blockA: blockA, blockB: blockB, transform: winogradOutput2)
                 } else {
-                    for i in 0..<positions { blockA[i] = load16(base + i * step) }
+                    transformBackBlock(base, other, step: step, alpha: WinogradTile.four.alpha, m: 4, bias: biasValue,
+                                       blockA: blockA, blockB: blockB, transform: winogradOutput4)
                 }
-                // Rows of every column (α → m), then columns of every row; result Y [m][m] in blockA.
-                for j in 0..<alpha {
-                    if tile == .two { winogradOutput2(blockA + j, alpha, blockB + j, alpha) }
-                    else { winogradOutput4(blockA + j, alpha, blockB + j, alpha) }
-                }
-                for i in 0..<m {
-                    if tile == .two { winogradOutput2(blockB + i * alpha, 1, blockA + i * m, 1) }
-                    else { winogradOutput4(blockB + i * alpha, 1, blockA + i * m, 1) }
-                }
-                for i in 0..<(m * m) { blockA[i] += biasValue }
                 // Lanes written by the vector path (bit per lane); the rest go one by one.
                 let written = storeTileGroups(tileSize: m, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
                                               tilesPerImage: tiles, plane: y + co * h * w, imageStride: imageFloats,
@@ -840,6 +846,26 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
             }
         }
     }
+
+    /// Aᵀ M A + bias of one half's 16 tiles of one output channel into blockA [m][m]: M's
+    /// position ξ at products + ξ·step (plus `second`'s when given), read straight into the
+    /// first pass; only the intermediate block goes through blockB.
+    @inline(__always)
+    func transformBackBlock(_ products: UnsafePointer<Float>, _ second: UnsafePointer<Float>?, step: Int, alpha: Int,
+                            m: Int, bias: Vec16, blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>,
+                            transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
+        for j in 0..<alpha {
+            if let second = second {
+                transform({ load16(products + ($0 * alpha + j) * step) + load16(second + ($0 * alpha + j) * step) },
+                          { blockB[$0 * alpha + j] = $1 })
+            } else {
+                transform({ load16(products + ($0 * alpha + j) * step) }, { blockB[$0 * alpha + j] = $1 })
+            }
+        }
+        for i in 0..<m {
+            transform({ blockB[i * alpha + $0] }, { blockA[i * m + $0] = $1 + bias })
+        }
+    }
 }
 
 
@@ -859,7 +885,7 @@ func transformSubWindows<Loads: TileLoads>(
         let channel = UnsafePointer(plan.planes + ci * perChannel)
         for q in 0..<windowSize { window[q] = loads.load(channel + context.offsets[q]) }
         for sub in 0..<4 {
-            winogradInput2x2(window + origin(sub), rowStep: rowStep, columnStep: columnStep, block: context.blockB,
+            winogradInput2x2(window + origin(sub), rowStep: rowStep, columnStep: columnStep,
                              into: destination(ci, sub), positionStride: positionStride)
         }
     }
