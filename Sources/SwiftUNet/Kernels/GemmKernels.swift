@@ -22,6 +22,13 @@ let gemmTaskColumns = 128
 
 typealias Vec16 = SIMD16<Float>
 
+/// LLVM's prefetch intrinsic: (address, 0 = read, locality 3 = keep in every level, 1 = data).
+@_silgen_name("llvm.prefetch.p0")
+private func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ data: Int32)
+
+/// A hint to bring the cache line holding `p` into L1 (no fault if `p` is not mapped).
+@inline(__always) func prefetchForRead(_ p: UnsafeRawPointer) { llvmPrefetch(p, 0, 3, 1) }
+
 @inline(__always) func load16(_ p: UnsafePointer<Float>) -> Vec16 {
     UnsafeRawPointer(p).loadUnaligned(as: Vec16.self)
 }
@@ -116,25 +123,54 @@ struct DenseSource: PanelSource {
     }
 }
 
+/// Where a micro-tile's sums start.
+enum TileStart {
+    /// The values in C (a later k block continues them).
+    case current
+    /// +0: C's old values are not read (with `addToOld` they are added at the end).
+    case zero
+    /// Each row's bias (0 without one), plus C's old value when `onOld`: the values
+    /// `bias[r]` or `C += bias[r]` would leave in C, without writing them there first.
+    case bias(UnsafePointer<Float>?, onOld: Bool)
+
+    /// Row r's start at p.
+    @inline(__always)
+    func value(_ p: UnsafeMutablePointer<Float>, row r: Int) -> Vec16 {
+        switch self {
+        case .current: return load16(p)
+        case .zero: return Vec16()
+        case .bias(let bias, let onOld):
+            let b = Vec16(repeating: bias?[r] ?? 0)
+            return onOld ? load16(p) + b : b
+        }
+    }
+}
+
 /// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
-/// Sixteen SIMD16 accumulators stay in registers over the whole k loop.
-/// With `fromZero` the old C is not read (the sums start at +0, as zero-filled C would);
-/// with `addToOld` the sums also start at +0 and C becomes old C + sum (`finishTile`).
+/// Sixteen SIMD16 accumulators stay in registers over the whole k loop. The sums start
+/// from `start`; with `addToOld` (and start `.zero`) C becomes old C + sum (`finishTile`).
+///
+/// With `prefetchAhead` > 0, each k step also asks for A's data that many floats further
+/// on: the panel of the next call (`nextPanelFloats`). The packed weights of a whole model
+/// outgrow L2, and each panel is read once per call in one 4 KiB-page-crossing stream,
+/// which the hardware prefetchers pick up late.
 @inline(__always)
 func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                     prefetchAhead: Int = 0) {
+    @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec16 { start.value(p, row: r) }
     @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
-    var c00 = start(c), c01 = start(c + 16)
-    var c10 = start(c + ldc), c11 = start(c + ldc + 16)
-    var c20 = start(c + 2 * ldc), c21 = start(c + 2 * ldc + 16)
-    var c30 = start(c + 3 * ldc), c31 = start(c + 3 * ldc + 16)
-    var c40 = start(c + 4 * ldc), c41 = start(c + 4 * ldc + 16)
-    var c50 = start(c + 5 * ldc), c51 = start(c + 5 * ldc + 16)
-    var c60 = start(c + 6 * ldc), c61 = start(c + 6 * ldc + 16)
-    var c70 = start(c + 7 * ldc), c71 = start(c + 7 * ldc + 16)
+    var c00 = initial(c, 0), c01 = initial(c + 16, 0)
+    var c10 = initial(c + ldc, 1), c11 = initial(c + ldc + 16, 1)
+    var c20 = initial(c + 2 * ldc, 2), c21 = initial(c + 2 * ldc + 16, 2)
+    var c30 = initial(c + 3 * ldc, 3), c31 = initial(c + 3 * ldc + 16, 3)
+    var c40 = initial(c + 4 * ldc, 4), c41 = initial(c + 4 * ldc + 16, 4)
+    var c50 = initial(c + 5 * ldc, 5), c51 = initial(c + 5 * ldc + 16, 5)
+    var c60 = initial(c + 6 * ldc, 6), c61 = initial(c + 6 * ldc + 16, 6)
+    var c70 = initial(c + 7 * ldc, 7), c71 = initial(c + 7 * ldc + 16, 7)
     var pa = a, pb = b
     for _ in 0..<kc {
+        if prefetchAhead > 0 { prefetchForRead(pa + prefetchAhead) }
         let b0 = load16(pb), b1 = load16(pb + 16)
         var s = Vec16(repeating: pa[0]); c00.addProduct(s, b0); c01.addProduct(s, b1)
         s = Vec16(repeating: pa[1]); c10.addProduct(s, b0); c11.addProduct(s, b1)
@@ -168,13 +204,15 @@ func finishTile(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, addToOld: Bool) {
 /// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
 @inline(__always)
 func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                     prefetchAhead: Int = 0) {
+    @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec16 { start.value(p, row: r) }
     @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
-    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
-    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
+    var c0 = initial(c, 0), c1 = initial(c + ldc, 1), c2 = initial(c + 2 * ldc, 2), c3 = initial(c + 3 * ldc, 3)
+    var c4 = initial(c + 4 * ldc, 4), c5 = initial(c + 5 * ldc, 5), c6 = initial(c + 6 * ldc, 6), c7 = initial(c + 7 * ldc, 7)
     var pa = a, pb = b
     for _ in 0..<kc {
+        if prefetchAhead > 0 { prefetchForRead(pa + prefetchAhead) }
         let b0 = load16(pb)
         c0.addProduct(Vec16(repeating: pa[0]), b0)
         c1.addProduct(Vec16(repeating: pa[1]), b0)
@@ -197,16 +235,19 @@ func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
 /// per-lane arithmetic as the other kernels.
 @inline(__always)
 func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, fromZero: Bool = false, addToOld: Bool = false) {
-    @inline(__always) func start(_ p: UnsafeMutablePointer<Float>) -> Vec16 { fromZero || addToOld ? Vec16() : load16(p) }
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                      prefetchAhead: Int = 0) {
+    @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec16 { start.value(p, row: r) }
     @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
-    var c0 = start(c), c1 = start(c + ldc), c2 = start(c + 2 * ldc), c3 = start(c + 3 * ldc)
-    var c4 = start(c + 4 * ldc), c5 = start(c + 5 * ldc), c6 = start(c + 6 * ldc), c7 = start(c + 7 * ldc)
+    var c0 = initial(c, 0), c1 = initial(c + ldc, 1), c2 = initial(c + 2 * ldc, 2), c3 = initial(c + 3 * ldc, 3)
+    var c4 = initial(c + 4 * ldc, 4), c5 = initial(c + 5 * ldc, 5), c6 = initial(c + 6 * ldc, 6), c7 = initial(c + 7 * ldc, 7)
     let d = c + 8 * ldc
-    var d0 = start(d), d1 = start(d + ldc), d2 = start(d + 2 * ldc), d3 = start(d + 3 * ldc)
-    var d4 = start(d + 4 * ldc), d5 = start(d + 5 * ldc), d6 = start(d + 6 * ldc), d7 = start(d + 7 * ldc)
-    var pa = a0, qa = a1, pb = b
+    var d0 = initial(d, 8), d1 = initial(d + ldc, 9), d2 = initial(d + 2 * ldc, 10), d3 = initial(d + 3 * ldc, 11)
+    var d4 = initial(d + 4 * ldc, 12), d5 = initial(d + 5 * ldc, 13), d6 = initial(d + 6 * ldc, 14), d7 = initial(d + 7 * ldc, 15)
+    // Two panels' worth of A per call: one cache line of the next call's per k step.
+    var pa = a0, qa = a1, pb = b, ahead = a0 + prefetchAhead
     for _ in 0..<kc {
+        if prefetchAhead > 0 { prefetchForRead(ahead); ahead += 16 }
         let b0 = load16(pb)
         c0.addProduct(Vec16(repeating: pa[0]), b0)
         c1.addProduct(Vec16(repeating: pa[1]), b0)
@@ -234,6 +275,11 @@ func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer
     store16(d4, d + 4 * ldc); store16(d5, d + 5 * ldc); store16(d6, d + 6 * ldc); store16(d7, d + 7 * ldc)
 }
 
+/// The distance in a `PackedMatrix` of k columns from an 8-row panel to the next one: the
+/// micro-kernels' `prefetchAhead` (twice that for the 16-row kernel).
+@inline(__always)
+func nextPanelFloats(k: Int) -> Int { gemmRowBlock * k }
+
 /// Floats of per-thread scratch `gemmTile` needs: one packed B panel plus an edge tile.
 let gemmScratchFloats = gemmDepthBlock * gemmColumnBlock + gemmRowBlock * gemmColumnBlock
 
@@ -251,9 +297,10 @@ func gemmTile<Source: PanelSource>(
     let packedB = scratch
     let edge = scratch + gemmDepthBlock * gemmColumnBlock
     let width = n1 - n0
-    // Start value of every element: bias (+ the old C); the k loop continues from it. Set
-    // tile by tile just before the tile's first k block, while the tile is in L1: a pass
-    // over the task's whole C first had written it out to L2 and read it back.
+    // Start value of every element: bias (+ the old C); the k loop continues from it. The
+    // micro-kernels take it in registers on the first k block (`TileStart.bias`); a pass
+    // over C first cost a store and a reload of every element per call, and dominated at
+    // small k (the 1×1 convolutions). Ragged tiles and k = 0 still set it in C.
     @inline(__always) func start(_ m: Int, rows: Int, _ tile: UnsafeMutablePointer<Float>, cols: Int) {
         for r in 0..<rows {
             let row = tile + r * ldc
@@ -265,11 +312,15 @@ func gemmTile<Source: PanelSource>(
             }
         }
     }
+    @inline(__always) func kernelStart(_ m: Int, firstBlock: Bool) -> TileStart {
+        firstBlock ? .bias(rowBias.map { $0 + m }, onOld: accumulate) : .current
+    }
     if k == 0 {
         start(m0, rows: m1 - m0, c + m0 * ldc + n0, cols: width)
         return
     }
     let panelsN = (width + gemmColumnBlock - 1) / gemmColumnBlock
+    let nextPanel = nextPanelFloats(k: k)
     var k0 = 0
     while k0 < k {
         let kc = min(gemmDepthBlock, k - k0)
@@ -285,17 +336,19 @@ func gemmTile<Source: PanelSource>(
                 let aPanel = UnsafePointer(a.data + (m / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
                 let ct = c + m * ldc + pn
                 if cols == 16 && m1 - m >= 2 * gemmRowBlock {
-                    if k0 == 0 { start(m, rows: 2 * gemmRowBlock, ct, cols: cols) }
-                    microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, bPanel, ct, ldc)
+                    microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, bPanel, ct, ldc,
+                                     start: kernelStart(m, firstBlock: k0 == 0), prefetchAhead: 2 * nextPanel)
                     m += 2 * gemmRowBlock
                     continue
                 }
-                if k0 == 0 { start(m, rows: rows, ct, cols: cols) }
                 if rows == gemmRowBlock && cols == gemmColumnBlock {
-                    microKernel8x32(kc, aPanel, bPanel, ct, ldc)
+                    microKernel8x32(kc, aPanel, bPanel, ct, ldc, start: kernelStart(m, firstBlock: k0 == 0),
+                                    prefetchAhead: nextPanel)
                 } else if rows == gemmRowBlock && cols == 16 {
-                    microKernel8x16(kc, aPanel, bPanel, ct, ldc)
+                    microKernel8x16(kc, aPanel, bPanel, ct, ldc, start: kernelStart(m, firstBlock: k0 == 0),
+                                    prefetchAhead: nextPanel)
                 } else {
+                    if k0 == 0 { start(m, rows: rows, ct, cols: cols) }
                     // Ragged tile: run the full kernel on a zero-padded copy.
                     edge.update(repeating: 0, count: gemmRowBlock * gemmColumnBlock)
                     for r in 0..<rows { (edge + r * gemmColumnBlock).update(from: ct + r * ldc, count: cols) }

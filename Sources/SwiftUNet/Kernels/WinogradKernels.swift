@@ -550,6 +550,7 @@ func winogradPositionProducts(
     products: UnsafeMutablePointer<Float>, rowsPadded: Int, m0: Int, m1: Int, width: Int
 ) {
     let k0 = depth?.lowerBound ?? 0, kc = (depth?.upperBound ?? k) - k0
+    let nextPanel = nextPanelFloats(k: k)
     for xi in 0..<positions.count {
         let u = positions[xi]
         let vPanel = UnsafePointer(v + xi * vPlane + k0 * gemmColumnBlock)
@@ -559,14 +560,16 @@ func winogradPositionProducts(
             let aPanel = UnsafePointer(u.data + (row / gemmRowBlock) * gemmRowBlock * k + k0 * gemmRowBlock)
             if width <= 16 && m1 - row >= 2 * gemmRowBlock {
                 microKernel16x16(kc, aPanel, aPanel + gemmRowBlock * k, vPanel, out, gemmColumnBlock,
-                                 fromZero: !addToOld, addToOld: addToOld)
+                                 start: .zero, addToOld: addToOld, prefetchAhead: 2 * nextPanel)
                 row += 2 * gemmRowBlock
                 continue
             }
             if width <= 16 {
-                microKernel8x16(kc, aPanel, vPanel, out, gemmColumnBlock, fromZero: !addToOld, addToOld: addToOld)
+                microKernel8x16(kc, aPanel, vPanel, out, gemmColumnBlock, start: .zero, addToOld: addToOld,
+                                prefetchAhead: nextPanel)
             } else {
-                microKernel8x32(kc, aPanel, vPanel, out, gemmColumnBlock, fromZero: !addToOld, addToOld: addToOld)
+                microKernel8x32(kc, aPanel, vPanel, out, gemmColumnBlock, start: .zero, addToOld: addToOld,
+                                prefetchAhead: nextPanel)
             }
             row += gemmRowBlock
         }
