@@ -23,7 +23,9 @@ let package = Package(
         .executable(name: "SwiftUNetBench", targets: ["SwiftUNetBench"]),
     ],
     targets: [
-        .target(name: "SwiftUNet", swiftSettings: computeSettings),
+        // A C prefetch hint: the one instruction the kernels need that Swift cannot spell.
+        .target(name: "SwiftUNetSupport"),
+        .target(name: "SwiftUNet", dependencies: ["SwiftUNetSupport"], swiftSettings: computeSettings),
         .target(
             name: "SwiftUNetC",
             dependencies: ["SwiftUNet"],

@@ -10,6 +10,8 @@
 ///     c = rowBias[m] (+ C_old when accumulating), then c = fma(A[m,k], B[k,n], c) for k = 0..<K in order,
 /// by the same instructions whatever the tile, task or thread it falls in.
 
+import SwiftUNetSupport
+
 /// Rows of A per micro-tile (hidden sizes are multiples of 8, so no waste there).
 let gemmRowBlock = 8
 /// Columns of B per micro-tile: two SIMD16 vectors.
@@ -22,12 +24,8 @@ let gemmTaskColumns = 128
 
 typealias Vec16 = SIMD16<Float>
 
-/// LLVM's prefetch intrinsic: (address, 0 = read, locality 3 = keep in every level, 1 = data).
-@_silgen_name("llvm.prefetch.p0")
-private func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ data: Int32)
-
 /// A hint to bring the cache line holding `p` into L1 (no fault if `p` is not mapped).
-@inline(__always) func prefetchForRead(_ p: UnsafeRawPointer) { llvmPrefetch(p, 0, 3, 1) }
+@inline(__always) func prefetchForRead(_ p: UnsafeRawPointer) { swiftunet_prefetch_read(p) }
 
 @inline(__always) func load16(_ p: UnsafePointer<Float>) -> Vec16 {
     UnsafeRawPointer(p).loadUnaligned(as: Vec16.self)
