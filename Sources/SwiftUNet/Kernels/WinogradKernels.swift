@@ -816,10 +816,10 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
                 let other = second.map { $0 + co * gemmColumnBlock + o }
                 // Rows of every column (α → m), then columns of every row; Y [m][m] + bias in blockA.
                 if tile == .two {
-                    transformBackBlock(base, other, step: step, alpha: WinogradTile.two.alpha, m: 2, bias: biasValue,
+                    transformBackBlock(base, other, step: step, alpha: WinogradTile.two.alpha, bias: biasValue,
                                        blockA: blockA, blockB: blockB, transform: winogradOutput2)
                 } else {
-                    transformBackBlock(base, other, step: step, alpha: WinogradTile.four.alpha, m: 4, bias: biasValue,
+                    transformBackBlock(base, other, step: step, alpha: WinogradTile.four.alpha, bias: biasValue,
                                        blockA: blockA, blockB: blockB, transform: winogradOutput4)
                 }
                 // Lanes written by the vector path (bit per lane); the rest go one by one.
@@ -850,13 +850,14 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
         }
     }
 
-    /// Aᵀ M A + bias of one half's 16 tiles of one output channel into blockA [m][m]: M's
-    /// position ξ at products + ξ·step (plus `second`'s when given), read straight into the
-    /// first pass; only the intermediate block goes through blockB.
+    /// Aᵀ M A + bias of one half's 16 tiles of one output channel into blockA [m][m], m = α - 2:
+    /// M's position ξ at products + ξ·step (plus `second`'s when given), read straight into
+    /// the first pass; only the intermediate block goes through blockB.
     @inline(__always)
     func transformBackBlock(_ products: UnsafePointer<Float>, _ second: UnsafePointer<Float>?, step: Int, alpha: Int,
-                            m: Int, bias: Vec16, blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>,
+                            bias: Vec16, blockA: UnsafeMutablePointer<Vec16>, blockB: UnsafeMutablePointer<Vec16>,
                             transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
+        let m = alpha - 2
         for j in 0..<alpha {
             if let second = second {
                 transform({ load16(products + ($0 * alpha + j) * step) + load16(second + ($0 * alpha + j) * step) },
