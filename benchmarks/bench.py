@@ -48,6 +48,15 @@ What it measures (see docs/benchmarks.md for a full run and how to read it):
   below 1 means swiftunet is faster.
 - Scaling: swiftunet alone on the [32,64,128] RGB model, batch 1,2,4,8,16 at
   32x32 and image size 16, 32, 64 at batch 1, at the highest thread count.
+- Second-thread speedup: swiftunet's time at 1 thread / time at the highest
+  thread count, for every model at the largest batch, two ways. "From the
+  table" divides the two rows' kept medians, which may come from rounds
+  minutes apart. "Paired" runs one subprocess that alternates the two thread
+  counts call by call (set_num_threads between calls; >= 10 pairs, then
+  until 4 s have passed, max 200) and reports each count's median and the
+  median (and quartiles) of the per-pair ratios, so that a slow spell of the
+  host slows both halves of a pair instead of one row. Needs 1 among
+  --threads and no --quick.
 """
 
 from __future__ import annotations
@@ -338,6 +347,9 @@ def worker(spec):
     else:
         raise ValueError(engine)
 
+    if engine == "swiftunet" and spec.get("paired_threads"):
+        return _paired_thread_times(swiftunet, run, n, int(spec["paired_threads"]), spec["min_reps"])
+
     rss_before = _maxrss_mib()
     y = run()  # first call, kept for the correctness check
     np.save(spec["output"], np.asarray(y, dtype=np.float32))
@@ -351,6 +363,41 @@ def worker(spec):
         "peak_rss_mib": rss_after,
         "rss_before_forward_mib": rss_before,
         "info": info,
+    }
+
+
+def _paired_thread_times(swiftunet, run, low, high, pairs):
+    """Alternates calls at `low` and `high` threads in one process.
+
+    Each pair (one call at each count, back to back) falls in the same few tens of
+    milliseconds, so a slow spell of the host (other users' load, a vCPU moved to a
+    busier core) slows both calls of a pair rather than only the rows measured
+    during it. The speedup is the median over pairs of time(low) / time(high).
+    """
+    for n in (low, high, low, high):  # warm-up: arenas for both counts, workers started
+        swiftunet.set_num_threads(n)
+        run()
+    lows, highs, ratios = [], [], []
+    start = time.perf_counter()
+    while len(ratios) < pairs or (time.perf_counter() - start < 4.0 and len(ratios) < 200):
+        swiftunet.set_num_threads(low)
+        t0 = time.perf_counter()
+        run()
+        t1 = time.perf_counter()
+        swiftunet.set_num_threads(high)
+        run()
+        t2 = time.perf_counter()
+        lows.append(t1 - t0)
+        highs.append(t2 - t1)
+        ratios.append((t1 - t0) / (t2 - t1))
+    return {
+        "low_threads": low,
+        "high_threads": high,
+        "pairs": len(ratios),
+        "low_median_ms": statistics.median(lows) * 1e3,
+        "high_median_ms": statistics.median(highs) * 1e3,
+        "speedup_median": statistics.median(ratios),
+        "speedup_quartiles": statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else ratios * 3,
     }
 
 
@@ -533,7 +580,7 @@ def main(argv=None):
     log(f"engines: {', '.join(engines)}; measuring FMA peak ...")
     peak = measure_peak(max(threads))
     load_start = loadavg()
-    results = {"facts": facts, "peak": peak, "cases": [], "scaling": [], "min_reps": min_reps,
+    results = {"facts": facts, "peak": peak, "cases": [], "scaling": [], "paired": [], "min_reps": min_reps,
                "rounds": rounds}
 
     with tempfile.TemporaryDirectory(prefix="swiftunet-bench-") as tmp:
@@ -610,6 +657,16 @@ def main(argv=None):
                 res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
                 results["scaling"].append({"batch": batch, "size": size, "threads": n,
                                            "flops": base["flops"], "loadavg": loadavg(), **res})
+
+        if not args.quick and "swiftunet" in engines and len(threads) > 1 and min(threads) == 1:
+            n, batch = max(threads), max(batches)
+            for name in cases:
+                base = bases.get((name, batch)) or prepare_case(tmp, name, batch)
+                spec = dict(base, engine="swiftunet", threads=1, paired_threads=n,
+                            output=str(Path(tmp) / "out.paired.npy"), min_reps=min_reps)
+                log(f"paired threads: {name} B={batch} 1 vs {n} threads ...")
+                res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
+                results["paired"].append({"case": name, "batch": batch, "loadavg": loadavg(), **res})
 
     # The probe again at the end: other users' load only ever lowers it, so
     # the higher of the two is the better estimate of the machine's peak.
@@ -690,6 +747,34 @@ def render(results, threads):
             err = r.get("rel_err_vs_reference")
             lines.append(f"| {row['case']} | {row['batch']} | {row['threads']} | {engine} "
                          f"| {r['median_ms']:.2f} | {rate:.1f} | {r['peak_rss_mib']:.0f} | {fmt(err, '.1e')} |")
+    speedups = _table_speedups(results)
+    if speedups or results.get("paired"):
+        lines.append("")
+        lines.append("Second-thread speedup, swiftunet (time at 1 thread / time at more):")
+        lines.append("")
+        lines.append("| case | B | threads | from the table (best rounds) | paired: 1-thread ms | paired: n-thread ms "
+                     "| paired speedup, median (quartiles) | pairs | load |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        paired = {(r["case"], r["batch"]): r for r in results.get("paired", [])}
+        keys = list(dict.fromkeys([k[:3] for k in speedups] + [(c, b, r.get("high_threads"))
+                                                            for (c, b), r in paired.items()]))
+        for case, batch, n in keys:
+            p = paired.get((case, batch))
+            if p is not None and "error" in p:
+                lines.append(f"| {case} | {batch} | {n} | {fmt(speedups.get((case, batch, n)), '.2f')} "
+                             f"| failed: {p['error'][:60]} | | | | |")
+                continue
+            if p is not None and p.get("high_threads") != n:
+                p = None
+            q = p["speedup_quartiles"] if p else None
+            lines.append(
+                f"| {case} | {batch} | {n} | {fmt(speedups.get((case, batch, n)), '.2f')} "
+                f"| {fmt(p and p['low_median_ms'], '.2f')} | {fmt(p and p['high_median_ms'], '.2f')} "
+                f"| {fmt(p and p['speedup_median'], '.2f')}{f' ({q[0]:.2f}-{q[2]:.2f})' if q else ''} "
+                f"| {fmt(p and p['pairs'], 'd')} | {fmt(p and p.get('loadavg'), '.1f')} |")
+        lines.append("")
+        lines.append("The table's figure divides two rows' best rounds, which may come from different minutes; "
+                     "the paired figure alternates the two thread counts call by call in one process.")
     if results["scaling"]:
         lines.append("")
         n = results["scaling"][0]["threads"]
@@ -710,6 +795,16 @@ def render(results, threads):
                          f"| {r['median_ms'] / r['batch']:.2f} | {rate:.1f} | {pct:.1f} | {fmt(rel, '.2f')} "
                          f"| {r['peak_rss_mib']:.0f} | {fmt(r.get('loadavg'), '.1f')} |")
     return "\n".join(lines)
+
+
+def _table_speedups(results):
+    """(case, batch, n) -> time at 1 thread / time at n threads, from the main table."""
+    ms = {}
+    for row in results["cases"]:
+        r = row["engines"].get("swiftunet")
+        if r is not None and "median_ms" in r:
+            ms[row["case"], row["batch"], row["threads"]] = r["median_ms"]
+    return {(c, b, n): ms[c, b, 1] / v for (c, b, n), v in ms.items() if n > 1 and (c, b, 1) in ms}
 
 
 if __name__ == "__main__":
