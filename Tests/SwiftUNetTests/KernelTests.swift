@@ -350,6 +350,8 @@ final class KernelTests: XCTestCase {
         let cases: [(b: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
             (1, 8, 8, 2, 2), (2, 5, 3, 3, 3), (1, 17, 9, 7, 6), (3, 8, 16, 4, 10), (1, 16, 24, 32, 18), (2, 9, 8, 13, 37),
             (1, 8, 40, 16, 16), (2, 9, 33, 14, 14),
+            // images of at most 32 tiles with >= 16 input channels: the two-chain sums (input halves)
+            (1, 16, 24, 14, 14), (2, 32, 16, 8, 8), (1, 20, 9, 12, 10),
         ]
         for c in cases {
             let g = ConvGeometry(inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,

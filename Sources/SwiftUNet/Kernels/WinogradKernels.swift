@@ -130,11 +130,15 @@ func winogradInput2x2(_ d: UnsafePointer<Vec16>, rowStep: Int, columnStep: Int, 
 }
 
 /// Aᵀ M A + bias of Winograd F(2×2, 2×2) for 16 tiles (Aᵀ = [1 1 0; 0 1 1]): position
-/// ξ = 3·row + column of M is at m + ξ·step; out[2a + b] = output (a, b). The strided and
-/// the transposed 4×4 routes both end in it.
+/// ξ = 3·row + column of M is at m + ξ·step (plus `second`'s, laid out alike, when given);
+/// out[2a + b] = output (a, b). The strided and the transposed 4×4 routes both end in it.
 @inline(__always)
-func winogradOutput2x2(_ m: UnsafePointer<Float>, step: Int, bias: Vec16, into out: UnsafeMutablePointer<Vec16>) {
-    @inline(__always) func mv(_ xi: Int) -> Vec16 { load16(m + xi * step) }
+func winogradOutput2x2(_ m: UnsafePointer<Float>, second: UnsafePointer<Float>? = nil, step: Int, bias: Vec16,
+                       into out: UnsafeMutablePointer<Vec16>) {
+    @inline(__always) func mv(_ xi: Int) -> Vec16 {
+        if let second = second { return load16(m + xi * step) + load16(second + xi * step) }
+        return load16(m + xi * step)
+    }
     let s0 = mv(0) + mv(3), s1 = mv(1) + mv(4), s2 = mv(2) + mv(5)   // rows 0 + 1
     let r0 = mv(3) + mv(6), r1 = mv(4) + mv(7), r2 = mv(5) + mv(8)   // rows 1 + 2
     out[0] = s0 + s1 + bias
@@ -976,7 +980,54 @@ func winogradConv4x4Stride2(
                                 tilesHigh: tilesHigh, tilesWide: tilesWide,
                                 scratchFloats: stridedWinogradScratchFloats(inChannels: cin, outChannels: cout),
                                 workspace: workspace)
-    runWinogradStages(StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias))
+    let split = StridedWinogradTasks.inputSplit(inChannels: cin, tiles: tilesHigh * tilesWide)
+    let tasks = StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias,
+                                     inputSplit: split)
+    if let split = split, plan.totalTiles <= gemmColumnBlock, plan.maxThreads >= 2 {
+        // One chunk (batch 1) on two threads, as in `winogradConv3x3`: each transforms and
+        // multiplies half of the input channels, then each transforms back half of the output
+        // channels from the sum of both halves' products.
+        let pool = ThreadPool.shared
+        pool.parallelFor(2, maxThreads: 2, StridedInputHalves(stages: tasks, split: split))
+        pool.parallelFor(2, maxThreads: 2, StridedOutputHalves(stages: tasks))
+        return
+    }
+    runWinogradStages(tasks)
+}
+
+/// Region 1 of `winogradConv4x4Stride2` at batch 1 on two threads: task h transforms input
+/// channels [0, split) (h = 0) or [split, Cin) (h = 1) of the one chunk, which are the phase
+/// columns [0, 4·split) or [4·split, 4·Cin) of V, and multiplies them, every output channel,
+/// into the products of scratch h.
+private struct StridedInputHalves: ParallelTasks {
+    let stages: StridedWinogradTasks
+    let split: Int
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cin = plan.inChannels, k = stages.k
+        let channels = task == 0 ? 0..<split : split..<cin
+        let v = plan.scratch(thread: task)
+        stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
+        winogradPositionProducts(stages.weights.positions, k: k, depth: (4 * channels.lowerBound)..<(4 * channels.upperBound),
+                                 v: v, vPlane: k * gemmColumnBlock, products: stages.buffers(thread: task).products,
+                                 rowsPadded: plan.rowsPadded, m0: 0, m1: plan.outChannels, width: plan.totalTiles)
+    }
+}
+
+/// Region 2 of `winogradConv4x4Stride2` at batch 1 on two threads: task h transforms back half
+/// of the output channels from half 0's products plus half 1's (the value `addToOld` gives
+/// on one thread).
+private struct StridedOutputHalves: ParallelTasks {
+    let stages: StridedWinogradTasks
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cout = plan.outChannels
+        let middle = ((cout / gemmRowBlock + 1) / 2) * gemmRowBlock
+        let (m0, m1) = task == 0 ? (0, min(middle, cout)) : (min(middle, cout), cout)
+        if m0 >= m1 { return }
+        stages.transformBack(m0: m0, m1: m1, n0: 0, n1: plan.totalTiles, products: stages.buffers(thread: 0).products,
+                             second: UnsafePointer(stages.buffers(thread: 1).products), thread: thread)
+    }
 }
 
 /// The tasks of `winogradConv4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
@@ -988,6 +1039,19 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInpu
     let wo: Int
     let y: UnsafeMutablePointer<Float>
     let bias: UnsafePointer<Float>
+    /// Where the input channels split into two sums (`inputSplit(...)`), if they do.
+    let inputSplit: Int?
+
+    /// Images of at most one chunk of tiles (a 32-column panel) sum their products over the
+    /// input channels as two chains, [0, Cin/2) and [Cin/2, Cin), added at the end, so that
+    /// at batch 1 two threads can each take half the input channels (`winogradConv4x4Stride2`)
+    /// with the same result as one thread at any batch: with four phases per input channel
+    /// the input transform costs more than the products' share a thread saves by splitting
+    /// the output channels instead. A function of the shape only.
+    static func inputSplit(inChannels cin: Int, tiles: Int) -> Int? {
+        guard tiles <= gemmColumnBlock, cin >= 16, cin % 2 == 0 else { return nil }
+        return cin / 2
+    }
 
     var transformedFloats: Int { 9 * k * gemmColumnBlock }
 
@@ -1003,8 +1067,14 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInpu
 
     @inline(__always)
     func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
-        let (_, window, block) = buffers(thread: thread)
-        transformWindows(plan, kernel: 6, n0: n0, width: width, channels: 0..<plan.inChannels, blockA: window,
+        transformInput(n0: n0, width: width, channels: 0..<plan.inChannels, into: v, scratch: thread)
+    }
+
+    /// `transformInput` of the input channels `channels` only, with the blocks of scratch `scratch`.
+    @inline(__always)
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int) {
+        let (_, window, block) = buffers(thread: scratch)
+        transformWindows(plan, kernel: 6, n0: n0, width: width, channels: channels, blockA: window,
                          blockB: block, into: v, vPlane: k * gemmColumnBlock)
     }
 
@@ -1020,19 +1090,39 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInpu
 
     @inline(__always)
     func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
+        let products = buffers(thread: thread).products
+        let vPlane = k * gemmColumnBlock
+        // The 9 products (over two halves of the input channels, the second added to the
+        // first, when they split).
+        if let split = inputSplit {
+            winogradPositionProducts(weights.positions, k: k, depth: 0..<(4 * split), v: v, vPlane: vPlane,
+                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+            winogradPositionProducts(weights.positions, k: k, depth: (4 * split)..<k, addToOld: true, v: v,
+                                     vPlane: vPlane, products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1,
+                                     width: n1 - n0)
+        } else {
+            winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
+                                     rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+        }
+        transformBack(m0: m0, m1: m1, n0: n0, n1: n1, products: products, second: nil, thread: thread)
+    }
+
+    /// Output channels m0..<m1 of tiles n0..<n1 from the products (plus `second`'s, laid out
+    /// alike, when given): Aᵀ M A + bias, written where each tile lies inside its image.
+    @inline(__always)
+    func transformBack(m0: Int, m1: Int, n0: Int, n1: Int, products: UnsafeMutablePointer<Float>,
+                       second: UnsafePointer<Float>?, thread: Int) {
         let width = n1 - n0, tilesWide = plan.tilesWide
         let cout = plan.outChannels, rowsPadded = plan.rowsPadded
-        let (products, _, block) = buffers(thread: thread)
-        let vPlane = k * gemmColumnBlock
-        winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
-                                 rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
+        let block = buffers(thread: thread).block
         let tiles = plan.tiles, imageFloats = cout * ho * wo
         let step = rowsPadded * gemmColumnBlock
         for co in m0..<m1 {
             let biasValue = Vec16(repeating: bias[co])
             for half in 0..<((width + 15) / 16) {
                 let o = half * 16
-                winogradOutput2x2(products + co * gemmColumnBlock + o, step: step, bias: biasValue, into: block)
+                winogradOutput2x2(products + co * gemmColumnBlock + o, second: second.map { $0 + co * gemmColumnBlock + o },
+                                  step: step, bias: biasValue, into: block)
                 let lanes = min(16, width - o)
                 let written = storeTileGroups(tileSize: 2, firstTile: n0 + o, lanes: lanes, tilesWide: tilesWide,
                                               tilesPerImage: tiles, plane: y + co * ho * wo, imageStride: imageFloats,
