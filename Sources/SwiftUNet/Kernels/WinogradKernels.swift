@@ -617,6 +617,69 @@ func runWinogradStages<Stages: WinogradStages & ParallelTasks>(_ stages: Stages)
     ThreadPool.shared.parallelFor(stages.plan.taskCount, maxThreads: stages.plan.maxThreads, stages)
 }
 
+/// A Winograd route whose products can be summed as two chains over halves of the input
+/// channels (its `inputSplit`), so that at batch 1 two threads can each take one half.
+protocol WinogradChannelHalves: WinogradStages {
+    /// U_ξ [Cout, K], K = `columnsPerChannel` · Cin.
+    var positions: [PackedMatrix] { get }
+    /// Columns of K (rows of V) per input channel: 1 for the 3×3 route, 4 (phases) for the strided one.
+    var columnsPerChannel: Int { get }
+    /// V of tiles n0 ..< n0 + width, input channels `channels` only, with the blocks of scratch `scratch`.
+    func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int)
+    /// The products buffer of scratch `scratch`.
+    func products(scratch: Int) -> UnsafeMutablePointer<Float>
+    /// Output channels m0..<m1 of tiles n0..<n1 from the products plus `second`'s (laid out alike) when given.
+    func transformBack(m0: Int, m1: Int, n0: Int, n1: Int, products: UnsafeMutablePointer<Float>,
+                       second: UnsafePointer<Float>?, thread: Int)
+}
+
+/// Runs `stages` as two regions when its images are one chunk (batch 1) and two threads are
+/// there: first each thread transforms and multiplies half of the input channels, every
+/// output channel, into its own products; then each transforms back half of the output
+/// channels from the sum of both halves' products. Splitting the output channels instead
+/// would have both threads transform all of the input. Returns false (nothing run) otherwise.
+@inline(__always)
+func runChannelHalves<Stages: WinogradChannelHalves>(_ stages: Stages, split: Int) -> Bool {
+    guard stages.plan.totalTiles <= gemmColumnBlock, stages.plan.maxThreads >= 2 else { return false }
+    let pool = ThreadPool.shared
+    pool.parallelFor(2, maxThreads: 2, ChannelHalvesProducts(stages: stages, split: split))
+    pool.parallelFor(2, maxThreads: 2, ChannelHalvesTransformBack(stages: stages))
+    return true
+}
+
+/// Region 1 of `runChannelHalves`: task h transforms input channels [0, split) (h = 0) or
+/// [split, Cin) (h = 1) of the one chunk and multiplies them, every output channel, into
+/// the products of scratch h.
+private struct ChannelHalvesProducts<Stages: WinogradChannelHalves>: ParallelTasks {
+    let stages: Stages
+    let split: Int
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cin = plan.inChannels, per = stages.columnsPerChannel
+        let channels = task == 0 ? 0..<split : split..<cin
+        let v = plan.scratch(thread: task)
+        stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
+        winogradPositionProducts(stages.positions, k: per * cin, depth: (per * channels.lowerBound)..<(per * channels.upperBound),
+                                 v: v, vPlane: per * cin * gemmColumnBlock, products: stages.products(scratch: task),
+                                 rowsPadded: plan.rowsPadded, m0: 0, m1: plan.outChannels, width: plan.totalTiles)
+    }
+}
+
+/// Region 2 of `runChannelHalves`: task h transforms back half of the output channels from
+/// half 0's products plus half 1's (the value `addToOld` gives on one thread).
+private struct ChannelHalvesTransformBack<Stages: WinogradChannelHalves>: ParallelTasks {
+    let stages: Stages
+
+    func run(_ task: Int, thread: Int) {
+        let plan = stages.plan, cout = plan.outChannels
+        let middle = ((cout / gemmRowBlock + 1) / 2) * gemmRowBlock
+        let (m0, m1) = task == 0 ? (0, min(middle, cout)) : (min(middle, cout), cout)
+        if m0 >= m1 { return }
+        stages.transformBack(m0: m0, m1: m1, n0: 0, n1: plan.totalTiles, products: stages.products(scratch: 0),
+                             second: UnsafePointer(stages.products(scratch: 1)), thread: thread)
+    }
+}
+
 /// x [B, Cin, H, W] → y [B, Cout, H, W]: 3×3 convolution, stride 1, padding 1, by
 /// Winograd F(2×2, 3×3); y = conv(x) + bias (+ y when `accumulate`), bias per image
 /// at `bias + b * biasBatchStride`. With `normalize`, the convolution reads
@@ -640,57 +703,13 @@ func winogradConv3x3(
     let split = Winograd3x3Tasks.inputSplit(inChannels: cin, outChannels: cout, tiles: tilesHigh * tilesWide, normalize: normalize)
     let tasks = Winograd3x3Tasks(plan: plan, weights: weights, tile: tile, h: h, w: w, y: y, bias: bias,
                                  biasBatchStride: biasBatchStride, accumulate: accumulate, inputSplit: split)
-    if let split = split, plan.totalTiles <= gemmColumnBlock, plan.maxThreads >= 2 {
-        // One chunk (batch 1) on two threads: each transforms and multiplies its half of the
-        // input channels, then each transforms back half of the output channels. Splitting
-        // the output channels instead would have both threads transform all of the input.
-        let pool = ThreadPool.shared
-        pool.parallelFor(2, maxThreads: 2, Winograd3x3InputHalves(stages: tasks, split: split))
-        pool.parallelFor(2, maxThreads: 2, Winograd3x3OutputHalves(stages: tasks))
-        return
-    }
+    if let split = split, runChannelHalves(tasks, split: split) { return }
     runWinogradStages(tasks)
-}
-
-/// Region 1 of `winogradConv3x3` at batch 1 on two threads: task h transforms input
-/// channels [0, split) (h = 0) or [split, Cin) (h = 1) of the one chunk and multiplies
-/// them, every output channel, into the products of scratch h.
-private struct Winograd3x3InputHalves: ParallelTasks {
-    let stages: Winograd3x3Tasks
-    let split: Int
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan, cin = plan.inChannels
-        let channels = task == 0 ? 0..<split : split..<cin
-        let v = plan.scratch(thread: task)
-        stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
-        let products = stages.buffers(thread: task).products
-        winogradPositionProducts(stages.weights.positions, k: cin, depth: channels, v: v,
-                                 vPlane: cin * gemmColumnBlock, products: products, rowsPadded: plan.rowsPadded,
-                                 m0: 0, m1: plan.outChannels, width: plan.totalTiles)
-    }
-}
-
-/// Region 2 of `winogradConv3x3` at batch 1 on two threads: task h transforms back half of
-/// the output channels from the sum of both halves' products (half 0's + half 1's: the
-/// value `addToOld` gives on one thread).
-private struct Winograd3x3OutputHalves: ParallelTasks {
-    let stages: Winograd3x3Tasks
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan, cout = plan.outChannels
-        let middle = ((cout / gemmRowBlock + 1) / 2) * gemmRowBlock
-        let (m0, m1) = task == 0 ? (0, min(middle, cout)) : (min(middle, cout), cout)
-        if m0 >= m1 { return }
-        stages.transformBack(m0: m0, m1: m1, n0: 0, n1: plan.totalTiles,
-                             products: stages.buffers(thread: 0).products,
-                             second: UnsafePointer(stages.buffers(thread: 1).products), thread: thread)
-    }
 }
 
 /// The tasks of `winogradConv3x3`: task = (block of output channels, chunk of ≤ 32 tiles),
 /// each transforming its chunk's input, then multiplying and transforming back.
-private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHalves {
+private struct Winograd3x3Tasks: ParallelTasks, WinogradChannelHalves, WinogradInputHalves {
     let plan: WinogradPlan
     let weights: WinogradWeights
     let tile: WinogradTile
@@ -729,6 +748,9 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradStages, WinogradInputHal
     }
 
     var transformedFloats: Int { tile.positions * plan.inChannels * gemmColumnBlock }
+    var positions: [PackedMatrix] { weights.positions }
+    var columnsPerChannel: Int { 1 }
+    func products(scratch: Int) -> UnsafeMutablePointer<Float> { buffers(thread: scratch).products }
 
     /// V_ξ[ci, t] = (Bᵀ d B)_ξ for every input channel and tiles n0 ..< n0 + width (numbered
     /// across the batch), into v [α²][Cin][32]. The input tiles are read straight from the phase
@@ -983,55 +1005,12 @@ func winogradConv4x4Stride2(
     let split = StridedWinogradTasks.inputSplit(inChannels: cin, tiles: tilesHigh * tilesWide)
     let tasks = StridedWinogradTasks(plan: plan, weights: weights, k: k, ho: ho, wo: wo, y: y, bias: bias,
                                      inputSplit: split)
-    if let split = split, plan.totalTiles <= gemmColumnBlock, plan.maxThreads >= 2 {
-        // One chunk (batch 1) on two threads, as in `winogradConv3x3`: each transforms and
-        // multiplies half of the input channels, then each transforms back half of the output
-        // channels from the sum of both halves' products.
-        let pool = ThreadPool.shared
-        pool.parallelFor(2, maxThreads: 2, StridedInputHalves(stages: tasks, split: split))
-        pool.parallelFor(2, maxThreads: 2, StridedOutputHalves(stages: tasks))
-        return
-    }
+    if let split = split, runChannelHalves(tasks, split: split) { return }
     runWinogradStages(tasks)
 }
 
-/// Region 1 of `winogradConv4x4Stride2` at batch 1 on two threads: task h transforms input
-/// channels [0, split) (h = 0) or [split, Cin) (h = 1) of the one chunk, which are the phase
-/// columns [0, 4·split) or [4·split, 4·Cin) of V, and multiplies them, every output channel,
-/// into the products of scratch h.
-private struct StridedInputHalves: ParallelTasks {
-    let stages: StridedWinogradTasks
-    let split: Int
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan, cin = plan.inChannels, k = stages.k
-        let channels = task == 0 ? 0..<split : split..<cin
-        let v = plan.scratch(thread: task)
-        stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
-        winogradPositionProducts(stages.weights.positions, k: k, depth: (4 * channels.lowerBound)..<(4 * channels.upperBound),
-                                 v: v, vPlane: k * gemmColumnBlock, products: stages.buffers(thread: task).products,
-                                 rowsPadded: plan.rowsPadded, m0: 0, m1: plan.outChannels, width: plan.totalTiles)
-    }
-}
-
-/// Region 2 of `winogradConv4x4Stride2` at batch 1 on two threads: task h transforms back half
-/// of the output channels from half 0's products plus half 1's (the value `addToOld` gives
-/// on one thread).
-private struct StridedOutputHalves: ParallelTasks {
-    let stages: StridedWinogradTasks
-
-    func run(_ task: Int, thread: Int) {
-        let plan = stages.plan, cout = plan.outChannels
-        let middle = ((cout / gemmRowBlock + 1) / 2) * gemmRowBlock
-        let (m0, m1) = task == 0 ? (0, min(middle, cout)) : (min(middle, cout), cout)
-        if m0 >= m1 { return }
-        stages.transformBack(m0: m0, m1: m1, n0: 0, n1: plan.totalTiles, products: stages.buffers(thread: 0).products,
-                             second: UnsafePointer(stages.buffers(thread: 1).products), thread: thread)
-    }
-}
-
 /// The tasks of `winogradConv4x4Stride2`: task = (block of output channels, chunk of ≤ 32 tiles).
-private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInputHalves {
+private struct StridedWinogradTasks: ParallelTasks, WinogradChannelHalves, WinogradInputHalves {
     let plan: WinogradPlan
     let weights: StridedWinogradWeights
     let k: Int
@@ -1054,6 +1033,9 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradStages, WinogradInpu
     }
 
     var transformedFloats: Int { 9 * k * gemmColumnBlock }
+    var positions: [PackedMatrix] { weights.positions }
+    var columnsPerChannel: Int { 4 }
+    func products(scratch: Int) -> UnsafeMutablePointer<Float> { buffers(thread: scratch).products }
 
     /// A thread's scratch: V [9][4·Cin][32], products [9][rowsPadded][32], the 6×6 input
     /// window and an output block of Vec16.
