@@ -628,9 +628,33 @@ protocol WinogradChannelHalves: WinogradStages {
     func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int)
     /// The products buffer of scratch `scratch`.
     func products(scratch: Int) -> UnsafeMutablePointer<Float>
+    /// Where the input channels split into two sums, if they do (a function of the shape only).
+    var inputSplit: Int? { get }
     /// Output channels m0..<m1 of tiles n0..<n1 from the products plus `second`'s (laid out alike) when given.
     func transformBack(m0: Int, m1: Int, n0: Int, n1: Int, products: UnsafeMutablePointer<Float>,
                        second: UnsafePointer<Float>?, thread: Int)
+}
+
+extension WinogradChannelHalves {
+    /// Output channels m0..<m1 of tiles n0..<n1 (of the batch) from V: the products
+    /// M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ (as two chains over the halves of the input
+    /// channels, the second added to the first, when they split), then transformed back.
+    @inline(__always)
+    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
+        let products = products(scratch: thread)
+        let k = columnsPerChannel * plan.inChannels, vPlane = k * gemmColumnBlock
+        if let split = inputSplit {
+            let middle = columnsPerChannel * split
+            winogradPositionProducts(positions, k: k, depth: 0..<middle, v: v, vPlane: vPlane,
+                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+            winogradPositionProducts(positions, k: k, depth: middle..<k, addToOld: true, v: v, vPlane: vPlane,
+                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+        } else {
+            winogradPositionProducts(positions, k: k, v: v, vPlane: vPlane, products: products,
+                                     rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
+        }
+        transformBack(m0: m0, m1: m1, n0: n0, n1: n1, products: products, second: nil, thread: thread)
+    }
 }
 
 /// Runs `stages` as two regions when its images are one chunk (batch 1) and two threads are
@@ -799,26 +823,6 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradChannelHalves, WinogradI
                 transform({ block[$0 * alpha + j] }, { store16($1, dst + ($0 * alpha + j) * vPlane) })
             }
         }
-    }
-
-    /// Output channels m0..<m1 of tiles n0..<n1 (of the batch) from V [α²][Cin][32]: the α²
-    /// products, then Y = Aᵀ M A + bias (+ old y), written where each tile lies inside the image.
-    @inline(__always)
-    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
-        let products = buffers(thread: thread).products
-        let cin = plan.inChannels, vPlane = cin * gemmColumnBlock
-        // The α² products M_ξ [rows m0..<m1, 32] = U_ξ · V_ξ (over two halves of the input
-        // channels, the second added to the first, when they split).
-        if let split = inputSplit {
-            winogradPositionProducts(weights.positions, k: cin, depth: 0..<split, v: v, vPlane: vPlane,
-                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
-            winogradPositionProducts(weights.positions, k: cin, depth: split..<cin, addToOld: true, v: v, vPlane: vPlane,
-                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
-        } else {
-            winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
-                                     rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
-        }
-        transformBack(m0: m0, m1: m1, n0: n0, n1: n1, products: products, second: nil, thread: thread)
     }
 
     /// Output channels m0..<m1 of tiles n0..<n1 from the products M (plus `second`'s, laid
@@ -1068,25 +1072,6 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradChannelHalves, Winog
                             origin: { 6 * ($0 / 2) + $0 % 2 }, positionStride: context.vPlane) { ci, phase in
             context.v + (ci * 4 + phase) * gemmColumnBlock + half * 16
         }
-    }
-
-    @inline(__always)
-    func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
-        let products = buffers(thread: thread).products
-        let vPlane = k * gemmColumnBlock
-        // The 9 products (over two halves of the input channels, the second added to the
-        // first, when they split).
-        if let split = inputSplit {
-            winogradPositionProducts(weights.positions, k: k, depth: 0..<(4 * split), v: v, vPlane: vPlane,
-                                     products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
-            winogradPositionProducts(weights.positions, k: k, depth: (4 * split)..<k, addToOld: true, v: v,
-                                     vPlane: vPlane, products: products, rowsPadded: plan.rowsPadded, m0: m0, m1: m1,
-                                     width: n1 - n0)
-        } else {
-            winogradPositionProducts(weights.positions, k: k, v: v, vPlane: vPlane, products: products,
-                                     rowsPadded: plan.rowsPadded, m0: m0, m1: m1, width: n1 - n0)
-        }
-        transformBack(m0: m0, m1: m1, n0: n0, n1: n1, products: products, second: nil, thread: thread)
     }
 
     /// Output channels m0..<m1 of tiles n0..<n1 from the products (plus `second`'s, laid out
