@@ -666,7 +666,7 @@ def main(argv=None):
                             output=str(Path(tmp) / "out.paired.npy"), min_reps=min_reps)
                 log(f"paired threads: {name} B={batch} 1 vs {n} threads ...")
                 res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
-                results["paired"].append({"case": name, "batch": batch, "loadavg": loadavg(), **res})
+                results["paired"].append({"case": name, "batch": batch, "threads": n, "loadavg": loadavg(), **res})
 
     # The probe again at the end: other users' load only ever lowers it, so
     # the higher of the two is the better estimate of the machine's peak.
@@ -755,20 +755,17 @@ def render(results, threads):
         lines.append("| case | B | threads | from the table (best rounds) | paired: 1-thread ms | paired: n-thread ms "
                      "| paired speedup, median (quartiles) | pairs | load |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        paired = {(r["case"], r["batch"]): r for r in results.get("paired", [])}
-        keys = list(dict.fromkeys([k[:3] for k in speedups] + [(c, b, r.get("high_threads"))
-                                                            for (c, b), r in paired.items()]))
-        for case, batch, n in keys:
-            p = paired.get((case, batch))
+        paired = {(r["case"], r["batch"], r["threads"]): r for r in results.get("paired", [])}
+        for key in dict.fromkeys(list(speedups) + list(paired)):
+            case, batch, n = key
+            table = fmt(speedups.get(key), '.2f')
+            p = paired.get(key)
             if p is not None and "error" in p:
-                lines.append(f"| {case} | {batch} | {n} | {fmt(speedups.get((case, batch, n)), '.2f')} "
-                             f"| failed: {p['error'][:60]} | | | | |")
+                lines.append(f"| {case} | {batch} | {n} | {table} | failed: {p['error'][:60]} | | | | |")
                 continue
-            if p is not None and p.get("high_threads") != n:
-                p = None
             q = p["speedup_quartiles"] if p else None
             lines.append(
-                f"| {case} | {batch} | {n} | {fmt(speedups.get((case, batch, n)), '.2f')} "
+                f"| {case} | {batch} | {n} | {table} "
                 f"| {fmt(p and p['low_median_ms'], '.2f')} | {fmt(p and p['high_median_ms'], '.2f')} "
                 f"| {fmt(p and p['speedup_median'], '.2f')}{f' ({q[0]:.2f}-{q[2]:.2f})' if q else ''} "
                 f"| {fmt(p and p['pairs'], 'd')} | {fmt(p and p.get('loadavg'), '.1f')} |")

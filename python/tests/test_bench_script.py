@@ -68,7 +68,7 @@ def test_render_prints_both_speedups(bench):
         "peak": {"source": "s", "by_threads": {1: 100.0, 2: 200.0}, "per_core": 100.0},
         "cases": [_row("rgb32-small", 8, 1, 30.0), _row("rgb32-small", 8, 2, 15.0)],
         "scaling": [],
-        "paired": [{"case": "rgb32-small", "batch": 8, "low_threads": 1, "high_threads": 2, "pairs": 12,
+        "paired": [{"case": "rgb32-small", "batch": 8, "threads": 2, "low_threads": 1, "high_threads": 2, "pairs": 12,
                     "low_median_ms": 31.0, "high_median_ms": 16.0, "speedup_median": 1.9,
                     "speedup_quartiles": [1.8, 1.9, 2.0], "loadavg": 0.7}],
     }
