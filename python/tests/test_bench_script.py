@@ -2,6 +2,9 @@
 docs/benchmarks.md come from these functions)."""
 
 import importlib.util
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,3 +78,25 @@ def test_render_prints_both_speedups(bench):
     text = bench.render(results, [1, 2])
     line = next(l for l in text.splitlines() if l.startswith("| rgb32-small | 8 | 2 | 2.00 |"))
     assert "| 31.00 | 16.00 | 1.90 (1.80-2.00) | 12 |" in line
+
+
+PROBE_PATH = BENCH_PATH.parent / "cross_core_probe.c"
+
+
+def test_cross_core_probe_builds_and_reports(tmp_path):
+    """benchmarks/cross_core_probe.c (figures in docs/KERNELS.md): it builds with the line
+    at its top, less -march=native, and prints its four figures, or says why it cannot."""
+    compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if compiler is None:
+        pytest.fail("no C compiler on PATH (cc, gcc or clang) to build the probe")
+    exe = tmp_path / "cross_core_probe"
+    subprocess.run([compiler, "-O3", "-pthread", str(PROBE_PATH), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=120).stdout
+    if "needs CPUs 0 and 1" in out:
+        assert not {0, 1} <= os.sched_getaffinity(0), "the probe declined although CPUs 0 and 1 are usable"
+        return
+    lines = out.strip().splitlines()
+    assert len(lines) == 4, out
+    for line, unit in zip(lines, ["GB/s", "GB/s", "GB/s", "ns"]):
+        value = float(line.split(":")[1].split()[0])
+        assert value > 0 and line.endswith(unit), line
