@@ -78,13 +78,23 @@ struct PhasePlanes {
     func fill(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int,
               into planes: UnsafeMutablePointer<Float>, normalize: GroupNormSpec? = nil,
               scratch: UnsafeMutablePointer<Float>? = nil, scratchThreads: Int = 1) {
-        let tasks = FillTasks(layout: self, x: x, planes: planes, normalize: normalize, scratch: scratch,
-                              channels: channels, height: height, width: width)
         let pool = ThreadPool.shared
         if normalize != nil && scratch != nil {
+            let tasks = FillTasks(layout: self, x: x, planes: planes, normalize: normalize, scratch: scratch,
+                                  channels: channels, height: height, width: width, channelsPerTask: 1,
+                                  planeCount: batch * channels)
             pool.parallelFor(batch * normalize!.groups, maxThreads: scratchThreads, tasks)
         } else {
-            pool.parallelFor(batch * channels, maxThreads: pool.threadsFor(batch * channels), tasks)
+            // One block of contiguous channels per thread: with a task per channel, two threads
+            // spent more on taking tasks in turn and on the cache lines where neighbouring
+            // channels' planes meet than on the copies (docs/KERNELS.md, "Batch 1 on two threads:
+            // what the second core costs here").
+            let total = batch * channels, threads = pool.threadsFor(total)
+            let perTask = (total + threads - 1) / threads
+            let tasks = FillTasks(layout: self, x: x, planes: planes, normalize: nil, scratch: nil,
+                                  channels: channels, height: height, width: width, channelsPerTask: perTask,
+                                  planeCount: total)
+            pool.parallelFor((total + perTask - 1) / perTask, maxThreads: threads, tasks)
         }
     }
 
@@ -223,9 +233,10 @@ struct PhasePlanes {
     }
 }
 
-/// The tasks of `PhasePlanes.fill`: task = one channel of one image, or with
-/// `normalize` one (image, group): statistics, then each channel normalised into the
-/// thread's `scratch` row and on into its planes.
+/// The tasks of `PhasePlanes.fill`: task = `channelsPerTask` consecutive channels of the
+/// batch (numbered image after image, `planeCount` in all), or with `normalize` one
+/// (image, group): statistics, then each channel normalised into the thread's `scratch`
+/// row and on into its planes.
 private struct FillTasks: ParallelTasks {
     let layout: PhasePlanes
     let x: UnsafePointer<Float>
@@ -235,11 +246,16 @@ private struct FillTasks: ParallelTasks {
     let channels: Int
     let height: Int
     let width: Int
+    let channelsPerTask: Int
+    let planeCount: Int
 
     func run(_ task: Int, thread: Int) {
         let spatial = height * width, perChannel = layout.perChannel
         guard let norm = normalize, let scratch = scratch else {
-            layout.fillChannel(x + task * spatial, height: height, width: width, into: planes + task * perChannel)
+            let first = task * channelsPerTask, end = min(first + channelsPerTask, planeCount)
+            for c in first..<end {
+                layout.fillChannel(x + c * spatial, height: height, width: width, into: planes + c * perChannel)
+            }
             return
         }
         let groups = norm.groups, cpg = channels / groups
