@@ -263,12 +263,19 @@ func storeTileGroups(tileSize m: Int, firstTile: Int, lanes: Int, tilesWide: Int
     return written
 }
 
+/// Floats from one transformed position's V to the next, for k rows of V: [k][32] and 16
+/// floats more. The input transforms write every position of one channel in turn; at k·32
+/// (a multiple of 4 KiB for the usual channel counts) those stores all fell in one L1 set
+/// and took twice as long (a loop of such stores, 590 KB: 23 against 12 µs).
+@inline(__always)
+func winogradVPlane(k: Int) -> Int { k * gemmColumnBlock + 16 }
+
 /// Floats of per-thread scratch for `winogradConv3x3`.
 func winogradScratchFloats(inChannels: Int, outChannels: Int, tile: WinogradTile) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
     let p = tile.positions
-    // V [α²][Cin][32] + products [α²][rows][32] + two α×α blocks of Vec16.
-    return p * inChannels * gemmColumnBlock + p * rows * gemmColumnBlock + 2 * p * 16
+    // V [α²][Cin][32] (planes `winogradVPlane` apart) + products [α²][rows][32] + two α×α blocks of Vec16.
+    return p * winogradVPlane(k: inChannels) + p * rows * gemmColumnBlock + 2 * p * 16
 }
 
 /// Where the tiles of a chunk lie in one window position's phase plane, for loading them
@@ -642,7 +649,7 @@ extension WinogradChannelHalves {
     @inline(__always)
     func multiplyAndTransformBack(m0: Int, m1: Int, n0: Int, n1: Int, v: UnsafeMutablePointer<Float>, thread: Int) {
         let products = products(scratch: thread)
-        let k = columnsPerChannel * plan.inChannels, vPlane = k * gemmColumnBlock
+        let k = columnsPerChannel * plan.inChannels, vPlane = winogradVPlane(k: k)
         if let split = inputSplit {
             let middle = columnsPerChannel * split
             winogradPositionProducts(positions, k: k, depth: 0..<middle, v: v, vPlane: vPlane,
@@ -684,7 +691,7 @@ private struct ChannelHalvesProducts<Stages: WinogradChannelHalves>: ParallelTas
         let v = plan.scratch(thread: task)
         stages.transformInput(n0: 0, width: plan.totalTiles, channels: channels, into: v, scratch: task)
         winogradPositionProducts(stages.positions, k: per * cin, depth: (per * channels.lowerBound)..<(per * channels.upperBound),
-                                 v: v, vPlane: per * cin * gemmColumnBlock, products: stages.products(scratch: task),
+                                 v: v, vPlane: winogradVPlane(k: per * cin), products: stages.products(scratch: task),
                                  rowsPadded: plan.rowsPadded, m0: 0, m1: plan.outChannels, width: plan.totalTiles)
     }
 }
@@ -771,7 +778,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradChannelHalves, WinogradI
         return (products, blockA, blockA + positions)
     }
 
-    var transformedFloats: Int { tile.positions * plan.inChannels * gemmColumnBlock }
+    var transformedFloats: Int { tile.positions * winogradVPlane(k: plan.inChannels) }
     var positions: [PackedMatrix] { weights.positions }
     var columnsPerChannel: Int { 1 }
     func products(scratch: Int) -> UnsafeMutablePointer<Float> { buffers(thread: scratch).products }
@@ -790,7 +797,7 @@ private struct Winograd3x3Tasks: ParallelTasks, WinogradChannelHalves, WinogradI
     func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int) {
         let (_, blockA, blockB) = buffers(thread: scratch)
         transformWindows(plan, kernel: tile.alpha, n0: n0, width: width, channels: channels, blockA: blockA,
-                         blockB: blockB, into: v, vPlane: plan.inChannels * gemmColumnBlock)
+                         blockB: blockB, into: v, vPlane: winogradVPlane(k: plan.inChannels))
     }
 
     /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
@@ -981,8 +988,8 @@ func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outC
 /// Floats of per-thread scratch for `winogradConv4x4Stride2`.
 func stridedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    // V [9][4·Cin][32] + products [9][rows][32] + a 6×6 window and a block of Vec16.
-    return 9 * 4 * inChannels * gemmColumnBlock + 9 * rows * gemmColumnBlock + (36 + 18) * 16
+    // V [9][4·Cin][32] (planes `winogradVPlane` apart) + products [9][rows][32] + a 6×6 window and a block of Vec16.
+    return 9 * winogradVPlane(k: 4 * inChannels) + 9 * rows * gemmColumnBlock + (36 + 18) * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] (Ho = ⌊H/2⌋, Wo = ⌊W/2⌋): 4×4 convolution, stride 2,
@@ -1036,7 +1043,7 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradChannelHalves, Winog
         return cin / 2
     }
 
-    var transformedFloats: Int { 9 * k * gemmColumnBlock }
+    var transformedFloats: Int { 9 * winogradVPlane(k: k) }
     var positions: [PackedMatrix] { weights.positions }
     var columnsPerChannel: Int { 4 }
     func products(scratch: Int) -> UnsafeMutablePointer<Float> { buffers(thread: scratch).products }
@@ -1061,7 +1068,7 @@ private struct StridedWinogradTasks: ParallelTasks, WinogradChannelHalves, Winog
     func transformInput(n0: Int, width: Int, channels: Range<Int>, into v: UnsafeMutablePointer<Float>, scratch: Int) {
         let (_, window, block) = buffers(thread: scratch)
         transformWindows(plan, kernel: 6, n0: n0, width: width, channels: channels, blockA: window,
-                         blockB: block, into: v, vPlane: k * gemmColumnBlock)
+                         blockB: block, into: v, vPlane: winogradVPlane(k: k))
     }
 
     /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
@@ -1160,8 +1167,8 @@ func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, o
 /// Floats of per-thread scratch for `winogradConvTranspose4x4Stride2`.
 func transposedWinogradScratchFloats(inChannels: Int, outChannels: Int) -> Int {
     let rows = ((outChannels + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock
-    // V [36][Cin][32] + products [36][rows][32] + a 4×4 window and a block of Vec16.
-    return 36 * inChannels * gemmColumnBlock + 36 * rows * gemmColumnBlock + (16 + 18) * 16
+    // V [36][Cin][32] (planes `winogradVPlane` apart) + products [36][rows][32] + a 4×4 window and a block of Vec16.
+    return 36 * winogradVPlane(k: inChannels) + 36 * rows * gemmColumnBlock + (16 + 18) * 16
 }
 
 /// x [B, Cin, H, W] → y [B, Cout, 2H, 2W] (image stride `outputBatchStride`):
@@ -1204,7 +1211,7 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages, WinogradI
     let y: UnsafeMutablePointer<Float>
     let bias: UnsafePointer<Float>
 
-    var transformedFloats: Int { 36 * plan.inChannels * gemmColumnBlock }
+    var transformedFloats: Int { 36 * winogradVPlane(k: plan.inChannels) }
 
     /// A thread's scratch: V [36][Cin][32], products [36][rowsPadded][32], the 4×4 input
     /// window and an output block of Vec16.
@@ -1220,7 +1227,7 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages, WinogradI
     func transformInput(n0: Int, width: Int, into v: UnsafeMutablePointer<Float>, thread: Int) {
         let (_, window, block) = buffers(thread: thread)
         transformWindows(plan, kernel: 4, n0: n0, width: width, channels: 0..<plan.inChannels, blockA: window,
-                         blockB: block, into: v, vPlane: plan.inChannels * gemmColumnBlock)
+                         blockB: block, into: v, vPlane: winogradVPlane(k: plan.inChannels))
     }
 
     /// One half of `transformInput`, channel by channel, its tiles read by `loads`.
@@ -1238,7 +1245,7 @@ private struct TransposedWinogradTasks: ParallelTasks, WinogradStages, WinogradI
         let width = n1 - n0, tilesWide = plan.tilesWide
         let cin = plan.inChannels, rowsPadded = plan.rowsPadded
         let (products, _, block) = buffers(thread: thread)
-        let vPlane = cin * gemmColumnBlock
+        let vPlane = winogradVPlane(k: cin)
         winogradPositionProducts(weights.positions, k: cin, v: v, vPlane: vPlane, products: products,
                                  rowsPadded: rowsPadded, m0: m0, m1: m1, width: width)
         let tiles = plan.tiles
