@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 import time
 
 import numpy as np
@@ -514,44 +513,34 @@ def test_other_exception_from_progress_hook_propagates(tiny):
 def test_sigint_stops_sampling(tiny):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "an earlier test left its SIGINT handler"
-    started = threading.Event()
-    steps = []
-    sent = []
+    # Ctrl-C as an interactive session has it. A process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored, so
+    # the signal below would be dropped (that was this test's occasional "DID NOT RAISE").
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        started = threading.Event()
+        steps = []
 
-    def hook(done, total):
-        steps.append(done)
-        started.set()
+        def hook(done, total):
+            steps.append(done)
+            started.set()
 
-    def fire():
-        # Ctrl-C, sent again only while the loop is still taking steps a quarter of a second
-        # after the last one (the step that handles a signal may still be counted, so steps
-        # are compared across a later quarter second): a first SIGINT has been seen lost
-        # (docs/robustness.md), and that must show as a warning rather than fail the run.
-        # A loop that never stops still fails.
-        if not started.wait(60):
-            return
-        time.sleep(0.05)
-        for _ in range(10):
-            os.kill(os.getpid(), signal.SIGINT)
-            sent.append(time.monotonic())
-            time.sleep(0.25)
-            before = len(steps)
-            time.sleep(0.25)
-            if len(steps) == before:
-                return
+        def fire():
+            if started.wait(60):
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
 
-    timer = threading.Thread(target=fire, daemon=True)
-    timer.start()
-    total = 200_000
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        swiftunet.sample(tiny, n=1, sampler="ddpm", schedule=swiftunet.NoiseSchedule.linear(total, 1e-5, 1e-4),
-                         progress=hook)
-    timer.join(10)
-    assert steps[-1] < total and time.monotonic() - t0 < 60
-    if len(sent) > 1:
-        warnings.warn(f"sampling stopped only after SIGINT number {len(sent)}; the earlier ones were lost")
+        timer = threading.Thread(target=fire, daemon=True)
+        timer.start()
+        total = 200_000
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            swiftunet.sample(tiny, n=1, sampler="ddpm", schedule=swiftunet.NoiseSchedule.linear(total, 1e-5, 1e-4),
+                             progress=hook)
+        timer.join(10)
+        assert steps[-1] < total and time.monotonic() - t0 < 60
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _check_usable(tiny)
 
 
