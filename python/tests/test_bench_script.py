@@ -3,7 +3,6 @@ docs/benchmarks.md come from these functions)."""
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -83,14 +82,11 @@ def test_render_prints_both_speedups(bench):
 PROBE_PATH = BENCH_PATH.parent / "cross_core_probe.c"
 
 
-def test_cross_core_probe_builds_and_reports(tmp_path):
+def test_cross_core_probe_builds_and_reports(tmp_path, c_compiler):
     """benchmarks/cross_core_probe.c (figures in docs/KERNELS.md): it builds with the line
     at its top, less -march=native, and prints its four figures, or says why it cannot."""
-    compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if compiler is None:
-        pytest.fail("no C compiler on PATH (cc, gcc or clang) to build the probe")
     exe = tmp_path / "cross_core_probe"
-    subprocess.run([compiler, "-O3", "-pthread", str(PROBE_PATH), "-o", str(exe)], check=True)
+    subprocess.run([c_compiler, "-O3", "-pthread", str(PROBE_PATH), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=120).stdout
     if "needs CPUs 0 and 1" in out:
         assert not {0, 1} <= os.sched_getaffinity(0), "the probe declined although CPUs 0 and 1 are usable"

@@ -1,12 +1,10 @@
 """The C interface used from C alone: compile Tests/CABI/forward_demo.c against
 the installed library and its header, run it, and check what it printed."""
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import swiftunet
 
@@ -14,21 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = Path(swiftunet.__file__).resolve().parent
 
 
-def _compiler():
-    for name in ("cc", "gcc", "clang"):
-        if shutil.which(name):
-            return name
-    pytest.fail("no C compiler on PATH (cc, gcc or clang) to build the C ABI demo")
-
-
-def test_c_program_runs_a_forward(tmp_path):
+def test_c_program_runs_a_forward(tmp_path, c_compiler):
     lib = PKG / "libSwiftUNetC.so"
     header_dir = PKG / "include"
     assert lib.exists(), f"{lib} missing from the installed package"
     assert (header_dir / "swiftunet.h").exists(), "the installed package lacks include/swiftunet.h"
     exe = tmp_path / "forward_demo"
     subprocess.run(
-        [_compiler(), "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/forward_demo.c"),
+        [c_compiler, "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/forward_demo.c"),
          f"-I{header_dir}", f"-L{PKG}", "-lSwiftUNetC", f"-Wl,-rpath,{PKG}", "-lm"],
         check=True,
     )
@@ -46,12 +37,12 @@ def test_c_program_runs_a_forward(tmp_path):
     assert abs(float(np.abs(y.astype(np.float64)).sum()) - checksum) <= 1e-3 * checksum
 
 
-def test_forward_allocates_nothing_after_the_first_call(tmp_path):
+def test_forward_allocates_nothing_after_the_first_call(tmp_path, c_compiler):
     """Tests/CABI/alloc_count.c replaces malloc and friends for the whole process
     and counts the allocations of 20 forwards after the first calls at a shape."""
     exe = tmp_path / "alloc_count"
     subprocess.run(
-        [_compiler(), "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/alloc_count.c"),
+        [c_compiler, "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/alloc_count.c"),
          f"-I{PKG / 'include'}", f"-L{PKG}", "-lSwiftUNetC", f"-Wl,-rpath,{PKG}"],
         check=True,
     )
