@@ -163,6 +163,86 @@ int32_t swiftunet_model_sample(swiftunet_model *model, const double *betas,
                                int64_t height, int64_t width, float *out,
                                swiftunet_progress_fn progress, void *context);
 
+
+/* --- training ------------------------------------------------------------
+ * The flat parameter layout: every parameter in state_dict order, each
+ * C-contiguous, one after another (swiftunet_model_param_total floats in
+ * all). Gradients, Adam moments and EMA weights use this layout. */
+
+/* Sum of numel over all parameters. */
+int64_t swiftunet_model_param_total(const swiftunet_model *model);
+
+/* loss = mean((model(x, t) - target)^2) over every element (PyTorch's
+ * mse_loss, reduction "mean") and its gradient for every parameter.
+ * x and target [batch, channels, height, width] (batch >= 1), timesteps as
+ * for forward. *loss receives the loss (computed in float64 from the float32
+ * prediction); grads receives grads_count == param_total floats in the flat
+ * layout. The model's weights are not changed. The result is the same at
+ * every thread count, bit for bit. */
+int32_t swiftunet_model_loss_and_grad(swiftunet_model *model, const float *x,
+                                      int64_t batch, int64_t channels,
+                                      int64_t height, int64_t width,
+                                      const int64_t *timesteps, const float *target,
+                                      double *loss, float *grads, int64_t grads_count);
+
+/* A trainer: AdamW (PyTorch's formulas, decoupled weight decay), optional
+ * clipping of the gradient's global norm, and an EMA of the weights, for one
+ * model, over the noise schedule given by its betas. The trainer holds a
+ * reference to the model and updates its weights in place. */
+typedef struct swiftunet_trainer swiftunet_trainer;
+
+/* lr > 0, 0 <= beta1 < 1, 0 <= beta2 < 1, eps > 0, weight_decay >= 0,
+ * grad_clip > 0 clips by global norm (0: no clipping), 0 <= ema_decay <= 1.
+ * The EMA starts equal to the model's weights, the moments at zero, the step
+ * count at 0. *out_trainer receives one reference. */
+int32_t swiftunet_trainer_create(swiftunet_model *model, const double *betas,
+                                 int64_t num_timesteps, double lr, double beta1,
+                                 double beta2, double eps, double weight_decay,
+                                 double grad_clip, double ema_decay, uint64_t seed,
+                                 swiftunet_trainer **out_trainer);
+void swiftunet_trainer_retain(swiftunet_trainer *trainer);
+void swiftunet_trainer_release(swiftunet_trainer *trainer);
+
+/* One training step on clean images x0 [batch, channels, height, width]
+ * (batch >= 1): t and noise drawn as swiftunet_trainer_draw describes for the
+ * current step count, x_t = q_sample(x0, t, noise), loss = mse(model(x_t, t),
+ * noise), backward, clip, AdamW, EMA, step count + 1. *loss receives the
+ * loss before the update. On any failure (including a non-finite loss or
+ * gradient) nothing changes: weights, moments, EMA and step count. */
+int32_t swiftunet_trainer_step(swiftunet_trainer *trainer, const float *x0,
+                               int64_t batch, int64_t channels, int64_t height,
+                               int64_t width, double *loss);
+
+/* Steps taken so far (restored by set_state). */
+int64_t swiftunet_trainer_step_count(const swiftunet_trainer *trainer);
+
+/* The t [batch] and noise [batch * per_image] that the step with 0-based
+ * index `step` of a trainer seeded with `seed` uses: a SplitMix64 stream
+ * seeded with mix = SplitMix64(seed ^ (step * 0xD1B54A32D192ED03)).next();
+ * t[b] = high 64 bits of (next() * num_timesteps) for b in order, then the
+ * noise from the Gaussian generator (docs/sampling.md) continuing the same
+ * SplitMix64 stream. */
+int32_t swiftunet_trainer_draw(uint64_t seed, int64_t step, int64_t num_timesteps,
+                               int64_t batch, int64_t per_image,
+                               int64_t *t, float *noise);
+
+enum {
+    SWIFTUNET_STATE_EMA = 0,     /* the EMA weights */
+    SWIFTUNET_STATE_ADAM_M = 1,  /* AdamW's first moments */
+    SWIFTUNET_STATE_ADAM_V = 2   /* AdamW's second moments */
+};
+
+/* Copies one state tensor (param_total floats, flat layout) into dst. */
+int32_t swiftunet_trainer_get_state(const swiftunet_trainer *trainer, int32_t which,
+                                    float *dst, int64_t count);
+
+/* Restores a checkpoint's EMA, moments (count == param_total floats each,
+ * finite; v >= 0) and step count (>= 0). The model's weights are restored
+ * separately with swiftunet_model_set_params. All or nothing. */
+int32_t swiftunet_trainer_set_state(swiftunet_trainer *trainer, const float *ema,
+                                    const float *adam_m, const float *adam_v,
+                                    int64_t count, int64_t step_count);
+
 #ifdef __cplusplus
 }
 #endif
