@@ -2,8 +2,13 @@
 docs/benchmarks.md come from these functions)."""
 
 import importlib.util
+import json
+import math
 import os
+import platform
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,3 +101,124 @@ def test_cross_core_probe_builds_and_reports(tmp_path, c_compiler):
     for line, unit in zip(lines, ["GB/s", "GB/s", "GB/s", "ns"]):
         value = float(line.split(":")[1].split()[0])
         assert value > 0 and line.endswith(unit), line
+
+
+# --------------------------------------------------------------------------
+# benchmarks/train_bench.py (the "Training step time" section of docs/benchmarks.md)
+
+TRAIN_BENCH_PATH = BENCH_PATH.parent / "train_bench.py"
+
+
+@pytest.fixture(scope="module")
+def train_bench():
+    spec = importlib.util.spec_from_file_location("swiftunet_train_bench_script", TRAIN_BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_train_bench(tmp_path, *args, timeout=600):
+    out_json = tmp_path / "train.json"
+    proc = subprocess.run([sys.executable, str(TRAIN_BENCH_PATH), *args, "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def _table_rows(text, header_start):
+    """The cells of the markdown table whose header line starts with header_start."""
+    lines = text.splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith(header_start))
+    header = [c.strip() for c in lines[i].strip("|").split("|")]
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return header, rows
+
+
+TRAIN_COLUMNS = ["config", "B", "thr", "swiftunet ms/step", "torch ms/step", "ratio", "round ratios",
+                 "swiftunet peak RSS MiB", "torch peak RSS MiB", "RSS ratio",
+                 "verdict (ratio <= 0.75, RSS <= torch)"]
+
+
+def test_train_bench_median_of_round_medians_and_verdicts(train_bench):
+    row = {"libraries": {"swiftunet": {"rounds_ms": [[1, 2, 3], [10, 11, 12], [5, 6, 7]], "peak_rss_mib": 100.0},
+                         "torch": {"rounds_ms": [[4, 4, 4], [20, 30, 40], [8, 9, 10]], "peak_rss_mib": 400.0}}}
+    train_bench.summarize_row(row)
+    assert row["libraries"]["swiftunet"]["ms_per_step"] == 6  # median of 2, 11, 6
+    assert row["libraries"]["torch"]["ms_per_step"] == 9      # median of 4, 30, 9
+    assert row["ratio"] == pytest.approx(6 / 9)
+    assert row["round_ratios"] == pytest.approx([2 / 4, 11 / 30, 6 / 9])
+    assert row["rss_ratio"] == pytest.approx(0.25)
+    assert row["verdict"] == "meets"
+    row["libraries"]["swiftunet"]["peak_rss_mib"] = 500.0
+    train_bench.summarize_row(row)
+    assert row["verdict"] == "misses: RSS 1.25x torch"
+    row["libraries"]["swiftunet"]["rounds_ms"] = [[9, 9, 9]] * 3
+    train_bench.summarize_row(row)
+    assert row["verdict"] == "misses: time 1.00 > 0.75, RSS 1.25x torch"
+    del row["libraries"]["torch"]
+    train_bench.summarize_row(row)
+    assert row["ratio"] is None and row["verdict"] == "-"
+
+
+def test_train_bench_interleaves_rounds_and_keeps_rss_apart(tmp_path):
+    """The driver with stand-in libraries (a step sleeps; set-up touches some MiB): the rounds
+    alternate which library goes first, each library's RSS is its own process's, and the table
+    carries every column with the figures of the JSON."""
+    fake = {"ms": {"swiftunet": 10, "torch": 30}, "mib": {"swiftunet": 20, "torch": 150}}
+    text, res = _run_train_bench(tmp_path, "--fake", json.dumps(fake), "--configs", "tiny", "--batches", "2",
+                                 "--threads", "1", "--rounds", "4", "--steps", "2", "--warmup", "1")
+    (row,) = res["rows"]
+    assert row["sequence"] == [[0, "swiftunet"], [0, "torch"], [1, "torch"], [1, "swiftunet"],
+                               [2, "swiftunet"], [2, "torch"], [3, "torch"], [3, "swiftunet"]]
+    s, t = row["libraries"]["swiftunet"], row["libraries"]["torch"]
+    assert [len(r) for r in s["rounds_ms"]] == [2] * 4 and [len(r) for r in t["rounds_ms"]] == [2] * 4
+    assert 10 <= s["ms_per_step"] < 20 and 30 <= t["ms_per_step"] < 45
+    assert 100 < t["peak_rss_mib"] - s["peak_rss_mib"] < 200  # 130 MiB more touched by the torch stand-in
+    assert row["verdict"] == "meets"
+    header, rows = _table_rows(text, "| config | B | thr | swiftunet ms/step")
+    assert header == TRAIN_COLUMNS
+    (cells,) = rows
+    assert cells["config"].startswith("tiny 8x8x1") and cells["B"] == "2" and cells["thr"] == "1"
+    assert float(cells["swiftunet ms/step"]) == pytest.approx(s["ms_per_step"], abs=0.05)
+    assert float(cells["torch ms/step"]) == pytest.approx(t["ms_per_step"], abs=0.05)
+    assert float(cells["ratio"]) == pytest.approx(row["ratio"], abs=0.005)
+    assert float(cells["swiftunet peak RSS MiB"]) == pytest.approx(s["peak_rss_mib"], abs=0.5)
+    assert float(cells["RSS ratio"]) == pytest.approx(row["rss_ratio"], abs=0.005)
+    assert cells["verdict (ratio <= 0.75, RSS <= torch)"] == "meets"
+
+
+def test_train_bench_quick_no_torch(tmp_path):
+    """train_bench.py --quick --no-torch on a tiny model: the header's facts, one swiftunet row
+    per (batch, threads) with its time and RSS, and no torch figures."""
+    swiftunet = pytest.importorskip("swiftunet")
+    if not hasattr(swiftunet, "Trainer"):
+        pytest.skip("this swiftunet has no Trainer (training not built in): nothing to time")
+    text, res = _run_train_bench(tmp_path, "--quick", "--no-torch", "--configs", "tiny", "--batches", "2,3",
+                                 "--threads", "1,2")
+    lines = text.splitlines()
+    assert re.match(r"date: \d{4}-\d\d-\d\d \d\d:\d\d UTC; nproc: \d+", lines[0]), lines[0]
+    assert lines[1].startswith("CPU: ") and "; vector ISA: " in lines[1]
+    assert any(k in lines[1] for k in ("AVX-512", "AVX2", "no AVX2")), lines[1]
+    assert lines[2] == f"swiftunet build: {swiftunet.build_info()}; python {platform.python_version()}"
+    assert lines[3] == "torch: not measured (--no-torch): swiftunet rows only"
+    assert "AdamW" in lines[4] and "EMA decay 0.999" in lines[4] and "no gradient clipping" in lines[4]
+    assert lines[5].startswith("timing: 1 warm-up step(s), then 1 alternating round(s) of 2 timed step(s)")
+    header, rows = _table_rows(text, "| config | B | thr | swiftunet ms/step")
+    assert header == TRAIN_COLUMNS
+    assert [(r["B"], r["thr"]) for r in rows] == [("2", "1"), ("2", "2"), ("3", "1"), ("3", "2")]
+    for cells, row in zip(rows, res["rows"]):
+        s = row["libraries"]["swiftunet"]
+        assert "error" not in s, s["error"]
+        assert list(row["libraries"]) == ["swiftunet"]
+        assert cells["config"] == "tiny 8x8x1 [8, 16]"
+        assert 0 < float(cells["swiftunet ms/step"]) == pytest.approx(s["ms_per_step"], abs=0.05)
+        assert 0 < float(cells["swiftunet peak RSS MiB"]) == pytest.approx(s["peak_rss_mib"], abs=0.5)
+        assert s["peak_rss_mib"] >= s["setup_rss_mib"] > 0
+        assert all(math.isfinite(v) and v > 0 for v in s["loss"]) and len(s["loss"]) == 2
+        for col in ("torch ms/step", "ratio", "round ratios", "torch peak RSS MiB", "RSS ratio",
+                    "verdict (ratio <= 0.75, RSS <= torch)"):
+            assert cells[col] == "-", (col, cells[col])
