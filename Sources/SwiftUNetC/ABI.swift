@@ -340,6 +340,24 @@ public func swiftunet_model_set_params(
     }
 }
 
+/// Checks the C-side ranges of an image batch [batch, channels, height, width], then the
+/// model's own rules (`validateInput`); returns the element count.
+func checkedImageCount(_ m: DiffusionModel, batch: Int64, channels: Int64, height: Int64, width: Int64,
+                       timesteps: UnsafePointer<Int64>?, name: String = "x") throws -> Int {
+    let limit = Int64(ModelConfig.maximumDimension)
+    guard batch >= 0 && batch <= Int64(Int32.max) else { throw argumentError("batch must be in [0, 2**31), got \(batch)") }
+    guard channels >= 0 && channels <= limit else {
+        throw argumentError("\(name) must have \(m.config.channels) channels, got \(channels)")
+    }
+    guard height >= 0 && height <= limit else { throw argumentError("\(name) height \(height) is out of range") }
+    guard width >= 0 && width <= limit else { throw argumentError("\(name) width \(width) is out of range") }
+    try m.validateInput(batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
+                        timesteps: timesteps)
+    let (count, overflow) = (Int(batch) * Int(channels)).multipliedReportingOverflow(by: Int(height) * Int(width))
+    if overflow { throw SwiftUNetError.outOfMemory("\(name) is too large") }
+    return count
+}
+
 @_cdecl("swiftunet_model_forward")
 public func swiftunet_model_forward(
     _ model: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?, _ batch: Int64, _ channels: Int64,
@@ -348,20 +366,11 @@ public func swiftunet_model_forward(
     pthread_setspecific(lastInputKey, x.map { UnsafeMutableRawPointer(mutating: $0) })
     return guarded {
         let m = try handle(model).model
-        let limit = Int64(ModelConfig.maximumDimension)
-        guard batch >= 0 && batch <= Int64(Int32.max) else { throw argumentError("batch must be in [0, 2**31), got \(batch)") }
-        guard channels >= 0 && channels <= limit else {
-            throw argumentError("x must have \(m.config.channels) channels, got \(channels)")
-        }
-        guard height >= 0 && height <= limit else { throw argumentError("x height \(height) is out of range") }
-        guard width >= 0 && width <= limit else { throw argumentError("x width \(width) is out of range") }
-        try m.validateInput(batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
-                            timesteps: timesteps)
+        let count = try checkedImageCount(m, batch: batch, channels: channels, height: height, width: width,
+                                          timesteps: timesteps)
         if batch == 0 { return }
         guard let x = x else { throw argumentError("x must not be NULL") }
         guard let out = out else { throw argumentError("out must not be NULL") }
-        let (count, overflow) = (Int(batch) * Int(channels)).multipliedReportingOverflow(by: Int(height) * Int(width))
-        if overflow { throw SwiftUNetError.outOfMemory("x is too large") }
         let xStart = UInt(bitPattern: x), oStart = UInt(bitPattern: out), bytes = UInt(count * 4)
         if xStart < oStart + bytes && oStart < xStart + bytes {
             throw argumentError("out must not overlap x")

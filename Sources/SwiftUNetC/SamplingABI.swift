@@ -14,7 +14,7 @@ private let samplerDDIM: Int32 = 0
 private let samplerDDPM: Int32 = 1
 
 /// A schedule from a C array of betas (validated by NoiseSchedule).
-private func scheduleFromBetas(_ betas: UnsafePointer<Double>?, _ count: Int64) throws -> NoiseSchedule {
+func scheduleFromBetas(_ betas: UnsafePointer<Double>?, _ count: Int64) throws -> NoiseSchedule {
     guard count >= 1 && count <= Int64(NoiseSchedule.maximumTimesteps) else {
         throw argumentError("num_timesteps must be between 1 and \(NoiseSchedule.maximumTimesteps), got \(count)")
     }

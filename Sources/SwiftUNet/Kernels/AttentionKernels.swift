@@ -195,3 +195,168 @@ func attentionNaive(qkv: UnsafePointer<Float>, channels: Int, positions n: Int, 
         }
     }
 }
+
+// MARK: training: forward keeping the probabilities, backward
+
+/// row[0..<count] ← exp(row - max) / Σ exp(row - max): a softmax in place (16 lanes at a time).
+@inline(__always)
+private func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
+    var mx = -Float.infinity
+    for j in 0..<count { mx = max(mx, row[j]) }
+    let m16 = Vec16(repeating: mx)
+    var total: Float = 0
+    var j = 0
+    while j < count {
+        let lanes = min(16, count - j)
+        let e = exp16((lanes == 16 ? load16(row + j) : loadPrefix16(row + j, count: lanes)) - m16)
+        if lanes == 16 {
+            store16(e, row + j)
+            total += e.sum()
+        } else {
+            storePrefix16(e, row + j, count: lanes)
+            for lane in 0..<lanes { total += e[lane] }
+        }
+        j += 16
+    }
+    let inv = 1 / total
+    for j in 0..<count { row[j] *= inv }
+}
+
+/// Multi-head attention for training. qkv [B, 3C, N] → o [B, C, N] and the attention
+/// probabilities p [B, heads, N, N] (p[i, j]: query i, key j) that the backward reads:
+/// p = softmax(qᵀk / √dh over keys), o = v·pᵀ per head. Tasks are (image, head).
+func attentionTrainingForward(qkv: UnsafePointer<Float>, batch: Int, channels: Int, positions n: Int, heads: Int,
+                              o: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>) {
+    let dh = channels / heads
+    let scale = 1 / Float(dh).squareRoot()
+    ThreadPool.shared.parallelFor(batch * heads) { task in
+        let b = task / heads, h = task % heads
+        let q = qkv + (b * 3 * channels + h * dh) * n, k = q + channels * n, v = k + channels * n
+        let probs = p + task * n * n
+        let out = o + (b * channels + h * dh) * n
+        for i in 0..<n {
+            let row = probs + i * n
+            row.update(repeating: 0, count: n)
+            for d in 0..<dh {
+                let qd = q[d * n + i] * scale, kd = k + d * n
+                for j in 0..<n { row[j] = row[j].addingProduct(qd, kd[j]) }
+            }
+            softmaxInPlace(row, count: n)
+        }
+        for d in 0..<dh {
+            let vd = v + d * n, od = out + d * n
+            for i in 0..<n {
+                let row = probs + i * n
+                var s: Float = 0
+                for j in 0..<n { s = s.addingProduct(row[j], vd[j]) }
+                od[i] = s
+            }
+        }
+    }
+}
+
+/// Floats of scratch `attentionBackward` needs with `threads` threads.
+func attentionBackwardScratchCount(positions n: Int, threads: Int) -> Int { threads * n * n }
+
+/// The gradient of `attentionTrainingForward`: do [B, C, N], qkv, p → dqkv [B, 3C, N] (=).
+/// With S = qᵀk/√dh and P = softmax(S): dP = doᵀ·v, dv = do·P, dS = P ∘ (dP - rowsum(P ∘ dP)),
+/// dq = k·dSᵀ/√dh, dk = q·dS/√dh. Tasks are (image, head), each with its own dS scratch.
+func attentionBackward(dOut: UnsafePointer<Float>, qkv: UnsafePointer<Float>, p: UnsafePointer<Float>,
+                       batch: Int, channels: Int, positions n: Int, heads: Int,
+                       dqkv: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+    let dh = channels / heads
+    let scale = 1 / Float(dh).squareRoot()
+    let pool = ThreadPool.shared
+    let threads = pool.threadsFor(batch * heads)
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let scratch = try workspace.floats(attentionBackwardScratchCount(positions: n, threads: threads))
+    pool.parallelFor(batch * heads, maxThreads: threads) { task, thread in
+        let b = task / heads, h = task % heads
+        let q = qkv + (b * 3 * channels + h * dh) * n, k = q + channels * n, v = k + channels * n
+        let dq = dqkv + (b * 3 * channels + h * dh) * n, dk = dq + channels * n, dv = dk + channels * n
+        let probs = p + task * n * n
+        let dO = dOut + (b * channels + h * dh) * n
+        let ds = scratch + thread * n * n
+        // dv[d, j] = Σ_i do[d, i]·P[i, j]
+        for d in 0..<dh {
+            let row = dv + d * n
+            row.update(repeating: 0, count: n)
+            for i in 0..<n {
+                let g = dO[d * n + i], pi = probs + i * n
+                for j in 0..<n { row[j] = row[j].addingProduct(g, pi[j]) }
+            }
+        }
+        // dP[i, j] = Σ_d do[d, i]·v[d, j], then dS = P ∘ (dP - Σ_j P∘dP), scaled by 1/√dh.
+        for i in 0..<n {
+            let row = ds + i * n, pi = probs + i * n
+            row.update(repeating: 0, count: n)
+            for d in 0..<dh {
+                let g = dO[d * n + i], vd = v + d * n
+                for j in 0..<n { row[j] = row[j].addingProduct(g, vd[j]) }
+            }
+            var dot: Float = 0
+            for j in 0..<n { dot = dot.addingProduct(pi[j], row[j]) }
+            for j in 0..<n { row[j] = pi[j] * (row[j] - dot) * scale }
+        }
+        // dq[d, i] = Σ_j dS[i, j]·k[d, j];  dk[d, j] = Σ_i dS[i, j]·q[d, i]
+        for d in 0..<dh {
+            let kd = k + d * n, qd = q + d * n, dqd = dq + d * n, dkd = dk + d * n
+            dkd.update(repeating: 0, count: n)
+            for i in 0..<n {
+                let row = ds + i * n
+                var s: Float = 0
+                for j in 0..<n { s = s.addingProduct(row[j], kd[j]) }
+                dqd[i] = s
+                let qi = qd[i]
+                for j in 0..<n { dkd[j] = dkd[j].addingProduct(qi, row[j]) }
+            }
+        }
+    }
+}
+
+/// The plain twin of `attentionBackward`, in float64 from the definition (probabilities
+/// recomputed from qkv): do [C, N] per image → dqkv [B, 3C, N].
+func attentionBackwardNaive(dOut: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, channels: Int,
+                            positions n: Int, heads: Int, dqkv: UnsafeMutablePointer<Float>) {
+    let dh = channels / heads
+    let scale = 1 / Double(dh).squareRoot()
+    for b in 0..<batch {
+        for h in 0..<heads {
+            func q(_ d: Int, _ i: Int) -> Double { Double(qkv[(b * 3 * channels + h * dh + d) * n + i]) }
+            func k(_ d: Int, _ j: Int) -> Double { Double(qkv[(b * 3 * channels + channels + h * dh + d) * n + j]) }
+            func v(_ d: Int, _ j: Int) -> Double { Double(qkv[(b * 3 * channels + 2 * channels + h * dh + d) * n + j]) }
+            func g(_ d: Int, _ i: Int) -> Double { Double(dOut[(b * channels + h * dh + d) * n + i]) }
+            var prob = [[Double]](repeating: [Double](repeating: 0, count: n), count: n)
+            for i in 0..<n {
+                var s = [Double](repeating: 0, count: n)
+                for j in 0..<n { for d in 0..<dh { s[j] += q(d, i) * k(d, j) * scale } }
+                let mx = s.max()!
+                let e = s.map { exp($0 - mx) }
+                let t = e.reduce(0, +)
+                prob[i] = e.map { $0 / t }
+            }
+            var dS = prob
+            for i in 0..<n {
+                var dP = [Double](repeating: 0, count: n)
+                for j in 0..<n { for d in 0..<dh { dP[j] += g(d, i) * v(d, j) } }
+                var dot = 0.0
+                for j in 0..<n { dot += prob[i][j] * dP[j] }
+                for j in 0..<n { dS[i][j] = prob[i][j] * (dP[j] - dot) * scale }
+            }
+            for d in 0..<dh {
+                for i in 0..<n {
+                    var dq = 0.0, dk = 0.0, dv = 0.0
+                    for j in 0..<n {
+                        dq += dS[i][j] * k(d, j)
+                        dk += dS[j][i] * q(d, j)
+                        dv += prob[j][i] * g(d, j)
+                    }
+                    dqkv[(b * 3 * channels + h * dh + d) * n + i] = Float(dq)
+                    dqkv[(b * 3 * channels + channels + h * dh + d) * n + i] = Float(dk)
+                    dqkv[(b * 3 * channels + 2 * channels + h * dh + d) * n + i] = Float(dv)
+                }
+            }
+        }
+    }
+}

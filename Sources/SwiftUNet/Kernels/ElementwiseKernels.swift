@@ -94,3 +94,81 @@ func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
         x[i] = Float(0.5 * v * (1 + erf(v / 2.0.squareRoot())))
     }
 }
+
+// MARK: training
+
+/// dx = dy · GELU'(x), GELU'(x) = Φ(x) + x·φ(x) (exact form), x the pre-activation.
+func geluBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+    let invSqrt2 = 1 / 2.0.squareRoot(), invSqrt2Pi = 1 / (2 * Double.pi).squareRoot()
+    for i in 0..<count {
+        let v = Double(x[i])
+        let cdf = 0.5 * (1 + erf(v * invSqrt2))
+        let pdf = invSqrt2Pi * exp(-0.5 * v * v)
+        dx[i] = Float(Double(dy[i]) * (cdf + v * pdf))
+    }
+}
+
+/// The gradients of `linearForward`: dy [B, out], x [B, in], W [out, in] →
+/// dW [out, in] +=, db [out] +=, and dx [B, in] = dy · W when `dx` is given.
+/// Images are added in order: the same bits at any thread count.
+func linearBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, inFeatures: Int, outFeatures: Int,
+                    weight: UnsafePointer<Float>, dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>,
+                    dx: UnsafeMutablePointer<Float>?) {
+    ThreadPool.shared.parallelFor(outFeatures) { o in
+        let row = dWeight + o * inFeatures
+        var db: Float = 0
+        for b in 0..<batch {
+            let d = dy[b * outFeatures + o]
+            db += d
+            let xb = x + b * inFeatures
+            for i in 0..<inFeatures { row[i] = row[i].addingProduct(d, xb[i]) }
+        }
+        dBias[o] += db
+    }
+    guard let dx = dx else { return }
+    ThreadPool.shared.parallelFor(batch) { b in
+        let out = dx + b * inFeatures
+        out.update(repeating: 0, count: inFeatures)
+        for o in 0..<outFeatures {
+            let d = dy[b * outFeatures + o], w = weight + o * inFeatures
+            for i in 0..<inFeatures { out[i] = out[i].addingProduct(d, w[i]) }
+        }
+    }
+}
+
+/// The plain twin of `linearBackward`, in float64.
+func linearBackwardNaive(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, inFeatures: Int,
+                         outFeatures: Int, weight: UnsafePointer<Float>, dWeight: UnsafeMutablePointer<Float>,
+                         dBias: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>) {
+    for o in 0..<outFeatures {
+        var db = 0.0
+        for b in 0..<batch { db += Double(dy[b * outFeatures + o]) }
+        dBias[o] += Float(db)
+        for i in 0..<inFeatures {
+            var s = 0.0
+            for b in 0..<batch { s += Double(dy[b * outFeatures + o]) * Double(x[b * inFeatures + i]) }
+            dWeight[o * inFeatures + i] += Float(s)
+        }
+    }
+    for b in 0..<batch {
+        for i in 0..<inFeatures {
+            var s = 0.0
+            for o in 0..<outFeatures { s += Double(dy[b * outFeatures + o]) * Double(weight[o * inFeatures + i]) }
+            dx[b * inFeatures + i] = Float(s)
+        }
+    }
+}
+
+/// loss = mean((pred - target)²) over `count` elements (PyTorch's mse_loss, reduction
+/// "mean"), summed in float64 in order; grad = 2·(pred - target)/count.
+func mseLossAndGradient(_ pred: UnsafePointer<Float>, target: UnsafePointer<Float>, count: Int,
+                        grad: UnsafeMutablePointer<Float>) -> Double {
+    var sum = 0.0
+    let scale = Float(2.0 / Double(count))
+    for i in 0..<count {
+        let d = pred[i] - target[i]
+        sum += Double(d) * Double(d)
+        grad[i] = d * scale
+    }
+    return sum / Double(count)
+}

@@ -60,6 +60,8 @@ public final class PackedMatrix {
 
     /// The store `data` was carved from (nil: `data` is an allocation of its own).
     private let store: WeightStore?
+    /// False when `data` is a caller's buffer (a workspace), which the caller frees.
+    private let ownsData: Bool
 
     /// Packs `source` [rows, cols] with leading dimension `ld` (>= cols), into `store` when given.
     init(rows: Int, cols: Int, source: UnsafePointer<Float>, ld: Int, store: WeightStore? = nil) throws {
@@ -69,6 +71,7 @@ public final class PackedMatrix {
         let count = max(1, panels * gemmRowBlock * cols)
         data = try store?.floats(count, "packed weights") ?? allocateFloatsOrThrow(count, "packed weights")
         self.store = store
+        ownsData = true
         data.initialize(repeating: 0, count: count)
         for r in 0..<rows {
             let panel = data + (r / gemmRowBlock) * gemmRowBlock * cols
@@ -77,8 +80,46 @@ public final class PackedMatrix {
         }
     }
 
+    /// Floats a packed [rows, cols] matrix occupies.
+    static func floatCount(rows: Int, cols: Int) -> Int {
+        max(1, ((rows + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock * cols)
+    }
+
+    /// Packs A [rows, cols], element (r, k) at `source[r·rowStride + k·colStride]`, into
+    /// `buffer` (`floatCount(rows:cols:)` floats, owned and kept alive by the caller).
+    /// With rowStride 1 this packs the transpose of a row-major matrix.
+    init(rows: Int, cols: Int, source: UnsafePointer<Float>, rowStride: Int, colStride: Int,
+         buffer: UnsafeMutablePointer<Float>) {
+        self.rows = rows
+        self.cols = cols
+        panels = (rows + gemmRowBlock - 1) / gemmRowBlock
+        data = buffer
+        store = nil
+        ownsData = false
+        for p in 0..<panels {
+            let panel = buffer + p * gemmRowBlock * cols
+            let live = min(gemmRowBlock, rows - p * gemmRowBlock)
+            let first = source + p * gemmRowBlock * rowStride
+            if colStride == 1 {
+                // Rows contiguous: read each row once, scatter into the panel's lane.
+                if live < gemmRowBlock { panel.update(repeating: 0, count: gemmRowBlock * cols) }
+                for lane in 0..<live {
+                    let row = first + lane * rowStride
+                    for k in 0..<cols { panel[k * gemmRowBlock + lane] = row[k] }
+                }
+            } else {
+                for k in 0..<cols {
+                    let column = first + k * colStride
+                    let dst = panel + k * gemmRowBlock
+                    for lane in 0..<live { dst[lane] = column[lane * rowStride] }
+                    for lane in live..<gemmRowBlock { dst[lane] = 0 }
+                }
+            }
+        }
+    }
+
     deinit {
-        if store == nil { freeFloats(data) }
+        if store == nil && ownsData { freeFloats(data) }
     }
 
     /// Element (r, k) of the original matrix (for tests and slow paths).

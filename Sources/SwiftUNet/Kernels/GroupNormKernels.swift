@@ -238,3 +238,155 @@ func groupNormNaive(
         }
     }
 }
+
+// MARK: training: forward with statistics, backward
+
+/// As `groupNormForward`, and also keeps what the backward needs: the mean and
+/// 1/sqrt(var + eps) of every (image, group), mean/rstd [B, groups]. The
+/// normalised values are computed exactly as `groupNormForward` computes them.
+func groupNormTrainingForward(
+    _ x: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, groups: Int,
+    gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float, silu: Bool,
+    y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>
+) {
+    let cpg = channels / groups
+    let pool = ThreadPool.shared
+    pool.parallelFor(batch * groups) { task in
+        let b = task / groups, g = task % groups
+        let base = (b * channels + g * cpg) * spatial
+        let stats = groupStatistics(x + base, channels: cpg, spatial: spatial, eps: eps)
+        mean[task] = stats.mean
+        rstd[task] = Float(stats.invStd)
+        for c in 0..<cpg {
+            let ch = g * cpg + c
+            groupNormChannel(x + base + c * spatial, y + base + c * spatial, spatial: spatial, mean: stats.mean,
+                             scale: Float(stats.invStd) * gamma[ch], shift: beta[ch], silu: silu)
+        }
+    }
+}
+
+/// d/da SiLU(a) = s·(1 + a·(1 - s)), s = sigmoid(a), for 16 lanes.
+@inline(__always)
+func siluDerivative16(_ a: SIMD16<Float>) -> SIMD16<Float> {
+    let s = 1 / (1 + exp16(-a))
+    return s * (1 + a * (1 - s))
+}
+
+/// The gradient of `groupNormTrainingForward` (PyTorch's GroupNorm backward, with the
+/// SiLU's when `silu`): dy, x [B, C, spatial] and the saved mean/rstd → dx = (overwritten),
+/// dGamma, dBeta [C] +=.
+///
+/// With x̂ = (x - mean)·rstd, a = γ·x̂ + β and da = dy·SiLU'(a) (da = dy without SiLU):
+/// dβ = Σ da, dγ = Σ da·x̂, and over each group of N elements
+/// dx = rstd·(γ·da - mean(γ·da) - x̂·mean(γ·da·x̂)).
+/// Tasks are (image, group); the per-image parts of dγ and dβ are then added in image
+/// order, so the result does not depend on the thread count.
+func groupNormBackward(
+    _ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, groups: Int,
+    gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, silu: Bool,
+    mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
+    workspace: Workspace
+) throws {
+    let cpg = channels / groups
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // Per (image, channel): Σ da·x̂ and Σ da.
+    let parts = try workspace.floats(2 * batch * channels)
+    ThreadPool.shared.parallelFor(batch * groups) { task in
+        let b = task / groups, g = task % groups
+        let base = (b * channels + g * cpg) * spatial
+        let m = mean[task], r = rstd[task]
+        let m16 = SIMD16<Float>(repeating: m), r16 = SIMD16<Float>(repeating: r)
+        var sumA = 0.0, sumB = 0.0   // Σ γ·da, Σ γ·da·x̂ over the group
+        for c in 0..<cpg {
+            let ch = g * cpg + c
+            let xs = x + base + c * spatial, ds = dy + base + c * spatial, out = dx + base + c * spatial
+            let gm = gamma[ch], bt = beta[ch]
+            let scale16 = SIMD16<Float>(repeating: r * gm), shift16 = SIMD16<Float>(repeating: bt)
+            var accDa = SIMD16<Float>(), accDaX = SIMD16<Float>()
+            var i = 0
+            while i < spatial {
+                let lanes = min(16, spatial - i)
+                let xv = lanes == 16 ? load16(xs + i) : loadPrefix16(xs + i, count: lanes)
+                var da = lanes == 16 ? load16(ds + i) : loadPrefix16(ds + i, count: lanes)
+                let centered = xv - m16
+                let xhat = centered * r16
+                if silu { da *= siluDerivative16(centered * scale16 + shift16) }
+                accDa += da
+                accDaX += da * xhat
+                let dxhat = da * gm
+                if lanes == 16 { store16(dxhat, out + i) } else { storePrefix16(dxhat, out + i, count: lanes) }
+                i += 16
+            }
+            let sDa = widenedHalves(accDa).sum(), sDaX = widenedHalves(accDaX).sum()
+            parts[2 * (b * channels + ch)] = Float(sDaX)
+            parts[2 * (b * channels + ch) + 1] = Float(sDa)
+            sumA += Double(gm) * sDa
+            sumB += Double(gm) * sDaX
+        }
+        let count = Double(cpg * spatial)
+        let meanA = SIMD16<Float>(repeating: Float(sumA / count)), meanB = SIMD16<Float>(repeating: Float(sumB / count))
+        // Second pass: dx = rstd·(γ·da - mean(γ·da) - x̂·mean(γ·da·x̂)), γ·da already in dx.
+        let group = cpg * spatial
+        var i = 0
+        while i < group {
+            let lanes = min(16, group - i)
+            let p = dx + base + i, xs = x + base + i
+            let xv = lanes == 16 ? load16(xs) : loadPrefix16(xs, count: lanes)
+            let g16 = lanes == 16 ? load16(p) : loadPrefix16(p, count: lanes)
+            let v = r16 * (g16 - meanA - (xv - m16) * r16 * meanB)
+            if lanes == 16 { store16(v, p) } else { storePrefix16(v, p, count: lanes) }
+            i += 16
+        }
+    }
+    for c in 0..<channels {
+        var sg = 0.0, sb = 0.0
+        for b in 0..<batch {
+            sg += Double(parts[2 * (b * channels + c)])
+            sb += Double(parts[2 * (b * channels + c) + 1])
+        }
+        dGamma[c] += Float(sg)
+        dBeta[c] += Float(sb)
+    }
+}
+
+/// The plain twin of `groupNormBackward`, in float64 from the definition (statistics
+/// recomputed from x): dx =, dGamma +=, dBeta +=.
+func groupNormBackwardNaive(
+    _ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, groups: Int,
+    gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float, silu: Bool,
+    dx: UnsafeMutablePointer<Float>, dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>
+) {
+    let cpg = channels / groups, n = cpg * spatial
+    for b in 0..<batch {
+        for g in 0..<groups {
+            let base = (b * channels + g * cpg) * spatial
+            var mean = 0.0
+            for i in 0..<n { mean += Double(x[base + i]) }
+            mean /= Double(n)
+            var variance = 0.0
+            for i in 0..<n { variance += (Double(x[base + i]) - mean) * (Double(x[base + i]) - mean) }
+            let rstd = 1 / (variance / Double(n) + Double(eps)).squareRoot()
+            var xhat = [Double](repeating: 0, count: n), dxhat = [Double](repeating: 0, count: n)
+            for i in 0..<n {
+                let ch = g * cpg + i / spatial
+                xhat[i] = (Double(x[base + i]) - mean) * rstd
+                let a = Double(gamma[ch]) * xhat[i] + Double(beta[ch])
+                var da = Double(dy[base + i])
+                if silu {
+                    let s = 1 / (1 + exp(-a))
+                    da *= s * (1 + a * (1 - s))
+                }
+                dGamma[ch] += Float(da * xhat[i])
+                dBeta[ch] += Float(da)
+                dxhat[i] = da * Double(gamma[ch])
+            }
+            let m1 = dxhat.reduce(0, +) / Double(n)
+            var m2 = 0.0
+            for i in 0..<n { m2 += dxhat[i] * xhat[i] }
+            m2 /= Double(n)
+            for i in 0..<n { dx[base + i] = Float(rstd * (dxhat[i] - m1 - xhat[i] * m2)) }
+        }
+    }
+}

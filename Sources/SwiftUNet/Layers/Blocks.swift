@@ -67,3 +67,74 @@ final class UpBlock {
                         into: y, workspace: workspace)
     }
 }
+
+// MARK: training
+
+extension DownBlock {
+    /// Training forward: x [B, Cin, H, W] → skip [B, Cout, H, W] (kept by the caller, it is
+    /// also the down convolution's input) and y [B, Cout, H/2, W/2].
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int, temb: UnsafePointer<Float>,
+                         skip: UnsafeMutablePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                         workspace: Workspace) throws -> ResBlockSaved {
+        let saved = try res.trainingForward(x, batch: batch, height: height, width: width, temb: temb, into: skip,
+                                            workspace: workspace)
+        try down.trainingForward(skip, batch: batch, height: height, width: width, into: y, workspace: workspace)
+        return saved
+    }
+
+    /// dy [B, Cout, H/2, W/2] and dSkip [B, Cout, H, W] (the decoder's gradient of the skip)
+    /// → dx [B, Cin, H, W] (=), dtemb (+=), parameter gradients (+=).
+    func backward(_ dy: UnsafePointer<Float>, dSkip: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int,
+                  height: Int, width: Int, temb: UnsafePointer<Float>, skip: UnsafePointer<Float>,
+                  saved: ResBlockSaved, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,
+                  dtemb: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+        let count = batch * res.outChannels * height * width
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let dS = try workspace.floats(count)
+        try down.backward(dy, x: skip, batch: batch, height: height, width: width, gradients: gradients, dx: dS,
+                          workspace: workspace)
+        for i in 0..<count { dS[i] += dSkip[i] }
+        try res.backward(dS, x: x, batch: batch, height: height, width: width, temb: temb, saved: saved,
+                         gradients: gradients, dx: dx, dtemb: dtemb, workspace: workspace)
+    }
+}
+
+/// What `UpBlock.backward` needs: the concatenation [u, skip] and the ResBlock's values.
+struct UpBlockSaved {
+    let joined: UnsafeMutablePointer<Float>
+    let res: ResBlockSaved
+}
+
+extension UpBlock {
+    /// Training forward: x [B, C, H, W], skip [B, C, 2H, 2W] → y [B, Cout, 2H, 2W].
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int, temb: UnsafePointer<Float>,
+                         skip: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                         workspace: Workspace) throws -> UpBlockSaved {
+        let plane = channels * 4 * height * width
+        let joined = try workspace.floats(batch * 2 * plane)
+        try up.trainingForward(x, batch: batch, height: height, width: width, into: joined,
+                               outputBatchStride: 2 * plane, workspace: workspace)
+        for b in 0..<batch { (joined + (2 * b + 1) * plane).update(from: skip + b * plane, count: plane) }
+        let saved = try res.trainingForward(joined, batch: batch, height: 2 * height, width: 2 * width, temb: temb,
+                                            into: y, workspace: workspace)
+        return UpBlockSaved(joined: joined, res: saved)
+    }
+
+    /// dy [B, Cout, 2H, 2W] → dx [B, C, H, W] (=), dSkip [B, C, 2H, 2W] (=), dtemb (+=),
+    /// parameter gradients (+=).
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                  temb: UnsafePointer<Float>, saved: UpBlockSaved, gradients: GradientBuffer,
+                  dx: UnsafeMutablePointer<Float>, dSkip: UnsafeMutablePointer<Float>,
+                  dtemb: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+        let plane = channels * 4 * height * width
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let dJoined = try workspace.floats(batch * 2 * plane)
+        try res.backward(dy, x: saved.joined, batch: batch, height: 2 * height, width: 2 * width, temb: temb,
+                         saved: saved.res, gradients: gradients, dx: dJoined, dtemb: dtemb, workspace: workspace)
+        for b in 0..<batch { (dSkip + b * plane).update(from: dJoined + (2 * b + 1) * plane, count: plane) }
+        try up.backward(dJoined, dyBatchStride: 2 * plane, x: x, batch: batch, height: height, width: width,
+                        gradients: gradients, dx: dx, workspace: workspace)
+    }
+}

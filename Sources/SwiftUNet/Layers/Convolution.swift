@@ -195,3 +195,49 @@ final class ConvTranspose2d {
                                    workspace: workspace)
     }
 }
+
+// MARK: training
+
+extension Conv2d {
+    /// Training forward on the raw weights: x [B, Cin, H, W] → y [B, Cout, Ho, Wo]
+    /// (+ y when `accumulate`); `perImageBias` [B, Cout] replaces the bias when given.
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                         into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                         perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        try convForwardTraining(x, batch: batch, geometry: geometry(height: height, width: width), weight: weight.data,
+                                bias: bias.data, perImageBias: perImageBias, y: y, accumulate: accumulate,
+                                workspace: workspace)
+    }
+
+    /// dy [B, Cout, Ho, Wo], the forward's x → weight and bias gradients (+=) and, when
+    /// `dx` is given, dx [B, Cin, H, W] (=, or += with `accumulateDx`).
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                  gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>?, accumulateDx: Bool = false,
+                  workspace: Workspace) throws {
+        try convBackwardTraining(dy, x: x, batch: batch, geometry: geometry(height: height, width: width),
+                                 weight: weight.data, dWeight: gradients.of(weight), dBias: gradients.of(bias),
+                                 dx: dx, accumulateDx: accumulateDx, workspace: workspace)
+    }
+}
+
+extension ConvTranspose2d {
+    /// Training forward: x [B, Cin, H, W] → y [B, Cout, 2H, 2W], image b at y + b·outputBatchStride.
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                         into y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil,
+                         workspace: Workspace) throws {
+        try convTransposeForwardTraining(x, batch: batch, geometry: geometry(height: height, width: width),
+                                         weight: weight.data, bias: bias.data, y: y, yBatchStride: outputBatchStride,
+                                         workspace: workspace)
+    }
+
+    /// dy [B, Cout, 2H, 2W] (image b at dy + b·dyBatchStride), the forward's x → weight and
+    /// bias gradients (+=) and dx [B, Cin, H, W] (=).
+    func backward(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>, batch: Int,
+                  height: Int, width: Int, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,
+                  workspace: Workspace) throws {
+        try convTransposeBackwardTraining(dy, dyBatchStride: dyBatchStride, x: x, batch: batch,
+                                          geometry: geometry(height: height, width: width), weight: weight.data,
+                                          dWeight: gradients.of(weight), dBias: gradients.of(bias), dx: dx,
+                                          workspace: workspace)
+    }
+}

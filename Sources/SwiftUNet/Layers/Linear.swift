@@ -18,3 +18,12 @@ final class Linear {
                       weight: weight.data, bias: bias.data, y: y)
     }
 }
+
+extension Linear {
+    /// dy [B, out], the forward's x [B, in] → weight and bias gradients (+=), dx [B, in] (=) when given.
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, gradients: GradientBuffer,
+                  dx: UnsafeMutablePointer<Float>?) {
+        linearBackward(dy, x: x, batch: batch, inFeatures: inFeatures, outFeatures: outFeatures, weight: weight.data,
+                       dWeight: gradients.of(weight), dBias: gradients.of(bias), dx: dx)
+    }
+}

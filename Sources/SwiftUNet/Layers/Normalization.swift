@@ -21,3 +21,31 @@ final class GroupNorm {
                          gamma: weight.data, beta: bias.data, eps: eps, silu: silu, y: y)
     }
 }
+
+/// What `GroupNorm.backward` needs from the training forward: the statistics of every
+/// (image, group), [B, groups] each (the normalised values are recomputed from x).
+struct GroupNormSaved {
+    let mean: UnsafeMutablePointer<Float>
+    let rstd: UnsafeMutablePointer<Float>
+}
+
+extension GroupNorm {
+    /// Training forward: as `forward`, keeping the statistics (in the workspace, until the step ends).
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, spatial: Int, silu: Bool,
+                         into y: UnsafeMutablePointer<Float>, workspace: Workspace) throws -> GroupNormSaved {
+        let saved = GroupNormSaved(mean: try workspace.floats(batch * groups), rstd: try workspace.floats(batch * groups))
+        groupNormTrainingForward(x, batch: batch, channels: channels, spatial: spatial, groups: groups,
+                                 gamma: weight.data, beta: bias.data, eps: eps, silu: silu, y: y,
+                                 mean: saved.mean, rstd: saved.rstd)
+        return saved
+    }
+
+    /// dy, the forward's x [B, C, spatial] → dx (=), weight and bias gradients (+=).
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, spatial: Int, silu: Bool,
+                  saved: GroupNormSaved, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,
+                  workspace: Workspace) throws {
+        try groupNormBackward(dy, x: x, batch: batch, channels: channels, spatial: spatial, groups: groups,
+                              gamma: weight.data, beta: bias.data, silu: silu, mean: saved.mean, rstd: saved.rstd,
+                              dx: dx, dGamma: gradients.of(weight), dBeta: gradients.of(bias), workspace: workspace)
+    }
+}

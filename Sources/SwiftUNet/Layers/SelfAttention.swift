@@ -40,3 +40,58 @@ final class SelfAttention {
                          accumulate: true, workspace: workspace)
     }
 }
+
+// MARK: training
+
+/// What `SelfAttention.backward` needs: the GroupNorm's statistics and output, q/k/v,
+/// the attention probabilities [B, heads, N, N] and the attended values (proj's input).
+struct SelfAttentionSaved {
+    let norm: GroupNormSaved
+    let normed: UnsafeMutablePointer<Float>
+    let qkv: UnsafeMutablePointer<Float>
+    let probabilities: UnsafeMutablePointer<Float>
+    let attended: UnsafeMutablePointer<Float>
+}
+
+extension SelfAttention {
+    /// Training forward: x [B, C, H, W] → y [B, C, H, W], keeping what the backward needs.
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                         into y: UnsafeMutablePointer<Float>, workspace: Workspace) throws -> SelfAttentionSaved {
+        let n = height * width
+        let normed = try workspace.floats(batch * channels * n)
+        let normSaved = try norm.trainingForward(x, batch: batch, spatial: n, silu: false, into: normed,
+                                                 workspace: workspace)
+        let qkvOut = try workspace.floats(batch * 3 * channels * n)
+        try qkv.trainingForward(normed, batch: batch, height: height, width: width, into: qkvOut, workspace: workspace)
+        let probabilities = try workspace.floats(batch * heads * n * n)
+        let attended = try workspace.floats(batch * channels * n)
+        attentionTrainingForward(qkv: qkvOut, batch: batch, channels: channels, positions: n, heads: heads,
+                                 o: attended, p: probabilities)
+        y.update(from: x, count: batch * channels * n)
+        try proj.trainingForward(attended, batch: batch, height: height, width: width, into: y, accumulate: true,
+                                 workspace: workspace)
+        return SelfAttentionSaved(norm: normSaved, normed: normed, qkv: qkvOut, probabilities: probabilities,
+                                  attended: attended)
+    }
+
+    /// dy [B, C, H, W] → dx [B, C, H, W] (=) and the layer's parameter gradients (+=).
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                  saved: SelfAttentionSaved, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,
+                  workspace: Workspace) throws {
+        let n = height * width
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let dAttended = try workspace.floats(batch * channels * n)
+        try proj.backward(dy, x: saved.attended, batch: batch, height: height, width: width, gradients: gradients,
+                          dx: dAttended, workspace: workspace)
+        let dQKV = try workspace.floats(batch * 3 * channels * n)
+        try attentionBackward(dOut: dAttended, qkv: saved.qkv, p: saved.probabilities, batch: batch,
+                              channels: channels, positions: n, heads: heads, dqkv: dQKV, workspace: workspace)
+        let dNormed = dAttended  // same size, no longer needed
+        try qkv.backward(dQKV, x: saved.normed, batch: batch, height: height, width: width, gradients: gradients,
+                         dx: dNormed, workspace: workspace)
+        try norm.backward(dNormed, x: x, batch: batch, spatial: n, silu: false, saved: saved.norm,
+                          gradients: gradients, dx: dx, workspace: workspace)
+        for i in 0..<(batch * channels * n) { dx[i] += dy[i] }
+    }
+}

@@ -20,8 +20,11 @@ public final class DiffusionModel {
     let outNorm: GroupNorm
     let outConv: Conv2d
 
-    private let weightsLock = ReadWriteLock()
+    let weightsLock = ReadWriteLock()
     private let workspacesLock = Mutex()
+    /// Set when a training step changed the raw weights: the kernels' packed forms are
+    /// rebuilt before the next forward (`refreshPackedWeights`), not after every step.
+    private var packedWeightsStale = false
     private var idleWorkspaces: [Workspace] = []
     /// The largest `estimatedWorkspaceBytes` a forward has completed with (see `workspaceIsProven`).
     private var provenWorkspaceBytes = 0.0
@@ -69,7 +72,7 @@ public final class DiffusionModel {
 
     /// Repacks every layer's weights for the kernels, all into one new `WeightStore` (the
     /// previous one goes with the last of the matrices packed into it).
-    private func prepare() throws {
+    func prepare() throws {
         let store = WeightStore()
         try initConv.prepare(store: store)
         for b in downBlocks { try b.prepare(store: store) }
@@ -96,6 +99,7 @@ public final class DiffusionModel {
             for (p, src) in zip(parameters, sources) { p.data.update(from: src, count: p.count) }
             do {
                 try prepare()
+                workspacesLock.withLock { packedWeightsStale = false }
             } catch {
                 for (p, old) in zip(parameters, previous) {
                     old.withUnsafeBufferPointer { p.data.update(from: $0.baseAddress!, count: p.count) }
@@ -165,6 +169,7 @@ public final class DiffusionModel {
                         timesteps: UnsafePointer<Int64>, out: UnsafeMutablePointer<Float>) throws {
         try validateInput(batch: batch, channels: channels, height: height, width: width, timesteps: timesteps)
         if batch == 0 { return }
+        try refreshPackedWeights()
         try weightsLock.withReadLock {
             let pool = ThreadPool.shared
             let threads = pool.threadsFor(batch)
@@ -229,11 +234,33 @@ public final class DiffusionModel {
         return out
     }
 
-    private func takeWorkspace() -> Workspace {
+    /// Changes the raw weights in place (a training step), under the write lock; the packed
+    /// forms are rebuilt before the next forward.
+    func updateWeights(_ body: () throws -> Void) rethrows {
+        try weightsLock.withWriteLock {
+            try body()
+            workspacesLock.withLock { packedWeightsStale = true }
+        }
+    }
+
+    /// Rebuilds the packed weights if a training step changed the raw ones.
+    func refreshPackedWeights() throws {
+        guard workspacesLock.withLock({ packedWeightsStale }) else { return }
+        try weightsLock.withWriteLock { try refreshPackedWeightsLocked() }
+    }
+
+    /// `refreshPackedWeights` with the write lock held.
+    private func refreshPackedWeightsLocked() throws {
+        guard workspacesLock.withLock({ packedWeightsStale }) else { return }
+        try prepare()
+        workspacesLock.withLock { packedWeightsStale = false }
+    }
+
+    func takeWorkspace() -> Workspace {
         workspacesLock.withLock { idleWorkspaces.popLast() } ?? Workspace()
     }
 
-    private func giveBack(_ w: Workspace) {
+    func giveBack(_ w: Workspace) {
         workspacesLock.withLock { idleWorkspaces.append(w) }
     }
 

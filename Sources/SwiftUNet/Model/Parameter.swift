@@ -13,9 +13,13 @@ public final class Parameter {
     public let count: Int
     let initialization: Initialization
     let data: UnsafeMutablePointer<Float>
+    /// Where this tensor starts in the model's flat parameter layout (state_dict order,
+    /// tensors back to back): gradients, Adam moments and EMA weights use that layout.
+    public let offset: Int
 
-    init(name: String, shape: [Int], initialization: Initialization) throws {
+    init(name: String, shape: [Int], offset: Int, initialization: Initialization) throws {
         self.name = name
+        self.offset = offset
         self.shape = shape
         self.count = shape.reduce(1, *)
         self.initialization = initialization
@@ -42,10 +46,21 @@ public final class Parameter {
 /// Collects a model's parameters in state_dict order as its layers are built.
 final class ParameterRegistry {
     private(set) var parameters: [Parameter] = []
+    /// Floats in all parameters so far.
+    private(set) var total = 0
 
     func make(_ name: String, _ shape: [Int], _ initialization: Parameter.Initialization) throws -> Parameter {
-        let p = try Parameter(name: name, shape: shape, initialization: initialization)
+        let p = try Parameter(name: name, shape: shape, offset: total, initialization: initialization)
         parameters.append(p)
+        total += p.count
         return p
     }
+}
+
+/// Gradients in the flat parameter layout: the gradient of parameter p is the
+/// `p.count` floats at `base + p.offset`.
+struct GradientBuffer {
+    let base: UnsafeMutablePointer<Float>
+
+    @inline(__always) func of(_ p: Parameter) -> UnsafeMutablePointer<Float> { base + p.offset }
 }

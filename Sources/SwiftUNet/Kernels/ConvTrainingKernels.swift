@@ -1,0 +1,289 @@
+/// Convolutions for training: forward, and the gradients with respect to the input,
+/// the weight and the bias, as GEMMs over explicit im2col matrices (one image at a
+/// time, so the column buffer stays small). PyTorch semantics: cross-correlation,
+/// zero padding; ConvTranspose2d weight [in, out, k, k].
+///
+/// Weight and bias gradients add the images in order (image 0 first), and every GEMM
+/// keeps its per-element order whatever the thread count, so the gradients are the
+/// same bit for bit on any number of threads.
+
+/// The output positions ox in 0..<outSize whose input position ox·stride + offset lies in 0..<inSize.
+@inline(__always)
+private func validOutputs(offset: Int, stride: Int, inSize: Int, outSize: Int) -> Range<Int> {
+    // ox·s + offset >= 0  ⇔  ox >= ⌈-offset / s⌉;  ox·s + offset <= inSize - 1  ⇔  ox <= ⌊(inSize - 1 - offset) / s⌋
+    let lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride
+    let top = inSize - 1 - offset
+    let hi = top < 0 ? 0 : min(outSize, top / stride + 1)
+    return lo < hi ? lo..<hi : 0..<0
+}
+
+/// x [C, H, W] (one image) → col [C·k·k, Ho·Wo]:
+/// col[(c·k + ky)·k + kx, oy·Wo + ox] = x[c, oy·s - p + ky, ox·s - p + kx] (0 outside).
+func im2col(_ x: UnsafePointer<Float>, geometry g: ConvGeometry, channels: Int, col: UnsafeMutablePointer<Float>) {
+    let k = g.kernel, s = g.stride, p = g.padding
+    let ho = g.outHeight, wo = g.outWidth, n = ho * wo
+    ThreadPool.shared.parallelFor(channels) { c in
+        let plane = x + c * g.height * g.width
+        for ky in 0..<k {
+            let rows = validOutputs(offset: ky - p, stride: s, inSize: g.height, outSize: ho)
+            for kx in 0..<k {
+                let dst = col + ((c * k + ky) * k + kx) * n
+                let cols = validOutputs(offset: kx - p, stride: s, inSize: g.width, outSize: wo)
+                for oy in 0..<ho {
+                    let d = dst + oy * wo
+                    guard rows.contains(oy) else { d.update(repeating: 0, count: wo); continue }
+                    let src = plane + (oy * s - p + ky) * g.width + (kx - p)
+                    if cols.lowerBound > 0 { d.update(repeating: 0, count: cols.lowerBound) }
+                    if s == 1 {
+                        if !cols.isEmpty { (d + cols.lowerBound).update(from: src + cols.lowerBound, count: cols.count) }
+                    } else {
+                        for ox in cols { d[ox] = src[ox * s] }
+                    }
+                    if cols.upperBound < wo { (d + cols.upperBound).update(repeating: 0, count: wo - cols.upperBound) }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: col [C·k·k, Ho·Wo] → dx [C, H, W] +=. Each channel adds its
+/// taps in the order (ky, kx, oy, ox), whatever the thread count.
+func col2imAdd(_ col: UnsafePointer<Float>, geometry g: ConvGeometry, channels: Int, dx: UnsafeMutablePointer<Float>) {
+    let k = g.kernel, s = g.stride, p = g.padding
+    let ho = g.outHeight, wo = g.outWidth, n = ho * wo
+    ThreadPool.shared.parallelFor(channels) { c in
+        let plane = dx + c * g.height * g.width
+        for ky in 0..<k {
+            let rows = validOutputs(offset: ky - p, stride: s, inSize: g.height, outSize: ho)
+            for kx in 0..<k {
+                let src = col + ((c * k + ky) * k + kx) * n
+                let cols = validOutputs(offset: kx - p, stride: s, inSize: g.width, outSize: wo)
+                for oy in rows {
+                    let d = plane + (oy * s - p + ky) * g.width + (kx - p)
+                    let r = src + oy * wo
+                    for ox in cols { d[ox * s] += r[ox] }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a convolution reads its input as it is (1×1, stride 1, no padding): then the
+/// image itself is the im2col matrix.
+@inline(__always)
+private func isPointwise(_ g: ConvGeometry) -> Bool { g.kernel == 1 && g.stride == 1 && g.padding == 0 }
+
+/// db[c] += Σ over images and positions of dy[b, c, :] (image b at dy + b·batchStride),
+/// summed in float64 in order.
+func biasGradientAdd(_ dy: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, batchStride: Int,
+                     db: UnsafeMutablePointer<Float>) {
+    for c in 0..<channels {
+        var sum = 0.0
+        for b in 0..<batch {
+            let row = dy + b * batchStride + c * spatial
+            var partial: Float = 0
+            for i in 0..<spatial { partial += row[i] }
+            sum += Double(partial)
+        }
+        db[c] += Float(sum)
+    }
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] = conv(x, weight) + bias, with weight
+/// [Cout, Cin, k, k]. `perImageBias` [B, Cout] replaces `bias` when given; with
+/// `accumulate` y's contents are added.
+func convForwardTraining(_ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
+                         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                         perImageBias: UnsafePointer<Float>? = nil,
+                         y: UnsafeMutablePointer<Float>, accumulate: Bool = false, workspace: Workspace) throws {
+    let kk = g.inChannels * g.kernel * g.kernel, n = g.outHeight * g.outWidth
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let w = PackedMatrix(rows: g.outChannels, cols: kk, source: weight, rowStride: kk, colStride: 1,
+                         buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: kk)))
+    let pointwise = isPointwise(g)
+    let col = pointwise ? nil : try workspace.floats(kk * n)
+    for b in 0..<batch {
+        let xb = x + b * g.inChannels * g.height * g.width
+        if let col = col { im2col(xb, geometry: g, channels: g.inChannels, col: col) }
+        try matmul(w, StridedSource(b: col.map { UnsafePointer($0) } ?? xb, kStride: n, nStride: 1), n: n,
+                   c: y + b * g.outChannels * n, ldc: n, rowBias: perImageBias.map { $0 + b * g.outChannels } ?? bias,
+                   accumulate: accumulate, workspace: workspace)
+    }
+}
+
+/// The gradients of `convForwardTraining`: dy [B, Cout, Ho, Wo] (image b at dy + b·dyBatchStride),
+/// x [B, Cin, H, W] → dWeight [Cout, Cin, k, k] +=, dBias [Cout] +=, and when `dx` is given
+/// dx [B, Cin, H, W] = (or += with `accumulateDx`) the input gradient.
+func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>,
+                          batch: Int, geometry g: ConvGeometry, weight: UnsafePointer<Float>,
+                          dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?,
+                          dx: UnsafeMutablePointer<Float>?, accumulateDx: Bool = false, workspace: Workspace) throws {
+    let kk = g.inChannels * g.kernel * g.kernel, n = g.outHeight * g.outWidth
+    let inPlane = g.inChannels * g.height * g.width
+    let dyStride = dyBatchStride ?? g.outChannels * n
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    if let dBias = dBias {
+        biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: n, batchStride: dyStride, db: dBias)
+    }
+    let pointwise = isPointwise(g)
+    let col = try workspace.floats(kk * n)
+    let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
+    // Wᵀ [Cin·k·k, Cout] for the input gradient.
+    let wt = dx == nil ? nil : PackedMatrix(
+        rows: kk, cols: g.outChannels, source: weight, rowStride: 1, colStride: kk,
+        buffer: try workspace.floats(PackedMatrix.floatCount(rows: kk, cols: g.outChannels)))
+    for b in 0..<batch {
+        let dyb = dy + b * dyStride, xb = x + b * inPlane
+        // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
+        let source: UnsafePointer<Float>
+        if pointwise { source = xb } else { im2col(xb, geometry: g, channels: g.inChannels, col: col); source = UnsafePointer(col) }
+        let a = PackedMatrix(rows: g.outChannels, cols: n, source: dyb, rowStride: n, colStride: 1, buffer: dyPanel)
+        try matmul(a, StridedSource(b: source, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
+                   accumulate: true, workspace: workspace)
+        guard let dx = dx, let wt = wt else { continue }
+        let dxb = dx + b * inPlane
+        if pointwise {
+            try matmul(wt, StridedSource(b: dyb, kStride: n, nStride: 1), n: n, c: dxb, ldc: n,
+                       accumulate: accumulateDx, workspace: workspace)
+        } else {
+            // dcol = Wᵀ · dy_b, then scattered back onto the image.
+            try matmul(wt, StridedSource(b: dyb, kStride: n, nStride: 1), n: n, c: col, ldc: n,
+                       accumulate: false, workspace: workspace)
+            if !accumulateDx { dxb.update(repeating: 0, count: inPlane) }
+            col2imAdd(col, geometry: g, channels: g.inChannels, dx: dxb)
+        }
+    }
+}
+
+/// The convolution whose input gradient a transposed convolution computes: from the
+/// transposed output [Cout, Ho, Wo] back to [Cin, H, W].
+@inline(__always)
+private func adjointGeometry(_ g: ConvGeometry) -> ConvGeometry {
+    ConvGeometry(inChannels: g.outChannels, outChannels: g.inChannels, height: g.transposedHeight,
+                 width: g.transposedWidth, kernel: g.kernel, stride: g.stride, padding: g.padding)
+}
+
+/// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] = ConvTranspose2d(x, weight [Cin, Cout, k, k]) + bias,
+/// image b at y + b·yBatchStride: col = Wᵀ·x_b, then col2im onto the bias.
+func convTransposeForwardTraining(_ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
+                                  weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                                  y: UnsafeMutablePointer<Float>, yBatchStride: Int? = nil,
+                                  workspace: Workspace) throws {
+    let adj = adjointGeometry(g)
+    let kk = g.outChannels * g.kernel * g.kernel, n = g.height * g.width
+    let outSpatial = adj.height * adj.width
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // Wᵀ [Cout·k·k, Cin] from weight viewed as [Cin, Cout·k·k].
+    let wt = PackedMatrix(rows: kk, cols: g.inChannels, source: weight, rowStride: 1, colStride: kk,
+                          buffer: try workspace.floats(PackedMatrix.floatCount(rows: kk, cols: g.inChannels)))
+    let col = try workspace.floats(kk * n)
+    for b in 0..<batch {
+        try matmul(wt, StridedSource(b: x + b * g.inChannels * n, kStride: n, nStride: 1), n: n, c: col, ldc: n,
+                   accumulate: false, workspace: workspace)
+        let yb = y + b * (yBatchStride ?? g.outChannels * outSpatial)
+        for c in 0..<g.outChannels { (yb + c * outSpatial).update(repeating: bias[c], count: outSpatial) }
+        col2imAdd(col, geometry: adj, channels: g.outChannels, dx: yb)
+    }
+}
+
+/// The gradients of `convTransposeForwardTraining`: dy [B, Cout, Ho, Wo] (image b at
+/// dy + b·dyBatchStride), x [B, Cin, H, W] → dWeight [Cin, Cout, k, k] +=, dBias +=,
+/// dx [B, Cin, H, W] = the input gradient (a convolution of dy with the same weight).
+func convTransposeBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>,
+                                   batch: Int, geometry g: ConvGeometry, weight: UnsafePointer<Float>,
+                                   dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>,
+                                   dx: UnsafeMutablePointer<Float>?, workspace: Workspace) throws {
+    let adj = adjointGeometry(g)
+    let kk = g.outChannels * g.kernel * g.kernel, n = g.height * g.width
+    let outPlane = g.outChannels * adj.height * adj.width
+    let dyStride = dyBatchStride ?? outPlane
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: adj.height * adj.width,
+                    batchStride: dyStride, db: dBias)
+    let w = PackedMatrix(rows: g.inChannels, cols: kk, source: weight, rowStride: kk, colStride: 1,
+                         buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: kk)))
+    let col = try workspace.floats(kk * n)
+    let xPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: n))
+    for b in 0..<batch {
+        im2col(dy + b * dyStride, geometry: adj, channels: g.outChannels, col: col)
+        let xb = x + b * g.inChannels * n
+        // dW [Cin, Cout·k·k] += x_b [Cin, n] · colᵀ [n, Cout·k·k]
+        let a = PackedMatrix(rows: g.inChannels, cols: n, source: xb, rowStride: n, colStride: 1, buffer: xPanel)
+        try matmul(a, StridedSource(b: col, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
+                   accumulate: true, workspace: workspace)
+        if let dx = dx {
+            try matmul(w, StridedSource(b: col, kStride: n, nStride: 1), n: n, c: dx + b * g.inChannels * n, ldc: n,
+                       accumulate: false, workspace: workspace)
+        }
+    }
+}
+
+/// The plain twin of `convBackwardTraining` (direct loops over every tap): dWeight +=,
+/// dBias +=, dx = the input gradient.
+func convBackwardNaive(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
+                       weight w: UnsafePointer<Float>, dWeight: UnsafeMutablePointer<Float>,
+                       dBias: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>) {
+    let ho = g.outHeight, wo = g.outWidth, k = g.kernel
+    dx.update(repeating: 0, count: batch * g.inChannels * g.height * g.width)
+    for b in 0..<batch {
+        for co in 0..<g.outChannels {
+            for oy in 0..<ho {
+                for ox in 0..<wo {
+                    let d = dy[((b * g.outChannels + co) * ho + oy) * wo + ox]
+                    dBias[co] += d
+                    for ci in 0..<g.inChannels {
+                        for ky in 0..<k {
+                            let iy = oy * g.stride - g.padding + ky
+                            if iy < 0 || iy >= g.height { continue }
+                            for kx in 0..<k {
+                                let ix = ox * g.stride - g.padding + kx
+                                if ix < 0 || ix >= g.width { continue }
+                                let wi = ((co * g.inChannels + ci) * k + ky) * k + kx
+                                let xi = ((b * g.inChannels + ci) * g.height + iy) * g.width + ix
+                                dWeight[wi] += d * x[xi]
+                                dx[xi] += d * w[wi]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The plain twin of `convTransposeBackwardTraining`: dWeight +=, dBias +=, dx = the input gradient.
+func convTransposeBackwardNaive(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int,
+                                geometry g: ConvGeometry, weight w: UnsafePointer<Float>,
+                                dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>,
+                                dx: UnsafeMutablePointer<Float>) {
+    let ho = g.transposedHeight, wo = g.transposedWidth, k = g.kernel
+    dx.update(repeating: 0, count: batch * g.inChannels * g.height * g.width)
+    for b in 0..<batch {
+        for co in 0..<g.outChannels {
+            for oy in 0..<ho {
+                for ox in 0..<wo {
+                    let d = dy[((b * g.outChannels + co) * ho + oy) * wo + ox]
+                    dBias[co] += d
+                    for ci in 0..<g.inChannels {
+                        for ky in 0..<k {
+                            let ny = oy + g.padding - ky
+                            if ny < 0 || ny % g.stride != 0 || ny / g.stride >= g.height { continue }
+                            for kx in 0..<k {
+                                let nx = ox + g.padding - kx
+                                if nx < 0 || nx % g.stride != 0 || nx / g.stride >= g.width { continue }
+                                let wi = ((ci * g.outChannels + co) * k + ky) * k + kx
+                                let xi = ((b * g.inChannels + ci) * g.height + ny / g.stride) * g.width + nx / g.stride
+                                dWeight[wi] += d * x[xi]
+                                dx[xi] += d * w[wi]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
