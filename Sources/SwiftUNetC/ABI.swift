@@ -343,7 +343,7 @@ public func swiftunet_model_set_params(
 /// Checks the C-side ranges of an image batch [batch, channels, height, width], then the
 /// model's own rules (`validateInput`); returns the element count.
 func checkedImageCount(_ m: DiffusionModel, batch: Int64, channels: Int64, height: Int64, width: Int64,
-                       timesteps: UnsafePointer<Int64>?, name: String = "x") throws -> Int {
+                       timesteps: UnsafePointer<Int64>?, checkTimesteps: Bool = true, name: String = "x") throws -> Int {
     let limit = Int64(ModelConfig.maximumDimension)
     guard batch >= 0 && batch <= Int64(Int32.max) else { throw argumentError("batch must be in [0, 2**31), got \(batch)") }
     guard channels >= 0 && channels <= limit else {
@@ -351,8 +351,12 @@ func checkedImageCount(_ m: DiffusionModel, batch: Int64, channels: Int64, heigh
     }
     guard height >= 0 && height <= limit else { throw argumentError("\(name) height \(height) is out of range") }
     guard width >= 0 && width <= limit else { throw argumentError("\(name) width \(width) is out of range") }
-    try m.validateInput(batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
-                        timesteps: timesteps)
+    if checkTimesteps {
+        try m.validateInput(batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width),
+                            timesteps: timesteps)
+    } else {
+        try m.validateShape(batch: Int(batch), channels: Int(channels), height: Int(height), width: Int(width), name: name)
+    }
     let (count, overflow) = (Int(batch) * Int(channels)).multipliedReportingOverflow(by: Int(height) * Int(width))
     if overflow { throw SwiftUNetError.outOfMemory("\(name) is too large") }
     return count

@@ -118,7 +118,7 @@ public func swiftunet_trainer_step(
         let h = try trainerHandle(trainer)
         let m = h.trainer.model
         _ = try checkedImageCount(m, batch: batch, channels: channels, height: height, width: width,
-                                  timesteps: nil, name: "x0")
+                                  timesteps: nil, checkTimesteps: false, name: "x0")
         if batch < 1 { throw argumentError("x0 must hold at least one image, got batch \(batch)") }
         guard let x0 = x0 else { throw argumentError("x0 must not be NULL") }
         guard let loss = loss else { throw argumentError("loss must not be NULL") }

@@ -113,22 +113,27 @@ public final class DiffusionModel {
     /// Checks a forward's shapes and timesteps against the configuration.
     public func validateInput(batch: Int, channels: Int, height: Int, width: Int,
                               timesteps: UnsafePointer<Int64>?) throws {
-        let m = config.sizeMultiple
-        if batch < 0 { throw SwiftUNetError.invalidArgument("batch must be >= 0, got \(batch)") }
-        if channels != config.channels {
-            throw SwiftUNetError.invalidArgument("x must have \(config.channels) channels, got \(channels)")
-        }
-        if height <= 0 || height % m != 0 || height > ModelConfig.maximumDimension {
-            throw SwiftUNetError.invalidArgument("x height must be a positive multiple of \(m), got \(height)")
-        }
-        if width <= 0 || width % m != 0 || width > ModelConfig.maximumDimension {
-            throw SwiftUNetError.invalidArgument("x width must be a positive multiple of \(m), got \(width)")
-        }
+        try validateShape(batch: batch, channels: channels, height: height, width: width)
         if batch > 0 {
             guard let t = timesteps else { throw SwiftUNetError.invalidArgument("timesteps must not be NULL") }
             for i in 0..<batch where t[i] < 0 || t[i] > DiffusionModel.maximumTimestep {
                 throw SwiftUNetError.invalidArgument("timesteps[\(i)] must be in [0, 2**53], got \(t[i])")
             }
+        }
+    }
+
+    /// Checks the shape of an image batch [batch, channels, height, width] against the configuration.
+    public func validateShape(batch: Int, channels: Int, height: Int, width: Int, name: String = "x") throws {
+        let m = config.sizeMultiple
+        if batch < 0 { throw SwiftUNetError.invalidArgument("batch must be >= 0, got \(batch)") }
+        if channels != config.channels {
+            throw SwiftUNetError.invalidArgument("\(name) must have \(config.channels) channels, got \(channels)")
+        }
+        if height <= 0 || height % m != 0 || height > ModelConfig.maximumDimension {
+            throw SwiftUNetError.invalidArgument("\(name) height must be a positive multiple of \(m), got \(height)")
+        }
+        if width <= 0 || width % m != 0 || width > ModelConfig.maximumDimension {
+            throw SwiftUNetError.invalidArgument("\(name) width must be a positive multiple of \(m), got \(width)")
         }
     }
 

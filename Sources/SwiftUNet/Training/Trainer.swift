@@ -84,7 +84,7 @@ public final class Trainer {
     public func step(_ x0: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int) throws -> Double {
         try lock.withLock {
             if batch < 1 { throw SwiftUNetError.invalidArgument("x0 must hold at least one image, got batch \(batch)") }
-            try model.validateInput(batch: batch, channels: channels, height: height, width: width, timesteps: nil)
+            try model.validateShape(batch: batch, channels: channels, height: height, width: width, name: "x0")
             let perImage = channels * height * width
             let count = batch * perImage
             for i in 0..<count where !x0[i].isFinite {
