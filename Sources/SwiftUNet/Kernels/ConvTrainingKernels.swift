@@ -91,25 +91,28 @@ func biasGradientAdd(_ dy: UnsafePointer<Float>, batch: Int, channels: Int, spat
 
 /// x [B, Cin, H, W] → y [B, Cout, Ho, Wo] = conv(x, weight) + bias, with weight
 /// [Cout, Cin, k, k]. `perImageBias` [B, Cout] replaces `bias` when given; with
-/// `accumulate` y's contents are added.
+/// `accumulate` y's contents are added. The weights are packed for the GEMM on each call
+/// (a copy, cheap beside the product: training changes them every step), then the
+/// inference's implicit-GEMM convolution runs over the whole batch.
 func convForwardTraining(_ x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,
                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                          perImageBias: UnsafePointer<Float>? = nil,
                          y: UnsafeMutablePointer<Float>, accumulate: Bool = false, workspace: Workspace) throws {
-    let kk = g.inChannels * g.kernel * g.kernel, n = g.outHeight * g.outWidth
+    let kk = g.inChannels * g.kernel * g.kernel
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let w = PackedMatrix(rows: g.outChannels, cols: kk, source: weight, rowStride: kk, colStride: 1,
                          buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: kk)))
-    let pointwise = isPointwise(g)
-    let col = pointwise ? nil : try workspace.floats(kk * n)
-    for b in 0..<batch {
-        let xb = x + b * g.inChannels * g.height * g.width
-        if let col = col { im2col(xb, geometry: g, channels: g.inChannels, col: col) }
-        try matmul(w, StridedSource(b: col.map { UnsafePointer($0) } ?? xb, kStride: n, nStride: 1), n: n,
-                   c: y + b * g.outChannels * n, ldc: n, rowBias: perImageBias.map { $0 + b * g.outChannels } ?? bias,
-                   accumulate: accumulate, workspace: workspace)
-    }
+    try conv2dForward(x, batch: batch, geometry: g, weights: w, bias: perImageBias ?? bias,
+                      biasBatchStride: perImageBias == nil ? 0 : g.outChannels, y: y, accumulate: accumulate,
+                      workspace: workspace)
+}
+
+/// Zeros for `count` bias entries, from the workspace.
+private func zeroBias(_ count: Int, _ workspace: Workspace) throws -> UnsafeMutablePointer<Float> {
+    let z = try workspace.floats(count)
+    z.update(repeating: 0, count: count)
+    return z
 }
 
 /// The gradients of `convForwardTraining`: dy [B, Cout, Ho, Wo] (image b at dy + b·dyBatchStride),
@@ -130,30 +133,48 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
     let pointwise = isPointwise(g)
     let col = try workspace.floats(kk * n)
     let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
-    // Wᵀ [Cin·k·k, Cout] for the input gradient.
-    let wt = dx == nil ? nil : PackedMatrix(
-        rows: kk, cols: g.outChannels, source: weight, rowStride: 1, colStride: kk,
-        buffer: try workspace.floats(PackedMatrix.floatCount(rows: kk, cols: g.outChannels)))
     for b in 0..<batch {
-        let dyb = dy + b * dyStride, xb = x + b * inPlane
         // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
+        let xb = x + b * inPlane
         let source: UnsafePointer<Float>
         if pointwise { source = xb } else { im2col(xb, geometry: g, channels: g.inChannels, col: col); source = UnsafePointer(col) }
-        let a = PackedMatrix(rows: g.outChannels, cols: n, source: dyb, rowStride: n, colStride: 1, buffer: dyPanel)
+        let a = PackedMatrix(rows: g.outChannels, cols: n, source: dy + b * dyStride, rowStride: n, colStride: 1,
+                             buffer: dyPanel)
         try matmul(a, StridedSource(b: source, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
                    accumulate: true, workspace: workspace)
-        guard let dx = dx, let wt = wt else { continue }
-        let dxb = dx + b * inPlane
-        if pointwise {
-            try matmul(wt, StridedSource(b: dyb, kStride: n, nStride: 1), n: n, c: dxb, ldc: n,
-                       accumulate: accumulateDx, workspace: workspace)
-        } else {
-            // dcol = Wᵀ · dy_b, then scattered back onto the image.
-            try matmul(wt, StridedSource(b: dyb, kStride: n, nStride: 1), n: n, c: col, ldc: n,
-                       accumulate: false, workspace: workspace)
-            if !accumulateDx { dxb.update(repeating: 0, count: inPlane) }
-            col2imAdd(col, geometry: g, channels: g.inChannels, dx: dxb)
+    }
+    guard let dx = dx else { return }
+    let kkOut = g.outChannels * g.kernel * g.kernel
+    let keepsSize = g.stride == 1 && 2 * g.padding == g.kernel - 1
+    if keepsSize && dyStride == g.outChannels * n {
+        // A stride-1 convolution that keeps the image size has as input gradient the convolution of
+        // dy with the flipped kernel, its channels swapped: wf[ci, co, ky, kx] = W[co, ci, k-1-ky, k-1-kx].
+        let k2 = g.kernel * g.kernel
+        let wf = try workspace.floats(g.inChannels * kkOut)
+        for co in 0..<g.outChannels {
+            for ci in 0..<g.inChannels {
+                let src = weight + (co * g.inChannels + ci) * k2, dst = wf + (ci * g.outChannels + co) * k2
+                for j in 0..<k2 { dst[j] = src[k2 - 1 - j] }
+            }
         }
+        let packed = PackedMatrix(rows: g.inChannels, cols: kkOut, source: wf, rowStride: kkOut, colStride: 1,
+                                  buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: kkOut)))
+        let dyGeometry = ConvGeometry(inChannels: g.outChannels, outChannels: g.inChannels, height: g.height,
+                                      width: g.width, kernel: g.kernel, stride: 1, padding: g.kernel - 1 - g.padding)
+        try conv2dForward(dy, batch: batch, geometry: dyGeometry, weights: packed,
+                          bias: try zeroBias(g.inChannels, workspace), biasBatchStride: 0, y: dx,
+                          accumulate: accumulateDx, workspace: workspace)
+        return
+    }
+    // Otherwise: dcol = Wᵀ · dy_b, scattered back onto the image (col2im).
+    let wt = PackedMatrix(rows: kk, cols: g.outChannels, source: weight, rowStride: 1, colStride: kk,
+                          buffer: try workspace.floats(PackedMatrix.floatCount(rows: kk, cols: g.outChannels)))
+    for b in 0..<batch {
+        let dxb = dx + b * inPlane
+        try matmul(wt, StridedSource(b: dy + b * dyStride, kStride: n, nStride: 1), n: n, c: col, ldc: n,
+                   accumulate: false, workspace: workspace)
+        if !accumulateDx { dxb.update(repeating: 0, count: inPlane) }
+        col2imAdd(col, geometry: g, channels: g.inChannels, dx: dxb)
     }
 }
 
@@ -204,8 +225,6 @@ func convTransposeBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: In
     defer { workspace.release(to: mark) }
     biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: adj.height * adj.width,
                     batchStride: dyStride, db: dBias)
-    let w = PackedMatrix(rows: g.inChannels, cols: kk, source: weight, rowStride: kk, colStride: 1,
-                         buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: kk)))
     let col = try workspace.floats(kk * n)
     let xPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: n))
     for b in 0..<batch {
@@ -215,11 +234,19 @@ func convTransposeBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: In
         let a = PackedMatrix(rows: g.inChannels, cols: n, source: xb, rowStride: n, colStride: 1, buffer: xPanel)
         try matmul(a, StridedSource(b: col, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
                    accumulate: true, workspace: workspace)
-        if let dx = dx {
-            try matmul(w, StridedSource(b: col, kStride: n, nStride: 1), n: n, c: dx + b * g.inChannels * n, ldc: n,
-                       accumulate: false, workspace: workspace)
-        }
     }
+    guard let dx = dx else { return }
+    // dx = conv(dy, weight) with weight [Cin, Cout, k, k] read as a [out = Cin, in = Cout] kernel.
+    var dyDense = dy
+    if dyStride != outPlane {
+        let copy = try workspace.floats(batch * outPlane)
+        for b in 0..<batch { (copy + b * outPlane).update(from: dy + b * dyStride, count: outPlane) }
+        dyDense = UnsafePointer(copy)
+    }
+    let w = PackedMatrix(rows: g.inChannels, cols: kk, source: weight, rowStride: kk, colStride: 1,
+                         buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: kk)))
+    try conv2dForward(dyDense, batch: batch, geometry: adj, weights: w, bias: try zeroBias(g.inChannels, workspace),
+                      biasBatchStride: 0, y: dx, accumulate: false, workspace: workspace)
 }
 
 /// The plain twin of `convBackwardTraining` (direct loops over every tap): dWeight +=,

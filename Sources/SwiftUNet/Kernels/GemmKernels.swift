@@ -96,25 +96,34 @@ public final class PackedMatrix {
         data = buffer
         store = nil
         ownsData = false
-        for p in 0..<panels {
+        // Each panel written in order, k by k: the eight source rows are eight streams.
+        let packPanel = { (p: Int) in
             let panel = buffer + p * gemmRowBlock * cols
             let live = min(gemmRowBlock, rows - p * gemmRowBlock)
             let first = source + p * gemmRowBlock * rowStride
-            if colStride == 1 {
-                // Rows contiguous: read each row once, scatter into the panel's lane.
-                if live < gemmRowBlock { panel.update(repeating: 0, count: gemmRowBlock * cols) }
-                for lane in 0..<live {
-                    let row = first + lane * rowStride
-                    for k in 0..<cols { panel[k * gemmRowBlock + lane] = row[k] }
-                }
-            } else {
+            if live == gemmRowBlock && colStride == 1 {
+                let r0 = first, r1 = first + rowStride, r2 = first + 2 * rowStride, r3 = first + 3 * rowStride
+                let r4 = first + 4 * rowStride, r5 = first + 5 * rowStride, r6 = first + 6 * rowStride
+                let r7 = first + 7 * rowStride
+                var dst = panel
                 for k in 0..<cols {
-                    let column = first + k * colStride
-                    let dst = panel + k * gemmRowBlock
-                    for lane in 0..<live { dst[lane] = column[lane * rowStride] }
-                    for lane in live..<gemmRowBlock { dst[lane] = 0 }
+                    dst[0] = r0[k]; dst[1] = r1[k]; dst[2] = r2[k]; dst[3] = r3[k]
+                    dst[4] = r4[k]; dst[5] = r5[k]; dst[6] = r6[k]; dst[7] = r7[k]
+                    dst += gemmRowBlock
                 }
+                return
             }
+            for k in 0..<cols {
+                let column = first + k * colStride
+                let dst = panel + k * gemmRowBlock
+                for lane in 0..<live { dst[lane] = column[lane * rowStride] }
+                for lane in live..<gemmRowBlock { dst[lane] = 0 }
+            }
+        }
+        if panels * cols >= 4096 {
+            ThreadPool.shared.parallelFor(panels) { packPanel($0) }
+        } else {
+            for p in 0..<panels { packPanel(p) }
         }
     }
 
