@@ -3,6 +3,7 @@
     import swiftunet
     m = swiftunet.DiffusionModel(32, 3, hidden_dims=[64, 128, 256], time_dim=128, seed=0)
     eps = m(x, t)
+    tr = swiftunet.Trainer(m); tr.fit(images, epochs=10)
 
 `swiftunet.reference` is the pure-numpy reference implementation (imported
 on first use).
@@ -16,6 +17,7 @@ from . import _swiftunet
 from .model import DiffusionModel, IncompatibleKeys
 from .model import _int_arg
 from .sampling import NoiseSchedule, q_sample, randn, sample
+from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
 
@@ -29,6 +31,7 @@ __all__ = [
     "q_sample",
     "randn",
     "sample",
+    "Trainer",
     "to_uint8",
     "image_grid",
     "export_onnx",

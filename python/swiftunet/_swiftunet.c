@@ -1111,6 +1111,547 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------ */
+/* training (loss_and_grad, the Trainer handle)                               */
+
+PyDoc_STRVAR(param_total_doc,
+"param_total(handle) -> int: floats in the flat parameter layout (sum of numel)");
+
+static PyObject *py_param_total(PyObject *module, PyObject *handle)
+{
+    swiftunet_model *m = model_of(handle);
+    if (m == NULL) {
+        return NULL;
+    }
+    int64_t total = swiftunet_model_param_total(m);
+    if (total < 0 || total > (int64_t)(PY_SSIZE_T_MAX / 8)) {
+        PyErr_Format(PyExc_RuntimeError, "swiftunet internal error: param_total is %lld", (long long)total);
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)total);
+}
+
+/* param_total of a model as a Py_ssize_t, or -1 with an exception set. */
+static Py_ssize_t param_total_of(swiftunet_model *m)
+{
+    int64_t total = swiftunet_model_param_total(m);
+    if (total < 0 || total > (int64_t)(PY_SSIZE_T_MAX / 8)) {
+        PyErr_Format(PyExc_RuntimeError, "swiftunet internal error: param_total is %lld", (long long)total);
+        return -1;
+    }
+    return (Py_ssize_t)total;
+}
+
+PyDoc_STRVAR(loss_and_grad_doc,
+"loss_and_grad(handle, x, t, target, grads, batch, channels, height, width) -> float\n\n"
+"loss = mean((model(x, t) - target)**2) and its gradient for every parameter, written\n"
+"into grads (a writable float32 buffer of param_total values, flat layout, not\n"
+"overlapping x or target). x and target: float32 buffers of batch*channels*height*width\n"
+"values (batch >= 1); t: int64 buffer of batch values. The weights are not changed.\n"
+"Releases the GIL.");
+
+static PyObject *py_loss_and_grad(PyObject *module, PyObject *args)
+{
+    PyObject *handle, *x_obj, *t_obj, *y_obj, *g_obj;
+    long long batch, channels, height, width;
+    if (!PyArg_ParseTuple(args, "OOOOOLLLL:loss_and_grad", &handle, &x_obj, &t_obj, &y_obj, &g_obj,
+                          &batch, &channels, &height, &width)) {
+        return NULL;
+    }
+    swiftunet_model *m = model_of(handle);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (batch < 1 || channels < 1 || height < 1 || width < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "loss_and_grad: bad dimensions batch=%lld channels=%lld height=%lld width=%lld "
+                     "(batch must be >= 1: the loss is a mean)",
+                     batch, channels, height, width);
+        return NULL;
+    }
+    Py_ssize_t count;
+    if (checked_count(batch, channels, height, width, &count) != 0 || batch > PY_SSIZE_T_MAX / 8) {
+        PyErr_SetString(PyExc_ValueError, "loss_and_grad: the tensor is too large");
+        return NULL;
+    }
+    Py_ssize_t total = param_total_of(m);
+    if (total < 0) {
+        return NULL;
+    }
+    Py_buffer xv, tv, yv, gv;
+    if (get_float_buffer(x_obj, &xv, 0, count, "x") != 0) {
+        return NULL;
+    }
+    if (get_int64_buffer(t_obj, &tv, (Py_ssize_t)batch, "t") != 0) {
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    if (get_float_buffer(y_obj, &yv, 0, count, "target") != 0) {
+        PyBuffer_Release(&tv);
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    if (get_float_buffer(g_obj, &gv, 1, total, "grads") != 0) {
+        PyBuffer_Release(&yv);
+        PyBuffer_Release(&tv);
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (ranges_overlap(&gv, &xv) || ranges_overlap(&gv, &yv) || ranges_overlap(&gv, &tv)) {
+        PyErr_SetString(PyExc_ValueError, "loss_and_grad: grads must not overlap x, t or target");
+        goto done;
+    }
+    {
+        int32_t status;
+        double loss = 0.0;
+        char err[ERRBUF_SIZE];
+        err[0] = '\0';
+        swiftunet_model_retain(m);
+        Py_BEGIN_ALLOW_THREADS
+        status = swiftunet_model_loss_and_grad(m, (const float *)xv.buf, batch, channels, height, width,
+                                               (const int64_t *)tv.buf, (const float *)yv.buf, &loss,
+                                               (float *)gv.buf, (int64_t)total);
+        if (status != SWIFTUNET_OK) {
+            copy_last_error(err, sizeof err);
+        }
+        swiftunet_model_release(m);
+        Py_END_ALLOW_THREADS
+        if (status != SWIFTUNET_OK) {
+            set_status_error(status, err);
+            goto done;
+        }
+        result = PyFloat_FromDouble(loss);
+    }
+done:
+    PyBuffer_Release(&gv);
+    PyBuffer_Release(&yv);
+    PyBuffer_Release(&tv);
+    PyBuffer_Release(&xv);
+    return result;
+}
+
+/* The Trainer handle: one reference on a swiftunet_trainer, plus a reference
+ * on the Python Model handle it trains (the library also holds the model, but
+ * the Python handle must outlive every Python object that uses the trainer). */
+typedef struct {
+    PyObject_HEAD
+    swiftunet_trainer *trainer; /* holds one reference; NULL only if creation failed */
+    PyObject *model;            /* the ModelObject given to trainer_create (strong) */
+} TrainerObject;
+
+static void Trainer_dealloc(TrainerObject *self)
+{
+    swiftunet_trainer *tr = self->trainer;
+    self->trainer = NULL;
+    if (tr != NULL) {
+        swiftunet_trainer_release(tr);
+    }
+    Py_CLEAR(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject TrainerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "swiftunet._swiftunet.Trainer",
+    .tp_basicsize = sizeof(TrainerObject),
+    .tp_itemsize = 0,
+    .tp_dealloc = (destructor)Trainer_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Opaque handle of a swiftunet_trainer (one reference) and of the Model it trains. "
+              "Created by _swiftunet.trainer_create(); not instantiable directly.",
+    /* tp_new stays NULL: Python code cannot create an empty handle. */
+};
+
+/* Parses a Trainer argument; returns the trainer pointer or NULL with an exception. */
+static swiftunet_trainer *trainer_of(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &TrainerType)) {
+        PyErr_Format(PyExc_TypeError, "expected a swiftunet._swiftunet.Trainer handle, got %.200s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    swiftunet_trainer *tr = ((TrainerObject *)obj)->trainer;
+    if (tr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the trainer handle is empty");
+        return NULL;
+    }
+    return tr;
+}
+
+/* The model of a Trainer handle (already type-checked by trainer_of). */
+static swiftunet_model *trainer_model(PyObject *obj)
+{
+    return model_of(((TrainerObject *)obj)->model);
+}
+
+static int parse_seed(PyObject *seed_obj, unsigned long long *seed)
+{
+    if (!PyLong_Check(seed_obj)) {
+        PyErr_SetString(PyExc_TypeError, "seed must be an int");
+        return -1;
+    }
+    *seed = PyLong_AsUnsignedLongLong(seed_obj);
+    if (*seed == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "seed must be an int in [0, 2**64)");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(trainer_create_doc,
+"trainer_create(handle, betas, lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, seed)\n"
+"-> Trainer\n\n"
+"A trainer (AdamW, clipping when grad_clip > 0, EMA) of the model over the schedule given\n"
+"by its float64 betas. The EMA starts equal to the weights, the moments at 0.");
+
+static PyObject *py_trainer_create(PyObject *module, PyObject *args)
+{
+    PyObject *handle, *b_obj, *seed_obj;
+    double lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay;
+    if (!PyArg_ParseTuple(args, "OOdddddddO:trainer_create", &handle, &b_obj, &lr, &beta1, &beta2, &eps,
+                          &weight_decay, &grad_clip, &ema_decay, &seed_obj)) {
+        return NULL;
+    }
+    swiftunet_model *m = model_of(handle);
+    if (m == NULL) {
+        return NULL;
+    }
+    unsigned long long seed;
+    if (parse_seed(seed_obj, &seed) != 0) {
+        return NULL;
+    }
+    Py_buffer bv;
+    if (get_double_buffer(b_obj, &bv, -1, "betas") != 0) {
+        return NULL;
+    }
+    swiftunet_trainer *tr = NULL;
+    int32_t status;
+    char err[ERRBUF_SIZE];
+    err[0] = '\0';
+    swiftunet_model_retain(m);
+    Py_BEGIN_ALLOW_THREADS
+    status = swiftunet_trainer_create(m, (const double *)bv.buf, (int64_t)(bv.len / 8), lr, beta1, beta2,
+                                      eps, weight_decay, grad_clip, ema_decay, (uint64_t)seed, &tr);
+    if (status != SWIFTUNET_OK) {
+        copy_last_error(err, sizeof err);
+    }
+    swiftunet_model_release(m);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bv);
+    if (status != SWIFTUNET_OK) {
+        return set_status_error(status, err);
+    }
+    if (tr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "swiftunet internal error: trainer_create returned no trainer");
+        return NULL;
+    }
+    TrainerObject *obj = PyObject_New(TrainerObject, &TrainerType);
+    if (obj == NULL) {
+        swiftunet_trainer_release(tr);
+        return NULL;
+    }
+    obj->trainer = tr;
+    Py_INCREF(handle);
+    obj->model = handle;
+    return (PyObject *)obj;
+}
+
+PyDoc_STRVAR(trainer_step_doc,
+"trainer_step(trainer, x0, batch, channels, height, width, losses) -> float\n\n"
+"One training step on the float32 buffer x0 [batch, channels, height, width] (batch >= 1).\n"
+"On success the loss is appended to the list `losses` before control returns to Python\n"
+"code, so a KeyboardInterrupt arriving right after the step cannot separate the two; on\n"
+"failure nothing changes (neither the trainer nor the list). Releases the GIL.");
+
+static PyObject *py_trainer_step(PyObject *module, PyObject *args)
+{
+    PyObject *handle, *x_obj, *losses;
+    long long batch, channels, height, width;
+    if (!PyArg_ParseTuple(args, "OOLLLLO!:trainer_step", &handle, &x_obj, &batch, &channels, &height, &width,
+                          &PyList_Type, &losses)) {
+        return NULL;
+    }
+    swiftunet_trainer *tr = trainer_of(handle);
+    if (tr == NULL) {
+        return NULL;
+    }
+    if (batch < 1 || channels < 1 || height < 1 || width < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "trainer_step: bad dimensions batch=%lld channels=%lld height=%lld width=%lld "
+                     "(x0 must hold at least one image)",
+                     batch, channels, height, width);
+        return NULL;
+    }
+    Py_ssize_t count;
+    if (checked_count(batch, channels, height, width, &count) != 0) {
+        PyErr_SetString(PyExc_ValueError, "trainer_step: the tensor is too large");
+        return NULL;
+    }
+    Py_buffer xv;
+    if (get_float_buffer(x_obj, &xv, 0, count, "x0") != 0) {
+        return NULL;
+    }
+    /* Grow the list first (with a placeholder), so that nothing that can fail
+     * is left between a successful step and the recording of its loss. */
+    Py_ssize_t slot = PyList_GET_SIZE(losses);
+    if (PyList_Append(losses, Py_None) != 0) {
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    PyObject *loss_obj = PyFloat_FromDouble(0.0); /* a fresh float, filled in below */
+    if (loss_obj == NULL) {
+        PyList_SetSlice(losses, slot, slot + 1, NULL);
+        PyBuffer_Release(&xv);
+        return NULL;
+    }
+    int32_t status;
+    double loss = 0.0;
+    char err[ERRBUF_SIZE];
+    err[0] = '\0';
+    swiftunet_trainer_retain(tr);
+    Py_BEGIN_ALLOW_THREADS
+    status = swiftunet_trainer_step(tr, (const float *)xv.buf, batch, channels, height, width, &loss);
+    if (status != SWIFTUNET_OK) {
+        copy_last_error(err, sizeof err);
+    }
+    swiftunet_trainer_release(tr);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&xv);
+    if (status != SWIFTUNET_OK) {
+        Py_DECREF(loss_obj);
+        /* Removing the placeholder: the list only shrinks, which cannot fail for
+         * a list (it may have been changed meanwhile by other threads only
+         * through the caller's own lock, which serialises steps). */
+        if (slot < PyList_GET_SIZE(losses) && PyList_GET_ITEM(losses, slot) == Py_None) {
+            PyList_SetSlice(losses, slot, slot + 1, NULL);
+        }
+        return set_status_error(status, err);
+    }
+    if (Py_REFCNT(loss_obj) == 1 && PyFloat_CheckExact(loss_obj)) {
+        /* loss_obj is referenced only here (floats are not shared when fresh):
+         * setting its value is safe and cannot fail. */
+        ((PyFloatObject *)loss_obj)->ob_fval = loss;
+    } else {
+        Py_DECREF(loss_obj);
+        loss_obj = PyFloat_FromDouble(loss);
+        if (loss_obj == NULL) {
+            return NULL;
+        }
+    }
+    if (slot < PyList_GET_SIZE(losses) && PyList_GET_ITEM(losses, slot) == Py_None) {
+        Py_INCREF(loss_obj);
+        PyList_SetItem(losses, slot, loss_obj); /* steals the new reference; releases None */
+    } else {
+        /* The list was changed during the step: append (rather than lose) the loss. */
+        if (PyList_Append(losses, loss_obj) != 0) {
+            Py_DECREF(loss_obj);
+            return NULL;
+        }
+    }
+    return loss_obj;
+}
+
+PyDoc_STRVAR(trainer_step_count_doc, "trainer_step_count(trainer) -> int: steps taken so far");
+
+static PyObject *py_trainer_step_count(PyObject *module, PyObject *handle)
+{
+    swiftunet_trainer *tr = trainer_of(handle);
+    if (tr == NULL) {
+        return NULL;
+    }
+    int64_t n = swiftunet_trainer_step_count(tr);
+    if (n < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "swiftunet internal error: negative step count");
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)n);
+}
+
+PyDoc_STRVAR(trainer_model_doc, "trainer_model(trainer) -> Model: the model handle the trainer trains");
+
+static PyObject *py_trainer_model(PyObject *module, PyObject *handle)
+{
+    if (trainer_of(handle) == NULL) {
+        return NULL;
+    }
+    PyObject *m = ((TrainerObject *)handle)->model;
+    Py_INCREF(m);
+    return m;
+}
+
+PyDoc_STRVAR(trainer_draw_doc,
+"trainer_draw(seed, step, num_timesteps, batch, per_image, t_out, noise_out) -> None\n\n"
+"Writes the timesteps (int64 buffer of batch values) and the noise (float32 buffer of\n"
+"batch*per_image values) that training step `step` of a trainer seeded with `seed` uses.");
+
+static PyObject *py_trainer_draw(PyObject *module, PyObject *args)
+{
+    PyObject *seed_obj, *t_obj, *n_obj;
+    long long step, T, batch, per_image;
+    if (!PyArg_ParseTuple(args, "OLLLLOO:trainer_draw", &seed_obj, &step, &T, &batch, &per_image, &t_obj,
+                          &n_obj)) {
+        return NULL;
+    }
+    unsigned long long seed;
+    if (parse_seed(seed_obj, &seed) != 0) {
+        return NULL;
+    }
+    Py_ssize_t count;
+    if (step < 0 || batch < 0 || checked_count(batch, per_image, 1, 1, &count) != 0 ||
+        batch > PY_SSIZE_T_MAX / 8) {
+        PyErr_Format(PyExc_ValueError, "trainer_draw: bad sizes step=%lld batch=%lld per_image=%lld",
+                     step, batch, per_image);
+        return NULL;
+    }
+    Py_buffer tv, nv;
+    if (PyObject_GetBuffer(t_obj, &tv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0) {
+        PyErr_Clear(); /* a BufferError for read-only buffers: say what is expected instead */
+        PyErr_SetString(PyExc_TypeError, "t_out must be a writable C-contiguous int64 array");
+        return NULL;
+    }
+    char c = scalar_format(&tv);
+    if (tv.itemsize != 8 || (c != 'q' && c != 'l') || tv.len != (Py_ssize_t)batch * 8 ||
+        ((uintptr_t)tv.buf) % 8 != 0) {
+        PyBuffer_Release(&tv);
+        PyErr_SetString(PyExc_TypeError, "t_out must be an aligned int64 array of `batch` values");
+        return NULL;
+    }
+    if (get_float_buffer(n_obj, &nv, 1, count, "noise_out") != 0) {
+        PyBuffer_Release(&tv);
+        return NULL;
+    }
+    int32_t status;
+    char err[ERRBUF_SIZE];
+    err[0] = '\0';
+    Py_BEGIN_ALLOW_THREADS
+    status = swiftunet_trainer_draw((uint64_t)seed, step, T, batch, per_image, (int64_t *)tv.buf,
+                                    (float *)nv.buf);
+    if (status != SWIFTUNET_OK) {
+        copy_last_error(err, sizeof err);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&nv);
+    PyBuffer_Release(&tv);
+    if (status != SWIFTUNET_OK) {
+        return set_status_error(status, err);
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(trainer_get_state_doc,
+"trainer_get_state(trainer, which, dst) -> None\n\n"
+"Copies the EMA (which 0), AdamW's first (1) or second (2) moments into dst, a writable\n"
+"float32 buffer of param_total values (flat layout).");
+
+static PyObject *py_trainer_get_state(PyObject *module, PyObject *args)
+{
+    PyObject *handle, *dst;
+    int which;
+    if (!PyArg_ParseTuple(args, "OiO:trainer_get_state", &handle, &which, &dst)) {
+        return NULL;
+    }
+    swiftunet_trainer *tr = trainer_of(handle);
+    if (tr == NULL) {
+        return NULL;
+    }
+    if (which != SWIFTUNET_STATE_EMA && which != SWIFTUNET_STATE_ADAM_M && which != SWIFTUNET_STATE_ADAM_V) {
+        PyErr_Format(PyExc_ValueError, "which must be 0 (EMA), 1 (adam_m) or 2 (adam_v), got %d", which);
+        return NULL;
+    }
+    swiftunet_model *m = trainer_model(handle);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_ssize_t total = param_total_of(m);
+    if (total < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_float_buffer(dst, &view, 1, total, "dst") != 0) {
+        return NULL;
+    }
+    int32_t status;
+    char err[ERRBUF_SIZE];
+    err[0] = '\0';
+    swiftunet_trainer_retain(tr);
+    Py_BEGIN_ALLOW_THREADS
+    status = swiftunet_trainer_get_state(tr, (int32_t)which, (float *)view.buf, (int64_t)total);
+    if (status != SWIFTUNET_OK) {
+        copy_last_error(err, sizeof err);
+    }
+    swiftunet_trainer_release(tr);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (status != SWIFTUNET_OK) {
+        return set_status_error(status, err);
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(trainer_set_state_doc,
+"trainer_set_state(trainer, ema, adam_m, adam_v, step_count) -> None\n\n"
+"Restores the EMA and moments (float32 buffers of param_total values each, finite,\n"
+"adam_v >= 0) and the step count (>= 0). All or nothing.");
+
+static PyObject *py_trainer_set_state(PyObject *module, PyObject *args)
+{
+    PyObject *handle, *e_obj, *m_obj, *v_obj;
+    long long step_count;
+    if (!PyArg_ParseTuple(args, "OOOOL:trainer_set_state", &handle, &e_obj, &m_obj, &v_obj, &step_count)) {
+        return NULL;
+    }
+    swiftunet_trainer *tr = trainer_of(handle);
+    if (tr == NULL) {
+        return NULL;
+    }
+    if (step_count < 0) {
+        PyErr_Format(PyExc_ValueError, "step_count must be >= 0, got %lld", step_count);
+        return NULL;
+    }
+    swiftunet_model *m = trainer_model(handle);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_ssize_t total = param_total_of(m);
+    if (total < 0) {
+        return NULL;
+    }
+    Py_buffer ev, mv, vv;
+    if (get_float_buffer(e_obj, &ev, 0, total, "ema") != 0) {
+        return NULL;
+    }
+    if (get_float_buffer(m_obj, &mv, 0, total, "adam_m") != 0) {
+        PyBuffer_Release(&ev);
+        return NULL;
+    }
+    if (get_float_buffer(v_obj, &vv, 0, total, "adam_v") != 0) {
+        PyBuffer_Release(&mv);
+        PyBuffer_Release(&ev);
+        return NULL;
+    }
+    int32_t status;
+    char err[ERRBUF_SIZE];
+    err[0] = '\0';
+    swiftunet_trainer_retain(tr);
+    Py_BEGIN_ALLOW_THREADS
+    status = swiftunet_trainer_set_state(tr, (const float *)ev.buf, (const float *)mv.buf,
+                                         (const float *)vv.buf, (int64_t)total, step_count);
+    if (status != SWIFTUNET_OK) {
+        copy_last_error(err, sizeof err);
+    }
+    swiftunet_trainer_release(tr);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&ev);
+    if (status != SWIFTUNET_OK) {
+        return set_status_error(status, err);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"create", py_create, METH_VARARGS, create_doc},
     {"config", py_config, METH_O, config_doc},
@@ -1129,6 +1670,15 @@ static PyMethodDef module_methods[] = {
     {"q_sample", py_q_sample, METH_VARARGS, q_sample_doc},
     {"randn", py_randn, METH_VARARGS, randn_doc},
     {"sample", py_sample, METH_VARARGS, sample_doc},
+    {"param_total", py_param_total, METH_O, param_total_doc},
+    {"loss_and_grad", py_loss_and_grad, METH_VARARGS, loss_and_grad_doc},
+    {"trainer_create", py_trainer_create, METH_VARARGS, trainer_create_doc},
+    {"trainer_step", py_trainer_step, METH_VARARGS, trainer_step_doc},
+    {"trainer_step_count", py_trainer_step_count, METH_O, trainer_step_count_doc},
+    {"trainer_model", py_trainer_model, METH_O, trainer_model_doc},
+    {"trainer_draw", py_trainer_draw, METH_VARARGS, trainer_draw_doc},
+    {"trainer_get_state", py_trainer_get_state, METH_VARARGS, trainer_get_state_doc},
+    {"trainer_set_state", py_trainer_set_state, METH_VARARGS, trainer_set_state_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1153,6 +1703,9 @@ PyMODINIT_FUNC PyInit__swiftunet(void)
     if (PyType_Ready(&ModelType) < 0) {
         return NULL;
     }
+    if (PyType_Ready(&TrainerType) < 0) {
+        return NULL;
+    }
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL) {
         return NULL;
@@ -1160,6 +1713,12 @@ PyMODINIT_FUNC PyInit__swiftunet(void)
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(mod, "Model", (PyObject *)&ModelType) < 0) {
         Py_DECREF(&ModelType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&TrainerType);
+    if (PyModule_AddObject(mod, "Trainer", (PyObject *)&TrainerType) < 0) {
+        Py_DECREF(&TrainerType);
         Py_DECREF(mod);
         return NULL;
     }

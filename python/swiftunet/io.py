@@ -65,8 +65,11 @@ _PathLike = Any  # str | os.PathLike
 
 
 def save_safetensors(tensors: Mapping[str, Any], path: _PathLike,
-                     metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Writes `tensors` (name -> array-like, stored as F32) to `path` atomically."""
+                     metadata: Optional[Mapping[str, str]] = None, keep_float64: bool = False) -> None:
+    """Writes `tensors` (name -> array-like, stored as F32) to `path` atomically.
+
+    With ``keep_float64=True``, float64 arrays are stored as F64 (exactly)
+    instead of being rounded to F32; everything else is still F32."""
     path = os.fspath(path)
     header: Dict[str, Any] = {}
     if metadata:
@@ -83,9 +86,12 @@ def save_safetensors(tensors: Mapping[str, Any], path: _PathLike,
             raise TypeError(f"tensor names must be str, got {name!r}")
         if name == "__metadata__":
             raise ValueError("'__metadata__' cannot be a tensor name")
-        arr = np.ascontiguousarray(np.asarray(value, dtype=np.float32)).astype("<f4", copy=False)
-        nbytes = arr.size * 4
-        header[name] = {"dtype": "F32", "shape": [int(d) for d in arr.shape],
+        if keep_float64 and isinstance(value, np.ndarray) and value.dtype == np.float64:
+            arr, code = np.ascontiguousarray(value).astype("<f8", copy=False), "F64"
+        else:
+            arr, code = np.ascontiguousarray(np.asarray(value, dtype=np.float32)).astype("<f4", copy=False), "F32"
+        nbytes = arr.nbytes
+        header[name] = {"dtype": code, "shape": [int(d) for d in arr.shape],
                         "data_offsets": [offset, offset + nbytes]}
         arrays.append(arr)
         offset += nbytes
@@ -147,10 +153,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_safetensors(path: _PathLike) -> Tuple["collections.OrderedDict[str, np.ndarray]", Dict[str, str]]:
+def load_safetensors(path: _PathLike, keep_float64: bool = False
+                     ) -> Tuple["collections.OrderedDict[str, np.ndarray]", Dict[str, str]]:
     """Reads a safetensors file: (name -> float32 array in file order, metadata).
 
-    F32, F64, F16 and BF16 tensors are accepted and converted to float32.
+    F32, F64, F16 and BF16 tensors are accepted and converted to float32
+    (F64 ones are returned as float64 instead when ``keep_float64``).
     Raises ValueError for anything malformed (never reads out of bounds).
     """
     path = os.fspath(path)
@@ -232,7 +240,8 @@ def load_safetensors(path: _PathLike) -> Tuple["collections.OrderedDict[str, np.
         a = np.frombuffer(data, dtype=_DTYPES[dtype], count=numel, offset=begin)
         if dtype == "BF16":
             a = (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
-        tensors[name] = a.astype(np.float32).reshape(shape)
+        out_dtype = np.float64 if (keep_float64 and dtype == "F64") else np.float32
+        tensors[name] = a.astype(out_dtype).reshape(shape)
     return tensors, metadata
 
 
@@ -331,6 +340,9 @@ def load_model(path: _PathLike, config: Optional[Mapping[str, Any]] = None, cls=
         metadata: Dict[str, str] = {}
     else:
         state, metadata = load_safetensors(path)
+        if metadata.get("format") == "swiftunet-trainer":
+            raise ValueError(f"{path!r} is a training checkpoint, not a model file: load it with "
+                             f"swiftunet.Trainer.load(path) and use its .model or .ema_model()")
     cfg = _config_from_metadata(metadata) or infer_config(state, (config or {}).get("image_size"))
     if config:
         unknown = set(config) - {"image_size", "channels", "hidden_dims", "time_dim"}

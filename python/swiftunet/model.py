@@ -109,28 +109,30 @@ def _validate_config(image_size, channels, hidden_dims, time_dim, seed):
     return image_size, channels, dims, time_dim, seed
 
 
-def _prepare_x(x: Any, channels: int, factor: int) -> np.ndarray:
-    """x as a float32 C-contiguous aligned array, copied only when it must be."""
+def _prepare_x(x: Any, channels: int, factor: int, name: str = "x") -> np.ndarray:
+    """x as a float32 C-contiguous aligned array, copied only when it must be.
+
+    `name` is the argument's name in the messages ("x", "x0", "data", ...)."""
     if isinstance(x, np.ndarray):
         arr = x
     else:
         try:
             arr = np.asarray(x)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"x must be a real-valued array [B, C, H, W]; np.asarray failed: {exc}") from None
+            raise TypeError(f"{name} must be a real-valued array [B, C, H, W]; np.asarray failed: {exc}") from None
     if arr.dtype.kind not in _REAL_KINDS:
         raise TypeError(
-            f"x must have a real numeric dtype (float or int), got {_describe_dtype(arr.dtype)}"
+            f"{name} must have a real numeric dtype (float or int), got {_describe_dtype(arr.dtype)}"
         )
     if arr.ndim != 4:
-        raise ValueError(f"x must be 4-D [B, C, H, W], got shape {arr.shape}")
+        raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {arr.shape}")
     b, c, h, w = arr.shape
     if c != channels:
-        raise ValueError(f"x must have {channels} channels (x.shape[1]), got shape {arr.shape}")
-    for name, size in (("height", h), ("width", w)):
+        raise ValueError(f"{name} must have {channels} channels ({name}.shape[1]), got shape {arr.shape}")
+    for what, size in (("height", h), ("width", w)):
         if size <= 0 or size % factor != 0:
             raise ValueError(
-                f"x's {name} must be a positive multiple of 2**(len(hidden_dims)-1) = {factor}, "
+                f"{name}'s {what} must be a positive multiple of 2**(len(hidden_dims)-1) = {factor}, "
                 f"got shape {arr.shape}"
             )
     if not (arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.aligned):
@@ -317,6 +319,58 @@ class DiffusionModel:
         return result
 
     __call__ = forward
+
+    # -------------------------------------------------------------- training
+
+    def loss_and_grad(self, x: Any, t: Any, target: Any) -> Tuple[float, "collections.OrderedDict[str, np.ndarray]"]:
+        """The training loss and its gradient: ``(loss, grads)``.
+
+        ``loss = mean((model(x, t) - target)**2)`` over every element (PyTorch's
+        ``F.mse_loss(model(x, t), target)``, reduction "mean"), computed in
+        float64 from the float32 prediction. ``grads`` is an ordered dict
+        name -> float32 ndarray, with the state_dict's names, order and shapes:
+        the gradient of ``loss`` with respect to each weight.
+
+        `x` and `t` are checked and converted exactly as `forward` does; the
+        batch must be >= 1 (the mean of nothing is undefined). `target` must
+        have x's shape [B, C, H, W]; any real dtype is converted to float32 as
+        np.asarray would. The weights are not changed; the result is the same
+        at every thread count, bit for bit. The GIL is released meanwhile.
+
+        The arrays of ``grads`` are views of one flat float32 buffer (the
+        parameters one after another, in state_dict order), made by one call:
+        no per-tensor copies. They belong to the caller; writing to them does
+        not affect the model.
+        """
+        xa = _prepare_x(x, self._channels, self._factor)
+        b, c, h, w = xa.shape
+        if b < 1:
+            raise ValueError(f"x must hold at least one image: batch 0 has no mean (x.shape = {xa.shape})")
+        ta = _prepare_t(t, b)
+        if isinstance(target, np.ndarray):
+            ya = target
+        else:
+            try:
+                ya = np.asarray(target)
+            except Exception as exc:
+                raise TypeError(f"target must be a real-valued array of x's shape {xa.shape}; "
+                                f"np.asarray failed: {exc}") from None
+        if ya.dtype.kind not in _REAL_KINDS:
+            raise TypeError(
+                f"target must have a real numeric dtype (float or int), got {_describe_dtype(ya.dtype)}"
+            )
+        if ya.shape != xa.shape:
+            raise ValueError(f"target must have x's shape {xa.shape}, got {ya.shape}")
+        if not (ya.dtype == np.float32 and ya.flags.c_contiguous and ya.flags.aligned):
+            ya = np.array(ya, dtype=np.float32, order="C", copy=True)
+        flat = np.empty(self.num_parameters, dtype=np.float32)
+        loss = _swiftunet.loss_and_grad(self._handle, xa, ta, ya, flat, b, c, h, w)
+        grads = collections.OrderedDict()
+        offset = 0
+        for name, shape, numel in self._param_info:
+            grads[name] = flat[offset:offset + numel].reshape(shape)
+            offset += numel
+        return float(loss), grads
 
     # ------------------------------------------------------------ parameters
 

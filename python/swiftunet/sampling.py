@@ -261,10 +261,16 @@ def randn(shape: Union[int, Sequence[int]], seed: int = 0) -> np.ndarray:
 
 
 class _StderrBar:
-    """A minimal progress bar on stderr for when tqdm is not installed."""
+    """A minimal progress bar on stderr for when tqdm is not installed.
 
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.n = total, desc, 0
+    Implements the part of tqdm's interface that sampling and training use:
+    ``update(k)``, ``set_postfix(**values)`` and ``close()``; `initial` is the
+    count already done (a resumed run), as in tqdm."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
+        self.total, self.desc, self.n = total, desc, initial
+        self.initial = initial
+        self.postfix = ""
         self.start = time.monotonic()
         self.last = -1.0
         self.drawn = -1
@@ -278,17 +284,26 @@ class _StderrBar:
             return
         self.last, self.drawn = now, self.n
         width = 30
-        frac = self.n / self.total if self.total else 1.0
+        frac = min(1.0, self.n / self.total) if self.total else 1.0
         filled = int(width * frac)
         elapsed = now - self.start
-        rate = f"{self.n / elapsed:.2f} it/s" if elapsed > 0 and self.n else "? it/s"
+        done = self.n - self.initial
+        rate = f"{done / elapsed:.2f} it/s" if elapsed > 0 and done else "? it/s"
+        postfix = f", {self.postfix}" if self.postfix else ""
         sys.stderr.write(f"\r{self.desc}: {100 * frac:3.0f}%|{'#' * filled}{' ' * (width - filled)}| "
-                         f"{self.n}/{self.total} [{elapsed:.1f}s, {rate}]")
+                         f"{self.n}/{self.total} [{elapsed:.1f}s, {rate}{postfix}]")
         sys.stderr.flush()
 
     def update(self, k: int) -> None:
         self.n += k
         self._draw()
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **values) -> None:
+        """Text shown after the rate, e.g. ``set_postfix(loss="0.0312")`` (tqdm's signature)."""
+        items = dict(ordered_dict or {}, **values)
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+        if refresh:
+            self._draw()
 
     def close(self) -> None:
         if self.drawn != self.n:
@@ -297,12 +312,14 @@ class _StderrBar:
         sys.stderr.flush()
 
 
-def _make_bar(total: int, desc: str):
+def _make_bar(total: int, desc: str, initial: int = 0, unit: str = "step"):
+    """A progress bar of `total` items, `initial` of them already done: tqdm's
+    (tqdm.auto) when it is importable, else a plain one on stderr."""
     try:
         from tqdm.auto import tqdm  # type: ignore
     except Exception:
-        return _StderrBar(total, desc)
-    return tqdm(total=total, desc=desc, unit="step")
+        return _StderrBar(total, desc, initial)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial)
 
 
 # --------------------------------------------------------------------------

@@ -272,3 +272,69 @@ def test_exception_objects_do_not_pin_arguments(model):
     del x, out
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_training_calls_do_not_leak(model):
+    """Trainer steps, loss_and_grad and state copies, repeated; trainers created and
+    dropped; and the failing paths of each (Python's, the binding's, Swift's): memory
+    and the arguments' reference counts stay flat, and a failed step records nothing."""
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    x_nan = x.copy()
+    x_nan[0, 0, 0, 0] = np.nan
+    t = np.array([3, 900], np.int64)
+    m = swiftunet.DiffusionModel(**TINY, seed=3)
+    tr = swiftunet.Trainer(m, grad_clip=1.0)
+    th = tr._handle
+    grads = np.empty(m.num_parameters, np.float32)
+    state = np.empty(m.num_parameters, np.float32)
+    objs = (x, x_nan, t, grads, state, m, m._handle, th)
+    before = refcounts(*objs)
+
+    def call(i):
+        k = i % 4
+        if k == 0:
+            tr.step(x)
+        elif k == 1:
+            m.loss_and_grad(x, t, x)
+        elif k == 2:
+            _swiftunet.trainer_get_state(th, i % 3, state)
+        else:
+            _swiftunet.loss_and_grad(m._handle, x, t, x, grads, 2, 2, 4, 4)
+
+    Meter(call, 2000, warmup=100).run().check("2,000 training calls")
+    assert len(tr.losses) == tr.step_count
+
+    failing = [
+        lambda: tr.step(x_nan),                                                  # Swift: non-finite x0
+        lambda: tr.step(x[:, :1]),                                               # Python: channels
+        lambda: _swiftunet.trainer_step(th, x, 3, 2, 4, 4, []),                  # binding: x0 too short
+        lambda: _swiftunet.trainer_step(th, x, 2, 2, 4, 2, []),                  # Swift: bad width
+        lambda: m.loss_and_grad(x, t, x[:1]),                                    # Python: target shape
+        lambda: _swiftunet.loss_and_grad(m._handle, x, t, x, grads[:-1], 2, 2, 4, 4),  # binding
+        lambda: _swiftunet.trainer_set_state(th, state, state, -np.ones_like(state), 0),  # Swift: v < 0
+        lambda: _swiftunet.trainer_get_state(th, 7, state),                      # binding: which
+    ]
+    steps = tr.step_count
+
+    def fail(i):
+        try:
+            failing[i % len(failing)]()
+        except (ValueError, TypeError):
+            pass
+        else:
+            raise AssertionError(f"failing call {i % len(failing)} did not raise")
+
+    Meter(fail, 4000).run().check("4,000 failing training calls")
+    assert tr.step_count == steps and len(tr.losses) == steps
+    del call, fail, failing
+    gc.collect()
+    after = refcounts(*objs)
+    assert after == before
+
+    def cycle(i):
+        tr2 = swiftunet.Trainer(swiftunet.DiffusionModel(**TINY, seed=i))
+        if i % 2:
+            tr2.step(x)
+        del tr2
+
+    Meter(cycle, 300, warmup=20).run().check("300 trainer create/destroy cycles")
