@@ -72,7 +72,7 @@ run_python() {
     (cd python/tests &&
         LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1" \
         PYTHONPATH="$(cd ../.. && pwd)/$stage" \
-        "$PYTHON" -m pytest -q -p no:cacheprovider test_fuzz.py test_robustness.py test_api.py test_sampling.py \
+        "$PYTHON" -m pytest -q -p no:cacheprovider test_fuzz.py test_robustness.py test_api.py test_sampling.py test_training.py \
             -k "not memory_error and not huge_config and not thread_creation" "$@")
 }
 
