@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """swiftunet training-step benchmark, against PyTorch eager on the CPU.
 
-    python3 benchmarks/train_bench.py                   # everything (about 10-15 minutes on 2 cores)
+    python3 benchmarks/train_bench.py                   # everything (6-8 minutes on 2 cores)
     python3 benchmarks/train_bench.py --quick           # 1 round of 2 steps: a smoke run, not for the record
     python3 benchmarks/train_bench.py --configs rgb32-small --batches 8 --threads 1 --rounds 3
     python3 benchmarks/train_bench.py --no-torch        # swiftunet rows only
@@ -535,7 +535,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="1 round of 2 steps after 1 warm-up step (unless given): a smoke run")
     ap.add_argument("--rounds", type=int, help="alternating rounds per row (default 5; --quick 1)")
-    ap.add_argument("--steps", type=int, help="timed steps per library per round (default 3; --quick 2)")
+    ap.add_argument("--steps", type=int, help="timed steps per library per round (default 4; --quick 2)")
     ap.add_argument("--warmup", type=int, help="untimed steps before the first round (default 3; --quick 1)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                     help=f"comma-separated (default {','.join(DEFAULT_CONFIGS)}; also: "
@@ -557,7 +557,7 @@ def main(argv=None):
         return worker(json.loads(args.worker))
 
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
-    steps = args.steps if args.steps is not None else (2 if args.quick else 3)
+    steps = args.steps if args.steps is not None else (2 if args.quick else 4)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if rounds < 1 or steps < 1 or warmup < 1:
         ap.error("--rounds, --steps and --warmup must be >= 1 (the first step allocates, it is never timed)")
