@@ -197,6 +197,8 @@ extension = Extension(
 setup(
     package_dir={"": "python"},
     packages=["swiftunet"],
+    # The shipped trained weights (swiftunet.pretrained); not a package, so listed here.
+    package_data={"swiftunet": ["weights/*.safetensors"]},
     ext_modules=[extension],
     cmdclass={"build_py": BuildPyClean, "build_ext": BuildExtWithSwift},
     zip_safe=False,

@@ -4,6 +4,7 @@
     m = swiftunet.DiffusionModel(32, 3, hidden_dims=[64, 128, 256], time_dim=128, seed=0)
     eps = m(x, t)
     tr = swiftunet.Trainer(m); tr.fit(images, epochs=10)
+    digits = swiftunet.pretrained("digits")    # the shipped model (16x16 handwritten digits)
 
 `swiftunet.reference` is the pure-numpy reference implementation (imported
 on first use).
@@ -20,6 +21,7 @@ from .sampling import NoiseSchedule, q_sample, randn, sample
 from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
+from .pretrained import pretrained
 
 __all__ = [
     "DiffusionModel",
@@ -35,6 +37,7 @@ __all__ = [
     "to_uint8",
     "image_grid",
     "export_onnx",
+    "pretrained",
     "reference",
     "__version__",
 ]

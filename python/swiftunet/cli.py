@@ -1,9 +1,12 @@
-"""The command line: ``python3 -m swiftunet {info,sample,bench}``.
+"""The command line: ``python3 -m swiftunet {info,sample,bench,train-digits,evaluate}``.
 
     python3 -m swiftunet info
     python3 -m swiftunet sample --weights m.safetensors --n 16 --steps 50 --sampler ddim --seed 0 --out grid.png
-    python3 -m swiftunet sample --out grid.png          # the built-in default model (random weights)
+    python3 -m swiftunet sample --out grid.png          # the built-in model: swiftunet.pretrained("digits")
+    python3 -m swiftunet sample --random --out grid.png # the random DiffusionModel(32, 3, [64, 128, 256])
     python3 -m swiftunet bench [args for benchmarks/bench.py]
+    python3 -m swiftunet train-digits [...]             # swiftunet.train_digits (needs scikit-learn)
+    python3 -m swiftunet evaluate [...]                 # swiftunet.evaluate (needs scikit-learn)
 """
 
 from __future__ import annotations
@@ -16,8 +19,18 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-#: The model `sample` and `bench` use without --weights.
+#: The random model of `bench` and of `sample --random`.
 DEFAULT_MODEL = {"image_size": 32, "channels": 3, "hidden_dims": [64, 128, 256], "time_dim": 128, "seed": 0}
+#: The model `sample` uses without --weights or --random (swiftunet.pretrained);
+#: None: the random model.
+DEFAULT_PRETRAINED = None
+
+#: Subcommands that are whole programs of their own: the rest of the command
+#: line goes to that module's main(argv).
+DELEGATED = {
+    "train-digits": ("swiftunet.train_digits", "train the shipped digits model (needs scikit-learn)"),
+    "evaluate": ("swiftunet.evaluate", "quality of the digits model's samples (needs scikit-learn)"),
+}
 
 
 def _default_model():
@@ -48,12 +61,17 @@ def cmd_sample(args) -> int:
     from swiftunet.images import image_grid, write_png
     if args.threads is not None:
         swiftunet.set_num_threads(args.threads)
+    if args.weights and args.random:
+        raise ValueError("--weights and --random exclude each other")
     if args.weights:
         model = swiftunet.DiffusionModel.load(args.weights)
         source = args.weights
-    else:
+    elif args.random or DEFAULT_PRETRAINED is None:
         model = _default_model()
-        source = "built-in default model (random weights, seed 0)"
+        source = "random model DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)"
+    else:
+        model = swiftunet.pretrained(DEFAULT_PRETRAINED)
+        source = f'swiftunet.pretrained("{DEFAULT_PRETRAINED}")'
     if args.schedule == "cosine":
         schedule = swiftunet.NoiseSchedule.cosine(args.timesteps)
     else:
@@ -122,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate images and save them as a PNG grid")
     s.add_argument("--weights", help="a .safetensors (from model.save) or .npz state_dict; "
-                                     "default: the built-in model DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)")
+                                     "default: the built-in digits model, swiftunet.pretrained('digits')")
+    s.add_argument("--random", action="store_true",
+                   help="sample the randomly initialised DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)")
     s.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; ddpm uses all timesteps)")
     s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
@@ -147,12 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick-forward", action="store_true", help="only the quick forward timing")
     b.add_argument("--batch", type=int, default=16, help="batch of the quick timing (default 16)")
     b.add_argument("--threads", type=int, default=None, help="threads of the quick timing")
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)  # listed here; parsed by the module itself
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args, extra = parser.parse_known_args(argv)
     if args.command != "bench" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

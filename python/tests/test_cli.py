@@ -175,9 +175,10 @@ def test_module_entry_point_info_and_default_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"swiftunet {swiftunet.__version__}" in proc.stdout
     assert "build:" in proc.stdout and "threads:" in proc.stdout
-    # Without --weights: the built-in default model (32x32x3, [64, 128, 256]).
+    # --random: the random model (32x32x3, [64, 128, 256]); without --weights or
+    # --random it is the shipped digits model (test_digits.py).
     out = tmp_path / "s.png"
-    proc = subprocess.run([sys.executable, "-m", "swiftunet", "sample", "--n", "2", "--steps", "2",
+    proc = subprocess.run([sys.executable, "-m", "swiftunet", "sample", "--random", "--n", "2", "--steps", "2",
                            "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     w, h, _, px = read_png(out.read_bytes())
