@@ -423,3 +423,15 @@ else:  # pragma: no cover - exercised by test_reference.py loading by path
     _sampling = _importlib_util.module_from_spec(_spec)
     _spec.loader.exec_module(_sampling)
     globals().update({k: getattr(_sampling, k) for k in _sampling.__all__})
+
+
+# The training twins (the backward of every layer, loss_and_grad, clipping,
+# AdamW, EMA, the training step) live in reference_training.py and are reached
+# as reference.<name> on first use: importing them here eagerly would be
+# circular, since they are built on this module.
+def __getattr__(name):
+    if __package__:
+        from . import reference_training
+        if name in reference_training.__all__:
+            return getattr(reference_training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

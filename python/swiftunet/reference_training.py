@@ -1,8 +1,8 @@
 """Pure-numpy reference of training (SPEC section 5).
 
 The oracle of the gradient and training parity tests, in float64, one function
-per layer, numpy and the standard library only. Re-exported by
-``swiftunet.reference``, so every name here is also ``swiftunet.reference.<name>``.
+per layer, numpy and the standard library only. Reached through
+``swiftunet.reference`` too: every name here is also ``swiftunet.reference.<name>``.
 
 Conventions:
 
