@@ -15,20 +15,29 @@ from swiftunet import reference
 H = 1e-6  # float64 central differences: truncation ~H^2, rounding ~1e-16 / H
 
 
+def _central_difference(f, a, idx):
+    """(f(a + H e_idx) - f(a - H e_idx)) / 2H, perturbing a in place and restoring it."""
+    old = a[idx]
+    a[idx] = old + H
+    up = f()
+    a[idx] = old - H
+    down = f()
+    a[idx] = old
+    return (up - down) / (2 * H)
+
+
+def _random_entries(shape, rng, picks):
+    return {tuple(int(rng.integers(0, n)) for n in shape) for _ in range(picks)}
+
+
 def _fd_check(f, arrays, grads, rng, picks=6, rtol=1e-6):
     """For a scalar f() of the arrays (perturbed in place), compare grads[i] with
     central differences at `picks` random entries of each array."""
     for a, g in zip(arrays, grads):
         assert g.shape == a.shape
         scale = max(float(np.abs(g).max()), 1e-3)
-        for idx in {tuple(int(rng.integers(0, n)) for n in a.shape) for _ in range(picks)}:
-            old = a[idx]
-            a[idx] = old + H
-            up = f()
-            a[idx] = old - H
-            down = f()
-            a[idx] = old
-            fd = (up - down) / (2 * H)
+        for idx in _random_entries(a.shape, rng, picks):
+            fd = _central_difference(f, a, idx)
             assert abs(fd - g[idx]) <= rtol * scale, (idx, fd, g[idx], scale)
 
 
@@ -128,12 +137,6 @@ def test_model_loss_and_grad_matches_finite_differences(hidden_dims, batch, heig
         # as the parity bound: relative to the tensor's largest gradient, floored
         # at a small fraction of the model's (tensors whose gradient is ~0)
         scale = max(float(np.abs(g).max()), 1e-3 * overall)
-        for idx in {tuple(int(rng.integers(0, n)) for n in p.shape) for _ in range(2)}:
-            old = p[idx]
-            p[idx] = old + H
-            up = f()
-            p[idx] = old - H
-            down = f()
-            p[idx] = old
-            fd = (up - down) / (2 * H)
+        for idx in _random_entries(p.shape, rng, 2):
+            fd = _central_difference(f, p, idx)
             assert abs(fd - g[idx]) <= 1e-5 * scale, (name, idx, fd, g[idx], scale)
