@@ -93,6 +93,20 @@ def test_save_is_atomic(model, tmp_path, monkeypatch):
     _same_model(model, swiftunet.DiffusionModel.load(path))
 
 
+def test_saved_files_get_the_usual_mode(model, tmp_path):
+    """The temporary file behind the atomic write is private; the saved file
+    gets 0666 less the umask, like any file open() makes."""
+    old = os.umask(0o027)
+    try:
+        model.save(tmp_path / "m.safetensors")
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "m.safetensors").st_mode & 0o777
+    assert mode == 0o640 == os.stat(tmp_path / "plain").st_mode & 0o777, oct(mode)
+
+
 def test_npz_state_dict_loads(model, tmp_path):
     path = tmp_path / "sd.npz"
     np.savez(path, **model.state_dict())
