@@ -388,6 +388,103 @@ def run_forward(case, models):
     return None
 
 
+def predict_target(target, shape):
+    arr = _asarray_or_none(target)
+    if arr is None:
+        return "target not convertible"
+    if arr.dtype.kind not in REAL_KINDS:
+        return f"target dtype {arr.dtype}"
+    if arr.shape != shape:
+        return "target shape"
+    return None
+
+
+def run_train(case, models, trainers):
+    """loss_and_grad(x, t, target) on a model, or Trainer.step(x0) on a trainer:
+    it returns exactly when the input is valid, the result equals the one for
+    the same values as fresh float32/int64 C arrays at one thread, and a call
+    that raises changes nothing (weights; for the trainer also its step count
+    and losses)."""
+    import swiftunet
+
+    rng = _rng(case)
+    trainer = trainers[case["model"]] if case["op"] == "step" else None
+    m = trainer.model if trainer is not None else models[case["model"]]
+    channels, factor = m.channels, 2 ** m.num_levels
+    x = build_x(case["x"], rng)
+    xa = _asarray_or_none(x)
+    batch = xa.shape[0] if xa is not None and xa.ndim >= 1 else 0
+    reason = predict_x(x, channels, factor) or (None if batch >= 1 else "batch 0")
+    before = _bits(m.state_dict())
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xc = None if reason else np.array(np.asarray(x), dtype=np.float32, order="C", copy=True)
+    if trainer is not None:
+        count, losses = trainer.step_count, len(trainer.losses)
+        # x0 must be finite; a finite x0 whose loss or gradient overflows may be refused too.
+        may_fail = reason is None and not np.isfinite(xc).all()
+        may_fail_anyway = reason is None and not may_fail and float(np.abs(xc).max()) > 1e15
+        swiftunet.set_num_threads(case.get("threads", 2))
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss = trainer.step(x)
+            _LAST["outcome"] = "returned"
+        except (ValueError, TypeError, MemoryError) as exc:
+            _LAST["outcome"] = type(exc).__name__
+            if reason is None and not may_fail and not may_fail_anyway:
+                return f"valid x0 rejected: {type(exc).__name__}: {exc}"
+            if _bits_differ(_bits(m.state_dict()), before) or trainer.step_count != count or len(trainer.losses) != losses:
+                return "a refused step changed the trainer"
+            return None
+        if reason is not None or may_fail:
+            return f"invalid x0 accepted ({reason or 'non-finite'})"
+        if not (isinstance(loss, float) and math.isfinite(loss)) or trainer.step_count != count + 1:
+            return f"step returned {loss!r}, step count {trainer.step_count} (was {count})"
+        return None
+
+    t = build_t(case["t"], batch, rng)
+    reason = reason or predict_t(t, batch)
+    target = build_x(case["target"], rng) if case["target"] is not None else (
+        _fill(xa.shape, "float32", "normal", rng) if xa is not None and xa.ndim == 4 else np.zeros(1, np.float32))
+    if reason is None:
+        reason = predict_target(target, xa.shape)
+    expected = None
+    if reason is None:
+        swiftunet.set_num_threads(1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ta = np.asarray(t) if not isinstance(t, list) or len(t) else np.zeros(0, np.int64)
+            tc = np.array(np.broadcast_to(ta, (batch,)), dtype=np.int64)
+            yc = np.array(np.asarray(target), dtype=np.float32, order="C", copy=True)
+            expected = m.loss_and_grad(xc, tc, yc)
+    swiftunet.set_num_threads(case.get("threads", 2))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            loss, grads = m.loss_and_grad(x, t, target)
+            _LAST["outcome"] = "returned"
+        except (ValueError, TypeError, MemoryError) as exc:
+            _LAST["outcome"] = type(exc).__name__
+            if _bits_differ(_bits(m.state_dict()), before):
+                return "a refused loss_and_grad changed the weights"
+            if reason is None:
+                return f"valid input rejected: {type(exc).__name__}: {exc}"
+            return None
+    if reason is not None:
+        return f"invalid input accepted ({reason})"
+    if _bits_differ(_bits(m.state_dict()), before):
+        return "loss_and_grad changed the weights"
+    sd = m.state_dict()
+    if list(grads) != list(sd) or any(g.dtype != np.float32 or g.shape != sd[k].shape for k, g in grads.items()):
+        return "grads do not have the state_dict's names, shapes and dtype"
+    if not (isinstance(loss, float) and (loss == expected[0] or (math.isnan(loss) and math.isnan(expected[0])))):
+        return f"loss {loss!r} differs from the C-contiguous float32 result {expected[0]!r}"
+    if not all(_same(g, expected[1][k]) for k, g in grads.items()):
+        return "grads differ from the C-contiguous float32 result at one thread"
+    return None
+
+
 def _valid_int(v):
     return type(v) is int
 
@@ -454,6 +551,10 @@ def run_construct(case):
 
 def _bits(sd):
     return {k: v.view(np.uint32).copy() for k, v in sd.items()}
+
+
+def _bits_differ(a, b):
+    return list(a) != list(b) or any(not np.array_equal(a[k], b[k]) for k in a)
 
 
 def run_load(case, models):
@@ -613,6 +714,8 @@ def child_main():
     cases = json.loads(sys.stdin.read())
     models = [swiftunet.DiffusionModel(s, c, hidden_dims=d, time_dim=t, seed=i)
               for i, (s, c, d, t) in enumerate(MODELS)]
+    trainers = [swiftunet.Trainer(swiftunet.DiffusionModel(s, c, hidden_dims=d, time_dim=t, seed=i), seed=i)
+                for i, (s, c, d, t) in enumerate(MODELS)]
     emit = sys.stdout.write
     selftest = os.environ.get("SWIFTUNET_FUZZ_SELFTEST") == "1"
     for i, case in enumerate(cases):
@@ -630,6 +733,8 @@ def child_main():
                 problem = run_construct(case)
             elif case["kind"] == "file":
                 problem = run_file(case, models)
+            elif case["kind"] == "train":
+                problem = run_train(case, models, trainers)
             else:
                 problem = run_load(case, models)
         except BaseException as exc:  # anything but ValueError/TypeError/MemoryError from the API
@@ -876,9 +981,41 @@ if __name__ != "__main__":
         }), min_size=0, max_size=4),
     })
 
+    @st.composite
+    def train_cases(draw):
+        """loss_and_grad and Trainer.step with near-valid and wild inputs (as forward_cases)."""
+        mi = draw(st.integers(0, len(MODELS) - 1))
+        image_size, channels, dims, _ = MODELS[mi]
+        factor = 2 ** (len(dims) - 1)
+        mode = draw(st.sampled_from(["valid"] * 5 + ["one_bad"] * 3 + ["wild"] * 2))
+        xs, ts, target = draw(valid_x_specs(channels, factor)), draw(valid_t_specs), None
+        if draw(st.booleans()):  # a target of x's shape in its own dtype and layout
+            target = dict(draw(valid_x_specs(channels, factor)), shape=xs["shape"])
+        if mode == "one_bad":
+            which = draw(st.sampled_from(["x", "x", "t", "target"]))
+            if which == "x":
+                xs = draw(x_specs(channels))
+            elif which == "t":
+                ts = draw(t_specs)
+            else:
+                target = draw(x_specs(channels))
+        elif mode == "wild":
+            xs, ts, target = draw(x_specs(channels)), draw(t_specs), draw(x_specs(channels))
+        return {
+            "kind": "train",
+            "op": draw(st.sampled_from(["loss_and_grad", "loss_and_grad", "step"])),
+            "model": mi,
+            "seed": draw(st.integers(0, 2**32 - 1)),
+            "x": xs,
+            "t": ts,
+            "target": target,
+            "threads": draw(st.sampled_from([1, 2, 3])),
+        }
+
     any_case = st.one_of(
         forward_cases(), forward_cases(), forward_cases(), forward_cases(), forward_cases(),
         forward_cases(), forward_cases(), construct_cases(), load_cases, file_cases,
+        train_cases(), train_cases(),
     )
 
     def run_batch(cases, selftest=False):
