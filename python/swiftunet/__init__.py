@@ -21,7 +21,7 @@ from .sampling import NoiseSchedule, q_sample, randn, sample
 from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
-from .pretrained import pretrained
+from .pretrained_models import pretrained
 
 __all__ = [
     "DiffusionModel",
