@@ -21,9 +21,8 @@ from typing import List, Optional
 
 #: The random model of `bench` and of `sample --random`.
 DEFAULT_MODEL = {"image_size": 32, "channels": 3, "hidden_dims": [64, 128, 256], "time_dim": 128, "seed": 0}
-#: The model `sample` uses without --weights or --random (swiftunet.pretrained);
-#: None: the random model.
-DEFAULT_PRETRAINED = None
+#: The model `sample` uses without --weights or --random (swiftunet.pretrained).
+DEFAULT_PRETRAINED = "digits"
 
 #: Subcommands that are whole programs of their own: the rest of the command
 #: line goes to that module's main(argv).
@@ -66,7 +65,7 @@ def cmd_sample(args) -> int:
     if args.weights:
         model = swiftunet.DiffusionModel.load(args.weights)
         source = args.weights
-    elif args.random or DEFAULT_PRETRAINED is None:
+    elif args.random:
         model = _default_model()
         source = "random model DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)"
     else:

@@ -22,7 +22,7 @@ __all__ = ["pretrained", "pretrained_path", "PRETRAINED"]
 PRETRAINED: Dict[str, Dict[str, str]] = {
     "digits": {
         "file": "digits.safetensors",
-        "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+        "sha256": "8686fb0499135ea4843bedd4cc454678d51061f07a03ef0e58e57e99826516ac",
         "description": "EMA weights of DiffusionModel(16, 1, hidden_dims=[32, 64, 64], time_dim=64) trained on "
                        "scikit-learn's 8x8 digits upsampled to 16x16 (1 channel, [-1, 1]), cosine schedule, "
                        "T = 1000; written by `python3 -m swiftunet train-digits`",
