@@ -53,8 +53,9 @@ func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels
                          tile: WinogradTile = .two, store: WeightStore? = nil) throws -> WinogradWeights {
     let g = winogradG(tile), alpha = tile.alpha
     let count = max(1, outChannels * inChannels)
-    let u = try allocateFloatsOrThrow(tile.positions * count, "Winograd weights")
-    defer { freeFloats(u) }
+    let transformed = try MappedFloats(tile.positions * count, "Winograd weights")
+    defer { transformed.release() }
+    let u = transformed.base
     var t = [[Double]](repeating: [0, 0, 0], count: alpha)
     for co in 0..<outChannels {
         for ci in 0..<inChannels {
@@ -954,8 +955,9 @@ func packStridedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outC
                                  store: WeightStore? = nil) throws -> StridedWinogradWeights {
     let cols = 4 * inChannels
     let count = max(1, outChannels * cols)
-    let u = try allocateFloatsOrThrow(9 * count, "Winograd weights")
-    defer { freeFloats(u) }
+    let transformed = try MappedFloats(9 * count, "Winograd weights")
+    defer { transformed.release() }
+    let u = transformed.base
     let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
     for co in 0..<outChannels {
         for ci in 0..<inChannels {
@@ -1132,8 +1134,9 @@ struct TransposedWinogradWeights {
 func packTransposedWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
                                     store: WeightStore? = nil) throws -> TransposedWinogradWeights {
     let count = max(1, outChannels * inChannels)
-    let u = try allocateFloatsOrThrow(36 * count, "Winograd weights")
-    defer { freeFloats(u) }
+    let transformed = try MappedFloats(36 * count, "Winograd weights")
+    defer { transformed.release() }
+    let u = transformed.base
     let g: [[Double]] = [[1, 0], [1, 1], [0, 1]]
     for ry in 0..<2 {
         for rx in 0..<2 {

@@ -8,13 +8,19 @@ final class Conv2d {
     let padding: Int
     let weight: Parameter
     let bias: Parameter
-    /// The implicit-GEMM form, packed only where no Winograd form serves every call.
+    /// The implicit-GEMM form, packed only for the convolutions no other route serves
+    /// (the 1×1 ones, and 4×4 stride-2 ones too narrow for Winograd).
     private(set) var packed: PackedMatrix?
-    /// Set for 3×3 stride-1 padding-1 convolutions wide enough for Winograd to pay.
+    /// F(2×2, 3×3) weights of a Winograd convolution (`usesWinograd`): prepared when the
+    /// expected size runs F(2×2) tiles, else only once a call has needed them
+    /// (`needsSmallTiles`, `prepareSmallTiles`). They take 16/9 of the kernel's memory.
     private(set) var winograd: WinogradWeights?
     /// F(4×4, 3×3) weights, prepared only when `prefersLargeTiles` holds at `expectedSpatialSize`
     /// (they take 4× the memory of the kernel).
     private(set) var winogradLarge: WinogradWeights?
+    /// Set once a call ran F(2×2) tiles where the expected size runs F(4×4): from then on
+    /// `prepare` rebuilds the F(2×2) weights too.
+    private(set) var smallTilesWanted = false
     /// Set for 4×4 stride-2 padding-1 convolutions (the down-sampling ones): Winograd
     /// F(2×2, 2×2) over the four input phases.
     private(set) var stridedWinograd: StridedWinogradWeights?
@@ -56,13 +62,53 @@ final class Conv2d {
         bias = try registry.make(prefix + ".bias", [outChannels], .uniform(fanIn: fanIn))
     }
 
+    /// A 3×3 stride-1 padding-1 convolution wide enough for Winograd to pay.
+    var usesWinograd: Bool {
+        kernel == 3 && stride == 1 && padding == 1 && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+    }
+
+    /// A 4×4 stride-2 padding-1 convolution served by Winograd F(2×2, 2×2) (calls that
+    /// neither accumulate nor take a per-image bias).
+    var usesStridedWinograd: Bool {
+        kernel == 4 && stride == 2 && padding == 1 && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+    }
+
+    /// Whether calls at the expected size run F(4×4) tiles (and so `winogradLarge` is prepared).
+    private var expectsLargeTiles: Bool {
+        Conv2d.prefersLargeTiles(height: expectedSpatialSize, width: expectedSpatialSize)
+    }
+
+    /// Whether a call at height × width runs F(2×2) tiles: Winograd convolutions whose call
+    /// or expected size is below the F(4×4) threshold.
+    func runsSmallTiles(height: Int, width: Int) -> Bool {
+        usesWinograd && !(expectsLargeTiles && Conv2d.prefersLargeTiles(height: height, width: width))
+    }
+
+    /// Whether a call at height × width runs F(2×2) tiles that are not prepared yet.
+    func needsSmallTiles(height: Int, width: Int) -> Bool {
+        winograd == nil && runsSmallTiles(height: height, width: width)
+    }
+
+    /// Prepares the F(2×2) weights (into `store`) and keeps them through later `prepare`s.
+    func prepareSmallTiles(store: WeightStore? = nil) throws {
+        guard usesWinograd else { return }
+        smallTilesWanted = true
+        if winograd == nil {
+            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels,
+                                               tile: .two, store: store)
+        }
+    }
+
     /// Rebuilds the packed weights (into `store` when given); call after the weights change.
+    /// Only the forms calls run are kept: the Winograd ones, or the GEMM form where there is
+    /// no Winograd route and no direct 3×3 kernel.
     func prepare(store: WeightStore? = nil) throws {
-        if kernel == 3 && stride == 1 && padding == 1
-            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels {
-            winograd = try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two,
-                                               store: store)
-            winogradLarge = Conv2d.prefersLargeTiles(height: expectedSpatialSize, width: expectedSpatialSize)
+        if usesWinograd {
+            winograd = !expectsLargeTiles || smallTilesWanted
+                ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .two,
+                                          store: store)
+                : nil
+            winogradLarge = expectsLargeTiles
                 ? try packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, tile: .four,
                                           store: store)
                 : nil
@@ -70,16 +116,22 @@ final class Conv2d {
             winograd = nil
             winogradLarge = nil
         }
-        stridedWinograd = kernel == 4 && stride == 2 && padding == 1
-            && min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels
+        stridedWinograd = usesStridedWinograd
             ? try packStridedWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels, store: store)
             : nil
-        // The GEMM form only where no Winograd form serves every call (the strided one
-        // declines accumulating calls).
+        packed = needsGemmForm ? try gemmForm(store: store) : nil
+    }
+
+    /// Whether every call reads the GEMM form: neither a Winograd route nor the direct 3×3
+    /// kernel (which reads the raw weights) serves this convolution.
+    private var needsGemmForm: Bool {
+        !(kernel == 3 && stride == 1 && padding == 1) && !usesStridedWinograd
+    }
+
+    /// The weights [Cout, Cin·k·k] packed for `conv2dForward`, into `store` when given.
+    private func gemmForm(store: WeightStore?) throws -> PackedMatrix {
         let k = inChannels * kernel * kernel
-        packed = winograd == nil
-            ? try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k, store: store)
-            : nil
+        return try PackedMatrix(rows: outChannels, cols: k, source: weight.data, ld: k, store: store)
     }
 
     func geometry(height: Int, width: Int) -> ConvGeometry {
@@ -113,10 +165,16 @@ final class Conv2d {
                                        weights: strided, bias: bias.data, y: y, workspace: workspace)
             return
         }
-        let large = Conv2d.prefersLargeTiles(height: height, width: width) ? winogradLarge : nil
-        if let winograd = large ?? winograd {
+        if usesWinograd {
+            // The model prepares the F(2×2) weights its calls need before they run
+            // (`DiffusionModel.preparePackedForms`); a call here without them packs a copy
+            // for itself (the same values, so the same result).
+            let tiles = runsSmallTiles(height: height, width: width)
+                ? try winograd ?? packWinogradWeights(weight.data, inChannels: inChannels, outChannels: outChannels,
+                                                      tile: .two)
+                : winogradLarge!
             try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width,
-                                weights: winograd, bias: perImageBias ?? UnsafePointer(bias.data),
+                                weights: tiles, bias: perImageBias ?? UnsafePointer(bias.data),
                                 biasBatchStride: perImageBias == nil ? 0 : outChannels,
                                 y: y, accumulate: accumulate, normalize: normalize, workspace: workspace)
             return
@@ -129,8 +187,16 @@ final class Conv2d {
                                      y: y, accumulate: accumulate, normalize: normalize, workspace: workspace)
             return
         }
+        // A strided Winograd convolution keeps no GEMM form: the rare call that accumulates
+        // or takes a per-image bias packs one in the workspace (a copy of the weights).
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let gemmWeights = try packed ?? PackedMatrix(
+            rows: outChannels, cols: inChannels * kernel * kernel, source: weight.data,
+            rowStride: inChannels * kernel * kernel, colStride: 1,
+            buffer: workspace.floats(PackedMatrix.floatCount(rows: outChannels, cols: inChannels * kernel * kernel)))
         try conv2dForward(x, batch: batch, geometry: geometry(height: height, width: width),
-                          weights: packed!, bias: perImageBias ?? UnsafePointer(bias.data),
+                          weights: gemmWeights, bias: perImageBias ?? UnsafePointer(bias.data),
                           biasBatchStride: perImageBias == nil ? 0 : outChannels,
                           y: y, accumulate: accumulate, normalize: normalize, workspace: workspace)
     }

@@ -26,6 +26,8 @@ public final class DiffusionModel {
     /// rebuilt before the next forward (`refreshPackedWeights`), not after every step.
     private var packedWeightsStale = false
     private var idleWorkspaces: [Workspace] = []
+    /// The stores the packed weights were carved from (changed under the write lock).
+    private var weightStores: [WeightStore] = []
     /// The largest `estimatedWorkspaceBytes` a forward has completed with (see `workspaceIsProven`).
     private var provenWorkspaceBytes = 0.0
 
@@ -71,9 +73,10 @@ public final class DiffusionModel {
     }
 
     /// Repacks every layer's weights for the kernels, all into one new `WeightStore` (the
-    /// previous one goes with the last of the matrices packed into it).
+    /// previous ones go with the last of the matrices packed into them).
     func prepare() throws {
         let store = WeightStore()
+        defer { weightStores = [store] }
         try initConv.prepare(store: store)
         for b in downBlocks { try b.prepare(store: store) }
         try middleIn.prepare(store: store)
@@ -81,6 +84,55 @@ public final class DiffusionModel {
         try middleOut.prepare(store: store)
         for b in upBlocks { try b.prepare(store: store) }
         try outConv.prepare(store: store)
+    }
+
+    /// The 3×3 convolutions with the height × width each sees in a forward at that size.
+    private func forEachThreeByThree(height: Int, width: Int, _ body: (Conv2d, Int, Int) throws -> Void) rethrows {
+        let levels = config.levels
+        try body(initConv, height, width)
+        for (i, block) in downBlocks.enumerated() {
+            try body(block.res.conv1, height >> i, width >> i)
+            try body(block.res.conv2, height >> i, width >> i)
+        }
+        try body(middleIn.conv1, height >> levels, width >> levels)
+        try body(middleIn.conv2, height >> levels, width >> levels)
+        try body(middleOut.conv1, height >> levels, width >> levels)
+        try body(middleOut.conv2, height >> levels, width >> levels)
+        for (j, block) in upBlocks.enumerated() {
+            try body(block.res.conv1, height >> (levels - 1 - j), width >> (levels - 1 - j))
+            try body(block.res.conv2, height >> (levels - 1 - j), width >> (levels - 1 - j))
+        }
+        try body(outConv, height, width)
+    }
+
+    /// Prepares the F(2×2) Winograd weights a forward at height × width runs and the model
+    /// does not hold yet (layers whose expected size runs F(4×4) tiles get them only once
+    /// a call at a smaller size needs them; from then on they are kept). Memory grows at
+    /// most once per layer, not per call.
+    func preparePackedForms(height: Int, width: Int) throws {
+        var missing = false
+        weightsLock.withReadLock {
+            forEachThreeByThree(height: height, width: width) { conv, h, w in
+                if conv.needsSmallTiles(height: h, width: w) { missing = true }
+            }
+        }
+        guard missing else { return }
+        try weightsLock.withWriteLock {
+            let store = WeightStore()
+            try forEachThreeByThree(height: height, width: width) { conv, h, w in
+                if conv.needsSmallTiles(height: h, width: w) { try conv.prepareSmallTiles(store: store) }
+            }
+            weightStores.append(store)
+        }
+    }
+
+    /// Bytes of the raw weights (`parameterTotal` floats, one tensor per `Parameter`).
+    public var parameterBytes: Int { parameterCount * MemoryLayout<Float>.stride }
+
+    /// Bytes of the kernels' packed weights (GEMM panels, Winograd-transformed kernels) the
+    /// model holds: every block carved from its weight stores, padding included.
+    public var packedWeightBytes: Int {
+        weightsLock.withReadLock { weightStores.reduce(0) { $0 + $1.usedBytes } }
     }
 
     /// Replaces all weights at once from `sources[i]` (parameter i's values, state_dict
@@ -175,6 +227,7 @@ public final class DiffusionModel {
         try validateInput(batch: batch, channels: channels, height: height, width: width, timesteps: timesteps)
         if batch == 0 { return }
         try refreshPackedWeights()
+        try preparePackedForms(height: height, width: width)
         try weightsLock.withReadLock {
             let pool = ThreadPool.shared
             let threads = pool.threadsFor(batch)

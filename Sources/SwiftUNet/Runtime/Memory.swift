@@ -70,6 +70,30 @@ func allocateFloatsOrThrow(_ count: Int, _ what: @autoclosure () -> String) thro
     return p
 }
 
+/// A temporary buffer of floats mapped straight from the system (`mmap`), returned to it by
+/// `release()`. Large temporaries from malloc would stay resident after `free` (glibc raises
+/// its mmap threshold after the first large free, so later ones come from its heap and are
+/// kept there): each model's weight packing would leave megabytes behind.
+struct MappedFloats {
+    let base: UnsafeMutablePointer<Float>
+    private let bytes: Int
+
+    /// `count` floats (zero-filled, page-aligned), or `outOfMemory` naming `what`.
+    init(_ count: Int, _ what: @autoclosure () -> String) throws {
+        guard count >= 0 && count <= maximumAllocationBytes / MemoryLayout<Float>.stride else {
+            throw SwiftUNetError.outOfMemory("cannot allocate \(count) floats for \(what())")
+        }
+        bytes = max(count, 1) * MemoryLayout<Float>.stride
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              raw != MAP_FAILED else {
+            throw SwiftUNetError.outOfMemory("cannot allocate \(count) floats for \(what())")
+        }
+        base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    func release() { munmap(base, bytes) }
+}
+
 /// The memory of one preparation of a model's packed weights: blocks carved in order from
 /// huge-page chunks (`allocateHugePageFloats`). A batch-1 forward reads tens of megabytes of
 /// transformed weights, each once, and on 4 KiB pages that stream stalls at every page
@@ -80,6 +104,8 @@ final class WeightStore {
     private var chunks: [UnsafeMutablePointer<Float>] = []
     private var next: UnsafeMutablePointer<Float>? = nil
     private var left = 0
+    /// Bytes of the blocks handed out so far (each rounded up to 64 bytes).
+    private(set) var usedBytes = 0
 
     init() {}
 
@@ -102,6 +128,7 @@ final class WeightStore {
         let p = next!
         next = p + n
         left -= n
+        usedBytes += n * MemoryLayout<Float>.stride
         return p
     }
 }

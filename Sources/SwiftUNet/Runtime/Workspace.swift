@@ -9,14 +9,16 @@ final class Workspace {
     private var capacity = 0
     private var top = 0
     private var highWater = 0
-    private var overflow: [UnsafeMutablePointer<Float>] = []
+    /// Side chunks of the current pass, mapped from the system so that freeing them
+    /// returns their memory (see `MappedFloats`).
+    private var overflow: [MappedFloats] = []
     private var overflowFloats = 0
 
     init() {}
 
     deinit {
         freeFloats(block)
-        for p in overflow { freeFloats(p) }
+        for chunk in overflow { chunk.release() }
     }
 
     /// Bytes currently reserved by this workspace.
@@ -36,10 +38,10 @@ final class Workspace {
         }
         // Past the block: serve from a side chunk and remember the need.
         top = newTop
-        let p = try allocateFloatsOrThrow(n, "activations")
-        overflow.append(p)
+        let chunk = try MappedFloats(n, "activations")
+        overflow.append(chunk)
         overflowFloats += n
-        return p
+        return chunk.base
     }
 
     /// A workspace tensor of the given shape (uninitialised).
@@ -56,7 +58,7 @@ final class Workspace {
     func reset() throws {
         top = 0
         if !overflow.isEmpty {
-            for p in overflow { freeFloats(p) }
+            for chunk in overflow { chunk.release() }
             overflow.removeAll(keepingCapacity: true)
             overflowFloats = 0
             freeFloats(block)
