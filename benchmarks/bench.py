@@ -46,6 +46,12 @@ What it measures (see docs/benchmarks.md for a full run and how to read it):
   exceed the FMA peak.
 - "swift/best peer" = swiftunet time / fastest of (onnxruntime, torch) time:
   below 1 means swiftunet is faster.
+- Memory: resident bytes per swiftunet model, for each case: one subprocess
+  makes 5 models one after another and reads VmRSS after each, then runs two
+  batch-1 forwards on each (the arena is sized by the first, filled by the
+  second) and reads it again; per model = the growth from the
+  first model to the fifth / 4 (the first also pays one-time costs), printed
+  with its ratio to the raw parameter bytes.
 - Scaling: swiftunet alone on the [32,64,128] RGB model, batch 1,2,4,8,16 at
   32x32 and image size 16, 32, 64 at batch 1, at the highest thread count.
 - Second-thread speedup: swiftunet's time at 1 thread / time at the highest
@@ -272,9 +278,52 @@ def _time_calls(fn, min_reps, min_time, max_reps, warmup_calls=2, warmup_time=0.
     return times
 
 
+def _vmrss_bytes():
+    """This process's resident set size now (VmRSS of /proc/self/status), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def memory_worker(spec):
+    """Resident bytes per swiftunet model: makes `models` models one after another (seed-0
+    weights), reading VmRSS after each is made and again after each has run one batch-1
+    forward at its image size; per model = the growth from the first model to the last
+    over the models after the first (the first one also pays for one-time costs: the
+    thread pool, the library's first allocations)."""
+    import numpy as np
+    import swiftunet
+
+    swiftunet.set_num_threads(int(spec["threads"]))
+    image_size, channels, dims = spec["image_size"], spec["channels"], spec["hidden_dims"]
+    x = np.zeros((1, channels, image_size, image_size), dtype=np.float32)
+    models, created, after_forward = [], [], []
+    for _ in range(int(spec["models"])):
+        m = swiftunet.DiffusionModel(image_size, channels, hidden_dims=dims, time_dim=spec["time_dim"])
+        models.append(m)
+        created.append(_vmrss_bytes())
+    for m in models:
+        # Two forwards: the first runs in side chunks and sizes the arena, the second fills it.
+        m.forward(x, [1])
+        m.forward(x, [1])
+        after_forward.append(_vmrss_bytes())
+    n = len(models) - 1
+    return {
+        "models": len(models),
+        "parameter_bytes": models[0].num_parameters * 4,
+        "per_model_bytes": (created[-1] - created[0]) / n,
+        # plus each later model's growth from its forward (its activation arena)
+        "per_model_after_forward_bytes": (created[-1] - created[0] + after_forward[-1] - after_forward[0]) / n,
+    }
+
+
 def worker(spec):
     import numpy as np
 
+    if spec.get("memory"):
+        return memory_worker(spec)
     engine, n = spec["engine"], int(spec["threads"])
     data = np.load(spec["inputs"])
     x, t = np.ascontiguousarray(data["x"]), np.ascontiguousarray(data["t"])
@@ -536,6 +585,19 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def measure_memory(cases, threads, timeout):
+    """`memory_worker` for each case, each in a fresh subprocess."""
+    rows = []
+    for name in cases:
+        image_size, channels, dims = MODELS[name]
+        spec = {"memory": True, "models": 5, "threads": threads, "image_size": image_size,
+                "channels": channels, "hidden_dims": dims, "time_dim": TIME_DIM}
+        log(f"memory: {name}, 5 models ...")
+        res = run_worker(spec, timeout, env=engine_env("swiftunet", threads))
+        rows.append({"case": name, "hidden_dims": dims, **res})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -547,6 +609,8 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"comma-separated engines (default all installed: {','.join(ENGINES)})")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the resident-memory-per-model section (no timing)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the batch / image-size scaling section")
     ap.add_argument("--rounds", type=int, default=1,
                     help="sweep all cases this many times and keep, per engine, the round with the "
@@ -573,6 +637,13 @@ def main(argv=None):
     rounds = max(1, args.rounds)
 
     import swiftunet
+
+    if args.memory_only:
+        results = {"memory": measure_memory(cases, max(threads), args.timeout)}
+        print(render_memory(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        return 0
 
     facts = machine_facts()
     facts["swiftunet_build"] = swiftunet.build_info()
@@ -667,6 +738,9 @@ def main(argv=None):
                 log(f"paired threads: {name} B={batch} 1 vs {n} threads ...")
                 res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
                 results["paired"].append({"case": name, "batch": batch, "threads": n, "loadavg": loadavg(), **res})
+
+        if "swiftunet" in engines:
+            results["memory"] = measure_memory(cases, max(threads), args.timeout)
 
     # The probe again at the end: other users' load only ever lowers it, so
     # the higher of the two is the better estimate of the machine's peak.
@@ -791,6 +865,29 @@ def render(results, threads):
             lines.append(f"| {r['batch']} | {r['size']}x{r['size']} | {r['flops'] / 1e9:.2f} | {r['median_ms']:.2f} "
                          f"| {r['median_ms'] / r['batch']:.2f} | {rate:.1f} | {pct:.1f} | {fmt(rel, '.2f')} "
                          f"| {r['peak_rss_mib']:.0f} | {fmt(r.get('loadavg'), '.1f')} |")
+    if results.get("memory"):
+        lines.append("")
+        lines.append(render_memory(results))
+    return "\n".join(lines)
+
+
+def render_memory(results):
+    """The resident-memory-per-model table (Markdown)."""
+    lines = []
+    lines.append("Resident memory per swiftunet model (VmRSS growth per model over 5 models made one after "
+                 "another in one process, the first excluded; then each runs two batch-1 forwards):")
+    lines.append("")
+    lines.append("| case | parameters MiB | per model MiB | / parameters | after B=1 forwards MiB | / parameters |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    mib = 1024.0 * 1024.0
+    for r in results["memory"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} {r['hidden_dims']} | failed: {r['error'][:60]} | | | | |")
+            continue
+        p = r["parameter_bytes"]
+        lines.append(f"| {r['case']} {r['hidden_dims']} | {p / mib:.1f} | {r['per_model_bytes'] / mib:.1f} "
+                     f"| {r['per_model_bytes'] / p:.2f} | {r['per_model_after_forward_bytes'] / mib:.1f} "
+                     f"| {r['per_model_after_forward_bytes'] / p:.2f} |")
     return "\n".join(lines)
 
 

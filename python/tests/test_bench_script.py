@@ -222,3 +222,18 @@ def test_train_bench_quick_no_torch(tmp_path):
         for col in ("torch ms/step", "ratio", "round ratios", "torch peak RSS MiB", "RSS ratio",
                     "verdict (ratio <= 0.75, RSS <= torch)"):
             assert cells[col] == "-", (col, cells[col])
+
+
+def test_memory_worker_reports_at_least_the_weights_per_model(bench):
+    spec = {"memory": True, "models": 3, "threads": 1, "image_size": 16, "channels": 1,
+            "hidden_dims": [32, 64, 128], "time_dim": 32}
+    res = bench.run_worker(spec, timeout=300)
+    assert "error" not in res, res
+    assert res["models"] == 3
+    assert res["parameter_bytes"] > 0
+    # every model holds its raw weights at least; its forwards add an arena
+    assert res["per_model_bytes"] >= res["parameter_bytes"]
+    assert res["per_model_after_forward_bytes"] >= res["per_model_bytes"]
+    table = bench.render_memory({"memory": [{"case": "tiny", "hidden_dims": [32, 64, 128], **res}]})
+    ratio = res["per_model_bytes"] / res["parameter_bytes"]
+    assert f"| {ratio:.2f} |" in table
