@@ -1,18 +1,64 @@
 #!/usr/bin/env bash
 # Runs every test: the Swift package's tests, then installs the Python package
 # from this checkout and runs the Python suite against it.
+#
+# Where the Python side runs:
+#   PYTHON=/path/to/python ./scripts/test.sh   that interpreter's environment
+#   ./scripts/test.sh                          a test venv of its own, .venv-test/
+# .venv-test/ is made (once) with --system-site-packages so that packages the
+# machine already has are used from there: numpy, and PyTorch, which is too
+# large to install for a test run, so its parity tests run wherever torch is
+# installed and are reported as skipped elsewhere. Whatever the suite needs and
+# the environment lacks (the `test` extra in pyproject.toml) is installed into
+# that environment only, and named before it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
 
-swift test
+say() { echo "test.sh: $*"; }
 
-# Test-only dependencies: safetensors for the interop tests, onnx and onnxruntime
-# for the ONNX export test, scikit-learn for the digits tests (their data and
-# classifier). (PyTorch is too large to install here; its parity test runs
-# where torch is already installed and is reported as skipped elsewhere.)
-"$PYTHON" -m pip install --quiet pytest hypothesis safetensors onnx onnxruntime scikit-learn
-"$PYTHON" -m pip install --quiet .
+# Every Swift test is an XCTest case; without --disable-swift-testing the swift-testing
+# runner would also start and report "0 tests in 0 suites".
+swift test --disable-swift-testing
+
+if [[ -n "${PYTHON:-}" ]]; then
+    say "Python tests with PYTHON=$PYTHON"
+else
+    venv=.venv-test
+    if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        say "creating the test venv $venv (python3 -m venv --system-site-packages)"
+        rm -rf "$venv"
+        python3 -m venv --system-site-packages "$venv"
+    fi
+    PYTHON="$PWD/$venv/bin/python"
+    say "Python tests in the test venv $venv"
+fi
+
+# What the environment lacks of the package's dependencies and its `test` extra
+# (distribution names as pyproject.toml lists them).
+missing=$("$PYTHON" - <<'EOF'
+import importlib.metadata as md, re
+text = open("pyproject.toml").read()
+lists = [re.search(r'^' + key + r'\s*=\s*\[(.*?)\]', text, re.M).group(1) for key in ("dependencies", "test")]
+missing = []
+for req in re.findall(r'"([^"]+)"', " ".join(lists)):
+    name = re.split(r'[<>=!~; \[]', req, maxsplit=1)[0]
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        missing.append(req)
+print(" ".join(missing))
+EOF
+)
+env_dir=$("$PYTHON" -c 'import sys; print(sys.prefix)')
+if [[ -n "$missing" ]]; then
+    say "installing into $env_dir: $missing, and what they need (pip's list follows)"
+    # shellcheck disable=SC2086
+    "$PYTHON" -m pip install --disable-pip-version-check $missing | { grep '^Successfully installed' || true; }
+else
+    say "test dependencies already in $env_dir"
+fi
+say "installing swiftunet from this checkout into $env_dir (pip builds it with setuptools in a temporary environment)"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check .
 # Run from outside the source tree so `import swiftunet` is the installed package.
 cd python/tests
 "$PYTHON" -m pytest -q -p no:cacheprovider .

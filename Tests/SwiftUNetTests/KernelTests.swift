@@ -182,8 +182,8 @@ final class KernelTests: XCTestCase {
             for tile in [WinogradTile.two, .four] {
                 let weights = try packWinogradWeights(wts, inChannels: cin, outChannels: cout, tile: tile)
                 for normalize in [false, true] {
-                    let spec = try gamma.withUnsafeBufferPointer { g in
-                        try beta.withUnsafeBufferPointer { b in
+                    let spec = gamma.withUnsafeBufferPointer { g in
+                        beta.withUnsafeBufferPointer { b in
                             GroupNormSpec(groups: cin % 8 == 0 ? 8 : 4, gamma: g.baseAddress!, beta: b.baseAddress!,
                                           eps: 1e-5, silu: true)
                         }
@@ -299,7 +299,7 @@ final class KernelTests: XCTestCase {
 
     /// Measures each Winograd tile size against a float64 direct convolution at model-like
     /// sizes (64 → 64 channels, 32×32, unit-variance data) and bounds it well inside the
-    /// SPEC's 1e-4: F(2×2) sits near float32 rounding, F(4×4) about an order above
+    /// docs/model.md's 1e-4: F(2×2) sits near float32 rounding, F(4×4) about an order above
     /// (its transforms multiply by up to 8 and 1/24, amplifying rounding).
     func testWinogradErrorAgainstFloat64() throws {
         let (cin, cout, h, w) = (64, 64, 32, 32)
