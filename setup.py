@@ -6,7 +6,9 @@
    `swift` found on PATH), into `.build/` (or `.build-portable/` when
    SWIFTUNET_PORTABLE is set to anything but "0", which Package.swift reads to
    drop `-target-cpu native`). SwiftPM builds incrementally, so repeated
-   installs only rebuild what changed.
+   installs only rebuild what changed. Its output is echoed line by line with
+   the elapsed time, and a line every HEARTBEAT_SECONDS says it is still at
+   work; pip shows these with `pip install -v .`.
 2. copies `libSwiftUNetC.so` into the package (`swiftunet/libSwiftUNetC.so`)
    and the C header into `swiftunet/include/swiftunet.h`;
 3. compiles the extension `swiftunet._swiftunet` against that copy, with
@@ -24,6 +26,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -42,8 +46,48 @@ def _portable() -> bool:
     return os.environ.get("SWIFTUNET_PORTABLE", "0") != "0"
 
 
+_START = time.monotonic()
+
+
 def _log(msg: str) -> None:
-    print(f"swiftunet build: {msg}", flush=True)
+    print(f"swiftunet build [{time.monotonic() - _START:5.0f} s]: {msg}", flush=True)
+
+
+#: Seconds without output from `swift build` after which a line says it is still at work
+#: (whole-module optimisation compiles the library in one step of a few minutes).
+HEARTBEAT_SECONDS = 20
+
+
+def _run_streamed(cmd, env) -> int:
+    """Runs `cmd`, echoing each line it prints with the elapsed time, plus a line
+    every HEARTBEAT_SECONDS while it is silent; returns its exit code. pip shows
+    these lines with `pip install -v .` (and all of them when the build fails)."""
+    _log("$ " + " ".join(str(c) for c in cmd))
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    last = {"time": time.monotonic(), "beats": 0}
+    done = threading.Event()
+
+    def heartbeat():
+        while not done.wait(HEARTBEAT_SECONDS):
+            if time.monotonic() - last["time"] >= HEARTBEAT_SECONDS:
+                last["beats"] += 1
+                why = (" (each Swift module is optimised as a whole, so a step prints nothing until it is done)"
+                       if last["beats"] == 1 else "")
+                _log("swift build: still compiling" + why)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                last["time"] = time.monotonic()
+                _log(line)
+        return proc.wait()
+    finally:
+        done.set()
+        beat.join()
 
 
 class BuildSwiftError(RuntimeError):
@@ -101,9 +145,12 @@ def build_swift_library() -> Path:
     base = [swift, "build", "-c", "release", "--product", PRODUCT, "--scratch-path", scratch]
     env = dict(os.environ)  # passes SWIFTUNET_PORTABLE through to Package.swift
 
-    proc = _run(base, env=env)
-    if proc.returncode != 0:
-        raise BuildSwiftError(f"`swift build` failed with exit code {proc.returncode} (see above)")
+    _log(f"compiling the Swift library ({'portable' if _portable() else 'for this CPU'}); "
+         "the first build takes a few minutes, later ones only rebuild what changed")
+    code = _run_streamed(base, env)
+    if code != 0:
+        raise BuildSwiftError(f"`swift build` failed with exit code {code} (see above)")
+    _log("Swift library built")
     bin_path = _run(base + ["--show-bin-path"], env=env, check=True, capture_output=True, text=True)
     library = Path(bin_path.stdout.strip().splitlines()[-1]) / LIBRARY
     if not library.is_file():
@@ -118,9 +165,9 @@ def build_swift_library() -> Path:
         extra = []
         for d in missing:
             extra += ["-Xlinker", "-rpath", "-Xlinker", d]
-        proc = _run(base + extra, env=env)
-        if proc.returncode != 0:
-            raise BuildSwiftError(f"`swift build` (relink with rpath) failed with exit code {proc.returncode}")
+        code = _run_streamed(base + extra, env)
+        if code != 0:
+            raise BuildSwiftError(f"`swift build` (relink with rpath) failed with exit code {code}")
     return library
 
 
@@ -172,7 +219,9 @@ class BuildExtWithSwift(build_ext):
             _copy_if_changed(ROOT / HEADER, pkg / "include" / "swiftunet.h")
         for ext in self.extensions:
             ext.library_dirs = [str(pkg)] + list(ext.library_dirs or [])
+        _log("compiling the CPython extension")
         super().run()
+        _log("done")
 
     def get_outputs(self):
         outputs = list(super().get_outputs())
