@@ -1,3 +1,5 @@
+import SwiftUNetSupport
+
 /// How this copy of the library was compiled.
 public enum BuildInfo {
     #if SWIFTUNET_PORTABLE
@@ -14,7 +16,13 @@ public enum BuildInfo {
     public static let architecture = "other"
     #endif
 
+    /// The widest vector instruction set the kernels were compiled for ("avx512",
+    /// "avx2+fma", "sse2", "neon", ...): what `SIMD16<Float>` became in this build.
+    public static let vectorISA = String(cString: swiftunet_compiled_isa())
+
+    /// "key=value" pairs separated by spaces, e.g.
+    /// "arch=x86_64 target-cpu=native isa=avx512 simd=SIMD16<Float>".
     public static var summary: String {
-        "arch=\(architecture) target-cpu=\(targetCPU) simd=SIMD16<Float>"
+        "arch=\(architecture) target-cpu=\(targetCPU) isa=\(vectorISA) simd=SIMD16<Float>"
     }
 }

@@ -22,6 +22,7 @@ from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
 from .pretrained_models import pretrained
+from .system import info
 
 __all__ = [
     "DiffusionModel",
@@ -29,6 +30,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "build_info",
+    "info",
     "NoiseSchedule",
     "q_sample",
     "randn",
@@ -63,7 +65,9 @@ def get_num_threads() -> int:
 
 
 def build_info() -> str:
-    """A description of the compiled library, e.g. 'isa=avx512 simd=16 portable=0'."""
+    """How the library was compiled, as "key=value" pairs, e.g.
+    'arch=x86_64 target-cpu=native isa=avx2+fma simd=SIMD16<Float>' (`info()`
+    has the fields as a dict, with the CPU's features)."""
     return _swiftunet.build_info()
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -38,18 +37,17 @@ def _default_model():
 
 
 def cmd_info(args) -> int:
-    import numpy as np
-
     import swiftunet
-    from swiftunet import _swiftunet
-    print(f"swiftunet {swiftunet.__version__}")
-    print(f"build: {swiftunet.build_info()}")
-    abi = getattr(_swiftunet, "abi_version", None)
-    if abi is not None:
-        print(f"abi version: {abi()}")
-    print(f"threads: {swiftunet.get_num_threads()} (cpus: {os.cpu_count()})")
-    print(f"numpy {np.__version__}, python {sys.version.split()[0]}")
-    print(f"package: {Path(swiftunet.__file__).resolve().parent}")
+    d = swiftunet.info()
+    print(f"swiftunet {d['version']}")
+    print(f"build: {d['build']}")
+    print(f"vector ISA: {d['isa']} (compiled for; target-cpu {d['target_cpu']}); "
+          f"kernel variant: {d['kernel_variant']}")
+    print(f"cpu: {d['cpu'] or 'unknown'}; vector features: {' '.join(d['cpu_features']) or 'unknown'}")
+    print(f"abi version: {d['abi_version']}")
+    print(f"threads: {d['threads']} (cpus: {d['cpus']})")
+    print(f"numpy {d['numpy']}, python {d['python']}")
+    print(f"package: {d['package']}")
     return 0
 
 
@@ -135,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m swiftunet", description="swiftunet: a diffusion U-Net in Swift.")
     sub = p.add_subparsers(dest="command")
 
-    sub.add_parser("info", help="version, build (ISA) and threads")
+    sub.add_parser("info", help="version, vector ISA and kernel variant, CPU features, threads")
 
     s = sub.add_parser("sample", help="generate images and save them as a PNG grid")
     s.add_argument("--weights", help="a .safetensors (from model.save) or .npz state_dict; "

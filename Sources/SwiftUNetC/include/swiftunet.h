@@ -44,7 +44,8 @@ const char *swiftunet_last_error(void);
 /* SWIFTUNET_ABI_VERSION of the compiled library. */
 int32_t swiftunet_abi_version(void);
 
-/* A static description of the build, e.g. "isa=avx512 simd=16 portable=0". */
+/* A static description of the build as "key=value" pairs, e.g.
+ * "arch=x86_64 target-cpu=native isa=avx512 simd=SIMD16<Float>". */
 const char *swiftunet_build_info(void);
 
 /* Worker threads used by every model (>= 1). The default is the number of CPUs
@@ -105,7 +106,7 @@ const void *swiftunet_debug_last_input(void);
 
 /* --- sampling ------------------------------------------------------------
  * Noise schedules, q_sample, the seeded Gaussian generator and the DDIM /
- * DDPM loops of SPEC section 3; docs/sampling.md gives every formula. A
+ * DDPM loops of docs/model.md section 3; docs/sampling.md gives every formula. A
  * schedule is passed as its betas (num_timesteps doubles, each in (0, 1));
  * alphas_cumprod is always their running product in float64. */
 

@@ -1,0 +1,108 @@
+"""What this installation is: the library's build, the CPU it runs on, threads.
+
+``swiftunet.info()`` returns it as one dict (``python3 -m swiftunet info``
+prints it). The vector ISA comes from the compiled library itself (the
+instruction set its kernels were compiled for); the CPU's features come from
+the operating system, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+__all__ = ["info", "cpu_features"]
+
+#: The vector features worth naming (others in /proc/cpuinfo are left out).
+VECTOR_FEATURES = ("sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                   "avx512dq", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve", "sve2")
+
+
+def _parse_build(summary: str) -> Dict[str, str]:
+    """'arch=x86_64 isa=avx512 ...' -> {'arch': 'x86_64', 'isa': 'avx512', ...}."""
+    fields = {}
+    for item in summary.split():
+        key, sep, value = item.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def _cpu_model_and_flags() -> "tuple[Optional[str], List[str]]":
+    """(model name, feature flags) from the operating system; (None, []) if unknown."""
+    if sys.platform.startswith("linux"):
+        try:
+            text = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None, []
+        model, flags = None, []
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "cpu model") and model is None:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = value.split()
+        return model, flags
+    if sys.platform == "darwin":
+        def sysctl(name):
+            try:
+                return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True,
+                                      timeout=5).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                return ""
+        model = sysctl("machdep.cpu.brand_string") or None
+        flags = (sysctl("machdep.cpu.features") + " " + sysctl("machdep.cpu.leaf7_features")).lower().split()
+        if platform.machine() == "arm64":
+            flags.append("neon")
+        return model, [f.replace(".", "_") for f in flags]
+    return None, []
+
+
+def cpu_features() -> List[str]:
+    """The CPU's vector features (of VECTOR_FEATURES) as the operating system reports them."""
+    _, flags = _cpu_model_and_flags()
+    present = set(flags)
+    return [f for f in VECTOR_FEATURES if f in present]
+
+
+def info() -> Dict[str, object]:
+    """A dict describing this installation:
+
+    ``version``, ``build`` (the library's own summary string) and its fields
+    ``arch``, ``target_cpu`` ("native": compiled for the build machine's CPU;
+    "portable": for any CPU of the architecture), ``isa`` (the vector
+    instruction set the kernels were compiled for, e.g. "avx512", "avx2+fma",
+    "sse2", "neon"), ``kernel_variant`` (the kernels in use: this build has one
+    variant, the one compiled for ``isa``), ``cpu`` (model name or None),
+    ``cpu_features`` (the CPU's vector features), ``threads``, ``cpus``,
+    ``abi_version``, ``python``, ``numpy`` and ``package`` (its directory).
+    """
+    import numpy as np
+
+    from . import __version__, _swiftunet
+
+    summary = _swiftunet.build_info()
+    build = _parse_build(summary)
+    model, _ = _cpu_model_and_flags()
+    isa = build.get("isa", "unknown")
+    return {
+        "version": __version__,
+        "build": summary,
+        "arch": build.get("arch", platform.machine()),
+        "target_cpu": build.get("target-cpu", "unknown"),
+        "isa": isa,
+        "kernel_variant": isa,
+        "cpu": model,
+        "cpu_features": cpu_features(),
+        "threads": _swiftunet.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "abi_version": _swiftunet.abi_version(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "package": str(Path(__file__).resolve().parent),
+    }
