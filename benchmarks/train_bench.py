@@ -21,7 +21,7 @@ What it measures (docs/benchmarks.md, "Training step time", has a full run):
                default init, torch.manual_seed(0)); torch.set_num_threads(n),
                set_num_interop_threads(1); torch.randint / torch.randn with a
                seeded generator; x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise
-               with ab from the SPEC's cosine formula (float64, rounded to
+               with ab from docs/model.md's cosine formula (float64, rounded to
                float32); F.mse_loss; opt.zero_grad(set_to_none=True);
                loss.backward(); [clip_grad_norm_]; opt.step() with
                torch.optim.AdamW(same hyper-parameters, PyTorch's default
@@ -114,7 +114,7 @@ def _rss_mib():
 
 
 def cosine_alphas_cumprod(T):
-    """SPEC section 3: f(u) = cos(((u/T) + 0.008)/1.008 * pi/2)^2,
+    """docs/model.md section 3: f(u) = cos(((u/T) + 0.008)/1.008 * pi/2)^2,
     beta_t = min(1 - f(t+1)/f(t), 0.999), alpha_bar = cumprod(1 - beta); float64."""
     f = [math.cos(((u / T) + 0.008) / 1.008 * math.pi / 2) ** 2 for u in range(T + 1)]
     ab, acc = [], 1.0

@@ -5,9 +5,9 @@ import Glibc
 @testable import SwiftUNet
 
 /// The whole model against an independent composition of the plain kernels,
-/// following SPEC section 1 step by step.
+/// following docs/model.md section 1 step by step.
 final class ModelTests: XCTestCase {
-    /// A forward written from the SPEC with the plain kernels and float64 linear layers.
+    /// A forward written from docs/model.md with the plain kernels and float64 linear layers.
     private func specForward(_ m: DiffusionModel, x: [Float], t: [Int64], batch: Int, height: Int, width: Int) -> [Float] {
         func p(_ name: String) -> [Float] { m.parameter(named: name)!.values }
         let c = m.config, d = c.hiddenDims, levels = c.levels, td = c.timeDim

@@ -7,7 +7,7 @@ import Darwin
 #endif
 
 /// Noise schedules, the Gaussian generator and the sampler step math against
-/// their plain definitions (SPEC section 3, docs/sampling.md).
+/// their plain definitions (docs/model.md section 3, docs/sampling.md).
 final class SamplingTests: XCTestCase {
     // MARK: schedules
 

@@ -9,7 +9,7 @@ The safetensors layout (https://github.com/huggingface/safetensors, "Format"):
               padded with spaces so that 8 + N is a multiple of 8
     rest      the data section: raw little-endian tensor bytes, C order
 
-`save_model` writes the state_dict in SPEC order as F32, with the model's
+`save_model` writes the state_dict in docs/model.md order as F32, with the model's
 configuration in ``__metadata__`` (image_size, channels, hidden_dims as JSON,
 time_dim, format and format_version), atomically: a temporary file in the
 same directory, fsync, then os.replace, so a crash or an error never leaves a
@@ -327,7 +327,7 @@ def _is_zip(path: str) -> bool:
 
 def load_model(path: _PathLike, config: Optional[Mapping[str, Any]] = None, cls=None):
     """A DiffusionModel rebuilt from a safetensors file (ours or any with the
-    SPEC's weight names) or an .npz of a state_dict.
+    docs/model.md's weight names) or an .npz of a state_dict.
 
     The configuration comes from `config` when given (keys of the constructor;
     missing ones are inferred), else from the file's __metadata__, else from

@@ -1,4 +1,4 @@
-"""The DiffusionModel class: a Python face on the Swift model (SPEC section 3).
+"""The DiffusionModel class: a Python face on the Swift model (docs/model.md section 3).
 
 Everything a user can get wrong is checked here, before Swift is entered, and
 reported as a ValueError or TypeError that names the argument and says what
@@ -199,7 +199,7 @@ def _check_out(out: Any, shape: Tuple[int, ...]) -> np.ndarray:
 
 
 class DiffusionModel:
-    """The noise-predicting U-Net of a diffusion model (see SPEC.md).
+    """The noise-predicting U-Net of a diffusion model (docs/model.md).
 
     ``DiffusionModel(image_size, channels, hidden_dims=[32, 64, 128],
     time_dim=128, seed=0)`` creates a model whose weights follow PyTorch's
@@ -375,7 +375,7 @@ class DiffusionModel:
     # ------------------------------------------------------------ parameters
 
     def state_dict(self) -> "collections.OrderedDict[str, np.ndarray]":
-        """An ordered dict name -> float32 ndarray (copies), in SPEC order."""
+        """An ordered dict name -> float32 ndarray (copies), in docs/model.md section 2's order."""
         sd = collections.OrderedDict()
         with self._weights_lock:
             for i, (name, shape, _) in enumerate(self._param_info):
@@ -469,7 +469,7 @@ class DiffusionModel:
     @classmethod
     def load(cls, path, config: Optional[Mapping[str, Any]] = None) -> "DiffusionModel":
         """A model rebuilt from a file written by `save` (configuration from the
-        file), or from any safetensors / .npz state_dict with the SPEC's names
+        file), or from any safetensors / .npz state_dict with docs/model.md's names
         (configuration from `config`, else inferred from the shapes)."""
         from .io import load_model
         return load_model(path, config=config, cls=cls)

@@ -7,11 +7,11 @@
 The graph has two inputs, ``x`` float32 ``[B, C, H, W]`` and ``t`` int64 ``[B]``
 (``B``, ``H`` and ``W`` are dynamic; ``H`` and ``W`` must be multiples of
 ``2**L`` as for the Swift model), and one output ``eps`` float32
-``[B, C, H, W]``. It follows SPEC section 1 using only long-standing standard
+``[B, C, H, W]``. It follows docs/model.md section 1 using only long-standing standard
 operators, so any ONNX runtime runs it:
 
 - the sinusoidal time encoding is computed in float64 (Cast, Mul, Sin, Cos,
-  Concat) and rounded to float32 once, exactly as the SPEC says;
+  Concat) and rounded to float32 once, exactly as docs/model.md says;
 - GroupNorm(8, C) is Reshape [B, 8, C/8*H*W] -> InstanceNormalization (scale 1,
   bias 0, epsilon 1e-5) -> Reshape back -> Mul/Add by the per-channel weight
   and bias (portable across runtime versions, unlike GroupNormalization);
@@ -180,7 +180,7 @@ class _Exporter:
         b = self.b
         half = self.T // 2
         i = np.arange(half, dtype=np.float64)
-        freq = np.exp(-math.log(10000.0) * i / (half - 1))            # float64, as SPEC
+        freq = np.exp(-math.log(10000.0) * i / (half - 1))            # float64, as docs/model.md
         td = b.op("Cast", [t], "t_f64", to=self.b.onnx.TensorProto.DOUBLE)
         td = b.op("Unsqueeze", [td, b.const([1], np.int64)], "t_col")
         a = b.op("Mul", [td, b.const(freq[None, :], np.float64)], "t_angle")

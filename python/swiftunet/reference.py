@@ -1,11 +1,11 @@
-"""Pure-numpy reference of the swiftunet model (SPEC section 1).
+"""Pure-numpy reference of the swiftunet model (docs/model.md section 1).
 
 This module is the oracle of the parity tests: the Swift forward pass must agree
 with `forward` here to ``max|swift - ref| <= 1e-4 * max|ref|``. It computes in
 float64 by default (any float dtype may be asked for), keeps one function per
 layer, and depends on numpy and the standard library only.
 
-It also defines the weight names and shapes (`param_specs`, SPEC section 2) and
+It also defines the weight names and shapes (`param_specs`, docs/model.md section 2) and
 the seeded default initialisation (`init_params`) that the Swift side
 reproduces bit for bit.
 """
@@ -41,7 +41,7 @@ HEADS = 4           # attention heads in the bottleneck
 EPS = 1e-5          # GroupNorm epsilon
 
 # --------------------------------------------------------------------------
-# Weight names and shapes (SPEC section 2)
+# Weight names and shapes (docs/model.md section 2)
 # --------------------------------------------------------------------------
 
 
@@ -126,7 +126,7 @@ def _fan_in(kind, wshape):
 
 
 def param_specs(image_size, channels, hidden_dims=(32, 64, 128), time_dim=128):
-    """[(name, shape), ...] of the state_dict, in SPEC section 2 order."""
+    """[(name, shape), ...] of the state_dict, in docs/model.md section 2 order."""
     C, d, T = _check_config(image_size, channels, hidden_dims, time_dim)
     specs = []
     for prefix, kind, wshape in _layers(C, d, T):

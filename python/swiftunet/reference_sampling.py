@@ -1,4 +1,4 @@
-"""Pure-numpy reference of sampling (SPEC section 3, docs/sampling.md).
+"""Pure-numpy reference of sampling (docs/model.md section 3, docs/sampling.md).
 
 The oracle of the sampling parity tests. It depends on numpy and the standard
 library only and imports nothing from the rest of the package, so it can be
@@ -68,7 +68,7 @@ def linear_schedule(T, beta_start=1e-4, beta_end=0.02):
 def ddim_timesteps(T, steps):
     """round(i*(T-1)/(S-1)) for i = S-1 .. 0, exact rational, ties to even.
 
-    S = 1 gives the single timestep T-1 (the SPEC's formula divides by zero there).
+    S = 1 gives the single timestep T-1 (docs/model.md's formula divides by zero there).
     """
     T, S = int(T), int(steps)
     if not 1 <= S <= T:
@@ -207,7 +207,7 @@ def _predict_x0(x, eps, sqrt_ab, sqrt_1mab, clip):
 
 def ddim_sample(eps_fn, shape, schedule, steps=50, eta=0.0, seed=0, x_T=None, clip=True,
                 state_dtype=np.float64, libm=False):
-    """DDIM (Song et al. 2021) with the SPEC's timesteps and the Swift random stream.
+    """DDIM (Song et al. 2021) with docs/model.md's timesteps and the Swift random stream.
 
     eps_fn(x, t) -> predicted noise; schedule: betas (or an object with .betas).
     Per step, in float64: x0 = (x - sqrt(1-ab)*eps) / sqrt(ab), clipped;

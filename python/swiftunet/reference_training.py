@@ -1,4 +1,4 @@
-"""Pure-numpy reference of training (SPEC section 5).
+"""Pure-numpy reference of training (docs/model.md section 5).
 
 The oracle of the gradient and training parity tests, in float64, one function
 per layer, numpy and the standard library only. Reached through
@@ -503,7 +503,7 @@ def mse_loss_backward(pred, target):
 def loss_and_grad(params, x, t, target, hidden_dims=None, time_dim=None):
     """The training loss and its gradient, in float64: (loss, grads).
 
-    loss = mean((forward(params, x, t) - target)**2) over every element (SPEC
+    loss = mean((forward(params, x, t) - target)**2) over every element (docs/model.md
     section 5, PyTorch's F.mse_loss); grads is a dict name -> float64 array
     with the same keys, key order and shapes as `params` (the state_dict's),
     holding d loss / d weight. `params`, x, t are what `reference.forward`
@@ -520,7 +520,7 @@ def loss_and_grad(params, x, t, target, hidden_dims=None, time_dim=None):
 
 
 # --------------------------------------------------------------------------
-# The training step (SPEC section 5)
+# The training step (docs/model.md section 5)
 # --------------------------------------------------------------------------
 
 
@@ -533,7 +533,7 @@ def clip_grad_norm(grads, max_norm):
     """PyTorch's torch.nn.utils.clip_grad_norm_(parameters, max_norm) (L2 norm):
     returns (clipped grads, n) with n = sqrt(sum g**2) over all parameters.
 
-    As the SPEC states it: if n > max_norm every gradient is multiplied by
+    As docs/model.md states it: if n > max_norm every gradient is multiplied by
     max_norm / (n + 1e-6), else they are returned unchanged (PyTorch multiplies
     by min(1, max_norm / (n + 1e-6)), which differs only for n within 1e-6 of
     max_norm). The input dict is not modified.
@@ -624,7 +624,7 @@ def q_sample64(x0, t, noise, alphas_cumprod_):
 
 def train_step(params, state, x0, seed, step, schedule_alphas_cumprod, lr=1e-3, betas=(0.9, 0.999),
                eps=1e-8, weight_decay=1e-2, grad_clip=None, ema_decay=0.999, libm=True):
-    """One training step (SPEC section 5, docs/training.md), float64: (loss, new params, new state).
+    """One training step (docs/model.md section 5, docs/training.md), float64: (loss, new params, new state).
 
     `state` is {"m", "v", "ema"} (dicts name -> array) or None for a fresh one
     (`init_train_state`); `step` is the 0-based index of this step: the draw

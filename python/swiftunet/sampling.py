@@ -1,5 +1,5 @@
 """Sampling: noise schedules, q_sample, the seeded Gaussian generator, and the
-DDIM / DDPM loops (SPEC section 3). Every loop runs in Swift with the GIL
+DDIM / DDPM loops (docs/model.md section 3). Every loop runs in Swift with the GIL
 released; docs/sampling.md gives the exact formulas and random stream, and
 ``swiftunet.reference`` has numpy twins of all of it.
 

@@ -1,4 +1,4 @@
-"""Training (SPEC section 5): the Trainer, whose steps run wholly in Swift.
+"""Training (docs/model.md section 5): the Trainer, whose steps run wholly in Swift.
 
     tr = swiftunet.Trainer(model, lr=1e-3, ema_decay=0.999, seed=0)
     tr.fit(images, epochs=10, batch_size=32)     # images: [N, C, H, W] in [-1, 1]

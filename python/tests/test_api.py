@@ -1,4 +1,4 @@
-"""Tests of the Python surface of swiftunet (SPEC section 3) that could fail:
+"""Tests of the Python surface of swiftunet (docs/model.md section 3) that could fail:
 argument checks, state_dict round trips and atomicity, zero-copy, out=,
 threading and the GIL. Numerical agreement with the reference lives in
 test_parity.py.

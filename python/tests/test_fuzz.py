@@ -16,8 +16,8 @@ with the case it had started; a hang is a timeout, reported the same way.
 The property checked for every case:
 
 * it returns, or raises ValueError, TypeError or MemoryError, nothing else;
-* it returns exactly when the SPEC says the input is valid (an oracle
-  written from SPEC sections 1 and 3, `predict_*` below), so bad input is
+* it returns exactly when docs/model.md says the input is valid (an oracle
+  written from docs/model.md sections 1 and 3, `predict_*` below), so bad input is
   never silently accepted and good input never refused;
 * a returned array is float32, has x's shape, holds no +-inf, *is* `out`
   when one was given, and is bit-identical to the result for the same
@@ -269,7 +269,7 @@ def _asarray_or_none(obj):
 
 
 def predict_x(x, channels, factor):
-    """None if x is valid by the SPEC, else a reason."""
+    """None if x is valid by docs/model.md, else a reason."""
     arr = _asarray_or_none(x)
     if arr is None:
         return "x not convertible"

@@ -61,7 +61,7 @@ def test_file_layout(model, tmp_path):
     assert int(meta["image_size"]) == 8 and int(meta["channels"]) == 3 and int(meta["time_dim"]) == 16
     assert json.loads(meta["hidden_dims"]) == [8, 16, 32]
     sd = model.state_dict()
-    assert list(header) == list(sd)  # SPEC order
+    assert list(header) == list(sd)  # docs/model.md order
     offset = 0
     for name, arr in sd.items():
         info = header[name]

@@ -1,5 +1,5 @@
 """ONNX export: the exported graph, run by ONNX Runtime, computes swiftunet's
-function (SPEC section 4 bound: max|a - b| <= 1e-4 * max|ref|)."""
+function (docs/model.md section 4 bound: max|a - b| <= 1e-4 * max|ref|)."""
 
 import sys
 
@@ -128,7 +128,7 @@ def test_other_opsets_run(tmp_path, opset):
 
 def test_time_embedding_large_timesteps(tmp_path):
     # sin/cos of large angles are where float32 math would drift: the graph
-    # computes them in float64 like the SPEC and the reference.
+    # computes them in float64 like docs/model.md and the reference.
     m = swiftunet.DiffusionModel(8, 1, hidden_dims=[8, 16], time_dim=16, seed=2)
     path = tmp_path / "m.onnx"
     export_onnx(m, str(path))

@@ -1,4 +1,4 @@
-"""Parity of the Swift model with the pure-numpy reference (SPEC sections 3, 4).
+"""Parity of the Swift model with the pure-numpy reference (docs/model.md sections 3, 4).
 
 Every forward here is compared with `swiftunet.reference.forward` in float64:
     max|swift - ref| <= 1e-4 * max|ref|

@@ -337,7 +337,7 @@ def _res_names(prefix, cin, cout, T):
 
 
 def test_param_specs_smallest_config_written_out():
-    # C=1, hidden_dims [8, 16] (L = 1), T = 4, written out from SPEC section 2
+    # C=1, hidden_dims [8, 16] (L = 1), T = 4, written out from docs/model.md section 2
     want = [
         ("time_mlp.fc1.weight", (16, 4)), ("time_mlp.fc1.bias", (16,)),
         ("time_mlp.fc2.weight", (4, 16)), ("time_mlp.fc2.bias", (4,)),

@@ -1,4 +1,4 @@
-"""No input may crash the interpreter or corrupt a model (SPEC section 3).
+"""No input may crash the interpreter or corrupt a model (docs/model.md section 3).
 
 Each test here fails if the protection it is about is removed:
 
@@ -203,7 +203,7 @@ def test_out_overlapping_x_is_still_correct(model):
 
 
 # ---------------------------------------------------------------------------
-# the constructor: configurations outside the SPEC's valid set
+# the constructor: configurations outside docs/model.md's valid set
 
 BAD_CONFIG = [
     # (id, overrides of TINY, exception, pattern)

@@ -1,4 +1,4 @@
-"""Sampling (SPEC section 3): schedules, q_sample, the seeded generator, DDIM and
+"""Sampling (docs/model.md section 3): schedules, q_sample, the seeded generator, DDIM and
 DDPM, checked against the numpy reference (swiftunet.reference, i.e.
 reference_sampling.py) driven by the Swift model's own forward, so only the
 sampler arithmetic is compared. docs/sampling.md explains the bounds.

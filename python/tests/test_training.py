@@ -1,4 +1,4 @@
-"""Training from Python (SPEC section 5): DiffusionModel.loss_and_grad, swiftunet.Trainer
+"""Training from Python (docs/model.md section 5): DiffusionModel.loss_and_grad, swiftunet.Trainer
 (step, fit, EMA, save / load, resume), swiftunet.training.draw, and the checks of
 every argument. Tiny models only: every test here runs in well under a second.
 

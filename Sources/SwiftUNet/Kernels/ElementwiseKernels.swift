@@ -6,7 +6,7 @@ import Darwin
 
 /// Sinusoidal timestep encoding.
 /// t [B] → e [B, dim]: sin(t·freq) then cos(t·freq), freq[i] = exp(-ln(10000)·i/(dim/2 - 1)).
-/// Computed in float64 and rounded once, as the SPEC fixes.
+/// Computed in float64 and rounded once, as docs/model.md fixes.
 func sinusoidalEmbedding(_ t: UnsafePointer<Int64>, batch: Int, dim: Int, e: UnsafeMutablePointer<Float>) {
     let half = dim / 2
     let logBase = log(10000.0)

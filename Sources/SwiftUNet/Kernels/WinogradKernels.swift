@@ -10,7 +10,7 @@
 /// max|err| / max|ref| against a float64 direct convolution): F(2×2) 2.4e-7 (its
 /// transforms only add, subtract and halve: float32 rounding level, below the direct
 /// float32 sum's 9.7e-7); F(4×4) 4.1e-6 (its transforms scale by up to 8 and 1/24).
-/// Both sit far inside the SPEC's 1e-4 bound, so no test tolerance was loosened.
+/// Both sit far inside docs/model.md's 1e-4 bound, so no test tolerance was loosened.
 ///
 /// Work is cut into tasks of 32 tiles (numbered across the batch): the input transform writes
 /// V straight into the packed-B panel layout [Cin][32] the micro-kernel reads,

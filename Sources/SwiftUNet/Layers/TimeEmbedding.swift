@@ -1,5 +1,5 @@
 /// The timestep embedding: sinusoidal encoding → `fc1` Linear(T, 4T) → exact GELU →
-/// `fc2` Linear(4T, T). PyTorch's `time_mlp` module of the SPEC.
+/// `fc2` Linear(4T, T). PyTorch's `time_mlp` module of docs/model.md.
 final class TimeEmbedding {
     let dim: Int
     let fc1: Linear

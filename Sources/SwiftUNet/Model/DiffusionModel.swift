@@ -1,4 +1,4 @@
-/// The diffusion U-Net of the SPEC: predicts the noise in images `x` [B, C, H, W]
+/// The diffusion U-Net of docs/model.md: predicts the noise in images `x` [B, C, H, W]
 /// at integer timesteps `t` [B].
 ///
 /// PyTorch equivalent: the `DiffusionModel` module whose state_dict has the

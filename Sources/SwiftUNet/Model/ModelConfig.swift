@@ -1,4 +1,4 @@
-/// The configuration of a `DiffusionModel` (SPEC section 1).
+/// The configuration of a `DiffusionModel` (docs/model.md section 1).
 public struct ModelConfig: Equatable, CustomStringConvertible {
     public var imageSize: Int
     public var channels: Int
@@ -26,7 +26,7 @@ public struct ModelConfig: Equatable, CustomStringConvertible {
         "DiffusionModel(image_size=\(imageSize), channels=\(channels), hidden_dims=\(hiddenDims), time_dim=\(timeDim))"
     }
 
-    /// Throws `invalidArgument` naming the first field outside the SPEC's valid configurations.
+    /// Throws `invalidArgument` naming the first field outside docs/model.md's valid configurations.
     public func validate() throws {
         func fail(_ m: String) -> SwiftUNetError { .invalidArgument(m) }
         if hiddenDims.count < 2 {

@@ -6,7 +6,7 @@ import Musl
 import Darwin
 #endif
 
-/// The forward-process noise schedule of a diffusion model (SPEC section 3),
+/// The forward-process noise schedule of a diffusion model (docs/model.md section 3),
 /// in float64: `betas[t]` for t in 0..<T and `alphasCumprod[t] = prod_{s<=t}(1 - betas[s])`.
 ///
 /// PyTorch/diffusers equivalent: `DDPMScheduler(beta_schedule="squaredcos_cap_v2")`

@@ -1,4 +1,4 @@
-/// The reverse-process samplers of SPEC section 3, run entirely in Swift: one
+/// The reverse-process samplers of docs/model.md section 3, run entirely in Swift: one
 /// batched model forward per step, the per-element update in float64 on the
 /// float32 state, the state rounded to float32 after every step.
 ///

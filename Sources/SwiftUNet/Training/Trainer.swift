@@ -1,5 +1,5 @@
-/// Trains a `DiffusionModel` to predict noise (DDPM's simple loss), the loop of SPEC
-/// section 5: per step, draw t and noise from the step's seeded stream, form
+/// Trains a `DiffusionModel` to predict noise (DDPM's simple loss), the loop of
+/// docs/model.md section 5: per step, draw t and noise from the step's seeded stream, form
 /// x_t = q_sample(x0, t, noise), loss = mse(model(x_t, t), noise), backward, clip the
 /// gradient's global norm (optional), AdamW, EMA of the weights.
 ///
