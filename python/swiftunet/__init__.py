@@ -40,6 +40,7 @@ __all__ = [
     "image_grid",
     "export_onnx",
     "pretrained",
+    "from_torch",
     "reference",
     "__version__",
 ]
@@ -69,6 +70,13 @@ def build_info() -> str:
     'arch=x86_64 target-cpu=native isa=avx2+fma simd=SIMD16<Float>' (`info()`
     has the fields as a dict, with the CPU's features)."""
     return _swiftunet.build_info()
+
+
+def from_torch(module, image_size=None):
+    """A DiffusionModel with the weights of a PyTorch module (or state_dict) that
+    has docs/model.md's names; see `swiftunet.torch.from_torch`. Needs PyTorch."""
+    from .torch import from_torch as _from_torch
+    return _from_torch(module, image_size=image_size)
 
 
 def __getattr__(name):

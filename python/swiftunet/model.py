@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import operator
 import threading
-from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -222,6 +222,8 @@ class DiffusionModel:
         )
         self._handle = _swiftunet.create(image_size, channels, tuple(dims), time_dim, seed)
         self._init_from_handle()
+        #: PyTorch's flag, set by train()/eval(); no computation depends on it.
+        self.training = True
 
     def _init_from_handle(self) -> None:
         image_size, channels, dims, time_dim = _swiftunet.config(self._handle)
@@ -383,6 +385,41 @@ class DiffusionModel:
                 _swiftunet.get_param(self._handle, i, arr)
                 sd[name] = arr
         return sd
+
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """(name, float32 ndarray) for every weight, in state_dict order, as
+        PyTorch's ``named_parameters()``. The arrays are copies taken together
+        (one consistent snapshot, as ``state_dict()``): writing to them does not
+        change the model; ``load_state_dict`` does."""
+        return iter(self.state_dict().items())
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """The arrays of ``named_parameters()`` (copies), as PyTorch's ``parameters()``:
+        e.g. ``sum(p.size for p in m.parameters()) == m.num_parameters``."""
+        return iter(self.state_dict().values())
+
+    def train(self, mode: bool = True) -> "DiffusionModel":
+        """Sets ``training`` and returns the model, as PyTorch's ``train()``.
+
+        Nothing is computed differently: the network has no dropout and its
+        GroupNorms keep no running statistics, so a forward gives the same
+        result in either mode, and ``swiftunet.Trainer`` trains a model in any
+        mode. Kept so that PyTorch code calling it runs unchanged."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train: mode must be a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "DiffusionModel":
+        """``train(False)``: returns the model; changes no computation (see `train`)."""
+        return self.train(False)
+
+    def to_torch(self):
+        """A new ``swiftunet.torch.TorchDiffusionModel`` (float32, CPU, eval mode)
+        with copies of these weights; it computes the same function within the
+        parity bound. Needs PyTorch (ImportError saying so otherwise)."""
+        from .torch import to_torch
+        return to_torch(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Replaces the weights from `state_dict` (name -> array-like).

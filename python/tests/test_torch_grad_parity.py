@@ -1,10 +1,7 @@
-"""Gradient parity against PyTorch autograd: swiftunet's loss_and_grad against a
-torch.nn.Module with the SPEC's names (benchmarks/torch_model.py) run in float64, for
+"""Gradient parity against PyTorch autograd: swiftunet's loss_and_grad against
+swiftunet.torch.TorchDiffusionModel (docs/model.md's names) run in float64, for
 every parameter tensor, over a matrix of configurations. Skipped where torch is not
 installed (it is optional, test/benchmark only)."""
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,21 +10,14 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional,
 F = torch.nn.functional
 
 import swiftunet  # noqa: E402
-
-TORCH_MODEL_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_model.py"
+import swiftunet.torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tmod():
-    if not TORCH_MODEL_PATH.exists():
-        pytest.skip(f"{TORCH_MODEL_PATH} not found (tests run outside the source tree)")
-    spec = importlib.util.spec_from_file_location("swiftunet_grad_torch_model", TORCH_MODEL_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    # The SPEC rounds the sinusoid to float32 once; in a float64 model it then goes on in float64.
-    rounded = mod.sinusoid
-    mod.sinusoid = lambda t, dim: rounded(t, dim).double()
-    return mod
+    # A .double() twin rounds the sinusoid to float32 once (docs/model.md section 4),
+    # then goes on in float64.
+    return swiftunet.torch
 
 
 def _perturbed_state(model, seed):

@@ -1,10 +1,7 @@
-"""PyTorch parity: a torch.nn.Module written from SPEC.md's attribute names
-(benchmarks/torch_model.py) has exactly swiftunet's state_dict, and loading
-its weights into swiftunet reproduces its output within the SPEC bound
-(max|a - b| <= 1e-4 * max|ref|)."""
-
-import importlib.util
-from pathlib import Path
+"""PyTorch parity: the torch.nn.Module written with docs/model.md's attribute
+names (swiftunet.torch.TorchDiffusionModel) has exactly swiftunet's state_dict,
+and loading its weights into swiftunet reproduces its output within the parity
+bound (max|a - b| <= 1e-4 * max|ref|, docs/model.md section 4)."""
 
 import numpy as np
 import pytest
@@ -12,23 +9,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional, test/benchmark only)")
 
 import swiftunet  # noqa: E402
+import swiftunet.torch  # noqa: E402
 
 BOUND = 1e-4
-TORCH_MODEL_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_model.py"
-
-
-def _load_torch_model_module():
-    if not TORCH_MODEL_PATH.exists():
-        pytest.skip(f"{TORCH_MODEL_PATH} not found (tests run outside the source tree)")
-    spec = importlib.util.spec_from_file_location("swiftunet_bench_torch_model", TORCH_MODEL_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def tmod():
-    return _load_torch_model_module()
+    return swiftunet.torch
 
 
 def rel_err(a, ref):
