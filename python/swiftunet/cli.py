@@ -55,7 +55,11 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     import swiftunet
-    from swiftunet.images import image_grid, write_png
+    from swiftunet.images import grid_columns, image_grid, write_png
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1 (the number of images in the grid), got {args.n}")
+    if args.nrow is not None and args.nrow < 1:
+        raise ValueError(f"--nrow must be at least 1, got {args.nrow}")
     if args.threads is not None:
         swiftunet.set_num_threads(args.threads)
     if args.weights and args.random:
@@ -79,7 +83,7 @@ def cmd_sample(args) -> int:
                             schedule=schedule, seed=args.seed, clip=not args.no_clip, progress=progress,
                             image_size=args.image_size)
     elapsed = time.perf_counter() - start
-    grid = image_grid(imgs, nrow=args.nrow or max(1, int(np.ceil(np.sqrt(max(args.n, 1))))))
+    grid = image_grid(imgs, nrow=args.nrow or grid_columns(args.n))
     write_png(args.out, grid)
     if args.npy:
         np.save(args.npy, imgs)
@@ -142,20 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample the randomly initialised DiffusionModel(32, 3, [64, 128, 256], 128, seed=0)")
     s.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; ddpm uses all timesteps)")
-    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
+                   help="ddim (deterministic at eta 0, --steps steps) or ddpm (ancestral, all timesteps); default ddim")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the starting noise and of any sampler noise: same seed, same images (default 0)")
+    s.add_argument("--schedule", choices=["cosine", "linear"], default="cosine",
+                   help="noise schedule: cosine (Nichol & Dhariwal) or linear 1e-4..0.02 (default cosine)")
     s.add_argument("--timesteps", type=int, default=1000, help="schedule length T (default 1000)")
     s.add_argument("--image-size", type=int, default=None, help="default: the model's image_size")
     s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
-    s.add_argument("--nrow", type=int, default=None, help="images per grid row (default ceil(sqrt(n)))")
+    s.add_argument("--nrow", type=int, default=None,
+                   help="images per grid row (default: a row length that fills the grid, e.g. 4x2 for 8)")
     s.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
     s.add_argument("--npy", default=None, help="also save the float32 images [n, C, H, W] to this .npy")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=int, default=None,
+                   help="worker threads (default: SWIFTUNET_NUM_THREADS, else the CPUs available); "
+                        "the images do not depend on it")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar when stderr is a terminal)")
 
     b = sub.add_parser("bench", help="run benchmarks/bench.py when present, else a quick forward timing",
                        description="Runs benchmarks/bench.py (from the source tree) with any further "

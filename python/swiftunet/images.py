@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -32,6 +33,19 @@ def to_uint8(images: Any) -> np.ndarray:
     x = np.nan_to_num(a.astype(np.float64), nan=-1.0)
     x = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     return np.ascontiguousarray(np.moveaxis(x, -3, -1))
+
+
+def grid_columns(n: int) -> int:
+    """Images per row for a grid of n that leaves no cell empty when it can:
+    the smallest divisor of n from ceil(sqrt(n)) up to 2·sqrt(n) (8 -> 4x2,
+    12 -> 4x3, 16 -> 4x4), else ceil(sqrt(n)) with the last row short
+    (7 -> 3 per row, rows of 3, 3, 1)."""
+    n = max(int(n), 1)
+    root = math.isqrt(n - 1) + 1          # ceil(sqrt(n))
+    for cols in range(root, 2 * root):
+        if n % cols == 0 and cols * cols <= 4 * n:
+            return cols
+    return root
 
 
 def image_grid(images: Any, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
