@@ -69,8 +69,9 @@ def _run_streamed(cmd, env) -> int:
     done = threading.Event()
 
     def heartbeat():
-        while not done.wait(HEARTBEAT_SECONDS):
+        while not done.wait(1):
             if time.monotonic() - last["time"] >= HEARTBEAT_SECONDS:
+                last["time"] = time.monotonic()  # the next one HEARTBEAT_SECONDS later
                 last["beats"] += 1
                 why = (" (each Swift module is optimised as a whole, so a step prints nothing until it is done)"
                        if last["beats"] == 1 else "")

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", choices=["cosine", "linear"], default="cosine",
                    help="noise schedule: cosine (Nichol & Dhariwal) or linear 1e-4..0.02 (default cosine)")
     s.add_argument("--timesteps", type=int, default=1000, help="schedule length T (default 1000)")
-    s.add_argument("--image-size", type=int, default=None, help="default: the model's image_size")
+    s.add_argument("--image-size", type=int, default=None,
+                   help="side of the sampled images, a multiple of 2**L (default: the model's image_size)")
     s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     s.add_argument("--nrow", type=int, default=None,
                    help="images per grid row (default: a row length that fills the grid, e.g. 4x2 for 8)")
