@@ -288,7 +288,8 @@ class DiffusionModel:
 
     # --------------------------------------------------------------- forward
 
-    def forward(self, x: Any, t: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def forward(self, x: Any, t: Any, out: Optional[np.ndarray] = None,
+                max_batch: Optional[int] = None) -> np.ndarray:
         """Predicted noise for images `x` [B, C, H, W] at timesteps `t` [B].
 
         `x`: any real array-like; a float32 C-contiguous ndarray is read in
@@ -298,26 +299,38 @@ class DiffusionModel:
         scalar is used for the whole batch.
         `out`: optional float32 C-contiguous writable ndarray of x's shape;
         the result is written there and `out` is returned.
+        `max_batch`: optional int >= 1: run the batch at most this many images
+        at a time, so the activations' memory is that of a batch of
+        `max_batch` (docs/benchmarks.md, "Peak memory and batch size"). The
+        result is the same, bit for bit: each image's output does not depend
+        on the batch it is computed in.
 
         The GIL is released while the model runs.
         """
         xa = _prepare_x(x, self._channels, self._factor)
         b, c, h, w = xa.shape
         ta = _prepare_t(t, b)
+        if max_batch is not None:
+            max_batch = _int_arg("max_batch", max_batch)
+            if max_batch < 1:
+                raise ValueError(f"max_batch must be >= 1 (images per call), got {max_batch}")
         if out is None:
             result = np.empty(xa.shape, dtype=np.float32)
         else:
             result = _check_out(out, xa.shape)
         if b == 0:
             return result
-        if out is not None and np.may_share_memory(xa, result):
-            # In place (out is x, or overlaps it): the library needs separate
-            # buffers, so compute into a temporary and copy.
-            tmp = np.empty(xa.shape, dtype=np.float32)
-            _swiftunet.forward(self._handle, xa, ta, tmp, b, c, h, w)
-            np.copyto(result, tmp)
-            return result
-        _swiftunet.forward(self._handle, xa, ta, result, b, c, h, w)
+        # In place (out is x, or overlaps it): the library needs separate
+        # buffers, so compute into a temporary and copy.
+        overlap = out is not None and np.may_share_memory(xa, result)
+        target = np.empty(xa.shape, dtype=np.float32) if overlap else result
+        step = b if max_batch is None else min(b, max_batch)
+        for i in range(0, b, step):
+            j = min(b, i + step)
+            # Slices along the batch axis of C-contiguous arrays stay C-contiguous.
+            _swiftunet.forward(self._handle, xa[i:j], ta[i:j], target[i:j], j - i, c, h, w)
+        if overlap:
+            np.copyto(result, target)
         return result
 
     __call__ = forward
