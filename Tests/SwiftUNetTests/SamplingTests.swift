@@ -186,21 +186,115 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(a.values, b.values)
         XCTAssertEqual(a.shape, [3, 2, 8, 8])
 
-        // The same loop written out with the public pieces.
+        // The same loop written out with the public pieces: x_T is the start of
+        // the seed's stream, each step's noise the per-image slots of SamplingNoise.
         var g = GaussianGenerator(seed: 9)
         let x = try Tensor(shape: [3, 2, 8, 8], values: g.normals(384))
         let ts = try s.ddimTimesteps(steps: 4)
+        var z = [Float](repeating: 0, count: 384)
         for (k, t) in ts.enumerated() {
             let eps = try m.forward(x, timesteps: [t, t, t])
             let abPrev = k + 1 < ts.count ? s.alphasCumprod[ts[k + 1]] : 1
             let c = SamplerMath.DDIMCoefficients(alphaBar: s.alphasCumprod[t], alphaBarPrev: abPrev, eta: 0.5)
-            let z = c.sigma > 0 ? g.normals(384) : []
-            z.withUnsafeBufferPointer { zp in
+            z.withUnsafeMutableBufferPointer { zp in
+                for image in 0..<3 {
+                    // Image i's slot: outputs from 2^63 + (i*S + k)*P of the seed's stream.
+                    var gi = GaussianGenerator(seed: 9, skipping: (1 << 63) + UInt64((image * 4 + k) * 128))
+                    gi.fill(zp.baseAddress! + image * 128, count: 128)
+                }
                 SamplerMath.ddimUpdate(x.data, eps: eps.data, noise: c.sigma > 0 ? zp.baseAddress : nil,
                                        count: 384, c, clip: true)
             }
         }
         XCTAssertEqual(a.values, x.values)
+
+        // Images 1..2 drawn on their own are rows 1..2 of the run of all three.
+        let tail = try m.sample(count: 2, schedule: s, sampler: .ddim(steps: 4, eta: 0.5), seed: 9, firstImage: 1)
+        XCTAssertEqual(tail.values, Array(a.values[128...]))
+    }
+
+    func testSkippingAndRowsOfTheStream() throws {
+        var g = GaussianGenerator(seed: 77)
+        let whole = g.normals(21)
+        for first in [0, 1, 2, 5, 10] {
+            var part = [Float](repeating: 0, count: 21 - first)
+            part.withUnsafeMutableBufferPointer {
+                GaussianGenerator.fill(seed: 77, normalsFrom: UInt64(first), count: 21 - first, into: $0.baseAddress!)
+            }
+            XCTAssertEqual(part, Array(whole[first...]), "from \(first)")
+        }
+        var a = GaussianGenerator(seed: 5)
+        for _ in 0..<6 { _ = a.rng.next() }
+        var b = GaussianGenerator(seed: 5, skipping: 6)
+        XCTAssertEqual(a.rng.next(), b.rng.next())
+    }
+
+    func testSpacings() throws {
+        XCTAssertEqual(try NoiseSchedule.timesteps(numTimesteps: 1000, steps: 10, spacing: .leading),
+                       [900, 800, 700, 600, 500, 400, 300, 200, 100, 0])
+        XCTAssertEqual(try NoiseSchedule.timesteps(numTimesteps: 1000, steps: 10, spacing: .trailing),
+                       [999, 899, 799, 699, 599, 499, 399, 299, 199, 99])
+        // 1000·k/16 = 62.5·k: ties at odd k round to even (62.5 -> 62, 187.5 -> 188).
+        let trailing16 = try NoiseSchedule.timesteps(numTimesteps: 1000, steps: 16, spacing: .trailing)
+        XCTAssertEqual(trailing16.last, 61)
+        XCTAssertEqual(trailing16[trailing16.count - 3], 187)
+        for T in [1, 2, 7, 50, 1000] {
+            for S in Set([1, 2, 3, T / 2, T].filter { $0 >= 1 && $0 <= T }) {
+                for sp in TimestepSpacing.allCases {
+                    let ts = try NoiseSchedule.timesteps(numTimesteps: T, steps: S, spacing: sp)
+                    XCTAssertEqual(ts.count, S)
+                    XCTAssertTrue(zip(ts, ts.dropFirst()).allSatisfy { $0 > $1 }, "\(T) \(S) \(sp)")
+                    XCTAssertTrue(ts.allSatisfy { $0 >= 0 && $0 < T })
+                }
+            }
+        }
+        XCTAssertEqual(try NoiseSchedule.timesteps(numTimesteps: 1000, steps: 7, spacing: .linspace),
+                       [999, 832, 666, 500, 333, 166, 0])
+    }
+
+    func testDPMSolverFirstOrderIsDeterministicDDIM() throws {
+        // DPM-Solver++'s first-order step is DDIM with eta 0 (Lu et al. 2022, section 4).
+        let s = try NoiseSchedule.cosine(100)
+        for (t, next) in [(99, 80), (50, 40), (10, 0)] {
+            let ab = s.alphasCumprod[t], abNext = s.alphasCumprod[next]
+            let dpm = SamplerMath.DPMSolverCoefficients(alphaBar: ab, alphaBarNext: abNext, alphaBarPrevious: nil)
+            let ddim = SamplerMath.DDIMCoefficients(alphaBar: ab, alphaBarPrev: abNext, eta: 0)
+            XCTAssertEqual(dpm.order, 1)
+            for (xv, e) in [(0.3, -1.2), (-2.0, 0.5)] {
+                let x0 = (xv - ddim.sqrtOneMinusAlphaBar * e) / ddim.sqrtAlphaBar
+                let viaDDIM = ddim.sqrtAlphaBarPrev * x0 + ddim.direction * e
+                XCTAssertEqual(dpm.ratio * xv + dpm.dataWeight * x0, viaDDIM, accuracy: 1e-12)
+            }
+        }
+        let last = SamplerMath.DPMSolverCoefficients(alphaBar: 0.5, alphaBarNext: nil, alphaBarPrevious: 0.3)
+        XCTAssertEqual(last.order, 0)
+        let second = SamplerMath.DPMSolverCoefficients(alphaBar: 0.5, alphaBarNext: 0.7, alphaBarPrevious: 0.3)
+        XCTAssertEqual(second.order, 2)
+        // r = (lambda - lambda_prev)/h with lambda = log(sqrt(ab/(1-ab))).
+        let lam = { (a: Double) in 0.5 * log(a / (1 - a)) }
+        let r = (lam(0.5) - lam(0.3)) / (lam(0.7) - lam(0.5))
+        XCTAssertEqual(second.correctionWeight, 0.5 * second.dataWeight / r, accuracy: 1e-12)
+    }
+
+    func testSchedulerLoopEqualsSample() throws {
+        let m = try smallModel()
+        let s = try NoiseSchedule.cosine(40)
+        for kind in [SamplerKind.dpmSolver2M(steps: 6, karras: false), .dpmSolver2M(steps: 5, karras: true),
+                     .ddim(steps: 5, eta: 0.8), .ddpm] {
+            let want = try m.sample(count: 2, schedule: s, sampler: kind, spacing: .linspace, seed: 3)
+            let sched = try SamplingScheduler(schedule: s, sampler: kind)
+            var g = GaussianGenerator(seed: 3)
+            let x = try Tensor(shape: [2, 2, 8, 8], values: g.normals(256))
+            for t in sched.timesteps {
+                let eps = try m.forward(x, timesteps: [t, t])
+                try sched.step(timestep: t, eps: eps.data, x: x.data, out: x.data, batch: 2, perImage: 128,
+                               noise: .stream(seed: 3, firstImage: 0))
+            }
+            XCTAssertEqual(x.values, want.values, "\(kind)")
+            // All steps done: only the first timestep (a new run) is accepted.
+            XCTAssertThrowsError(try sched.stepIndex(for: sched.timesteps.last! + 1000))
+            XCTAssertEqual(try sched.stepIndex(for: sched.timesteps[0]), 0)
+        }
     }
 
     func testChunkedForwardsGiveTheSameImages() throws {

@@ -21,6 +21,28 @@ public struct GaussianGenerator {
 
     public init(seed: UInt64) { rng = SplitMix64(seed: seed) }
 
+    /// The generator of `seed` moved past its first `skipping` SplitMix64 outputs
+    /// (SplitMix64's state only advances by a constant, so this is one multiply).
+    public init(seed: UInt64, skipping outputs: UInt64) {
+        rng = SplitMix64(seed: seed &+ outputs &* 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Fills `count` floats with normals `first ..< first + count` of the tensor
+    /// that `GaussianGenerator(seed:).fill` would write from the start of the
+    /// stream: normal j is element `j % 2` of pair `j / 2`, and pair p uses
+    /// outputs 2p and 2p + 1. So the rows of one large tensor can be drawn apart.
+    public static func fill(seed: UInt64, normalsFrom first: UInt64, count: Int,
+                            into out: UnsafeMutablePointer<Float>) {
+        if count <= 0 { return }
+        var g = GaussianGenerator(seed: seed, skipping: (first / 2) &* 2)
+        var written = 0
+        if first % 2 == 1 {
+            out[0] = g.nextPair().1
+            written = 1
+        }
+        g.fill(out + written, count: count - written)
+    }
+
     @inline(__always)
     mutating func nextPair() -> (Float, Float) {
         let scale = 1.0 / 9_007_199_254_740_992.0  // 2^-53

@@ -6,6 +6,14 @@ import Musl
 import Darwin
 #endif
 
+/// How the timesteps of a run of S < T steps are spread over 0..<T
+/// (diffusers' `timestep_spacing`); see `NoiseSchedule.timesteps(steps:spacing:)`.
+public enum TimestepSpacing: Int32, CaseIterable, Equatable {
+    case linspace = 0
+    case leading = 1
+    case trailing = 2
+}
+
 /// The forward-process noise schedule of a diffusion model (docs/model.md section 3),
 /// in float64: `betas[t]` for t in 0..<T and `alphasCumprod[t] = prod_{s<=t}(1 - betas[s])`.
 ///
@@ -92,6 +100,10 @@ public struct NoiseSchedule: Equatable {
         guard steps >= 1 && steps <= T else {
             throw SwiftUNetError.invalidArgument("steps must be between 1 and num_timesteps = \(T), got \(steps)")
         }
+        return NoiseSchedule.linspaceTimesteps(T, steps)
+    }
+
+    private static func linspaceTimesteps(_ T: Int, _ steps: Int) -> [Int] {
         if steps == 1 { return [T - 1] }
         let den = steps - 1
         return (0..<steps).reversed().map { i in
@@ -99,6 +111,37 @@ public struct NoiseSchedule: Equatable {
             let q = num / den, r = num % den
             if 2 * r > den || (2 * r == den && q % 2 == 1) { return q + 1 }
             return q
+        }
+    }
+
+    /// The timesteps a run of `steps` steps visits under `spacing`, in order
+    /// (strictly decreasing). diffusers' `timestep_spacing` of `DDIMScheduler`:
+    /// - `.linspace`: `ddimTimesteps(steps:)` (the SPEC rule, the default);
+    /// - `.leading`: `k·(T div S)` for k = S-1 down to 0 (`steps_offset` 0);
+    /// - `.trailing`: `round(k·T/S) - 1` for k = S down to 1, the quotient
+    ///   rounded exactly with ties to even.
+    public func timesteps(steps: Int, spacing: TimestepSpacing) throws -> [Int] {
+        try NoiseSchedule.timesteps(numTimesteps: numTimesteps, steps: steps, spacing: spacing)
+    }
+
+    /// `timesteps(steps:spacing:)` of any schedule of `T` timesteps (they depend on T only).
+    public static func timesteps(numTimesteps T: Int, steps: Int, spacing: TimestepSpacing) throws -> [Int] {
+        guard steps >= 1 && steps <= T else {
+            throw SwiftUNetError.invalidArgument("steps must be between 1 and num_timesteps = \(T), got \(steps)")
+        }
+        switch spacing {
+        case .linspace:
+            return linspaceTimesteps(T, steps)
+        case .leading:
+            let ratio = T / steps
+            return (0..<steps).reversed().map { $0 * ratio }
+        case .trailing:
+            return (1...steps).reversed().map { k in
+                let num = k * T
+                let q = num / steps, r = num % steps
+                let rounded = (2 * r > steps || (2 * r == steps && q % 2 == 1)) ? q + 1 : q
+                return rounded - 1
+            }
         }
     }
 
