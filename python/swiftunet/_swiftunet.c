@@ -843,14 +843,16 @@ static PyObject *py_schedule_from_betas(PyObject *module, PyObject *args)
 }
 
 PyDoc_STRVAR(ddim_timesteps_doc,
-"ddim_timesteps(num_timesteps, steps, out) -> None\n\n"
-"Writes the `steps` timesteps of a DDIM run (descending) into the int64 buffer out.");
+"ddim_timesteps(num_timesteps, steps, out, spacing=0) -> None\n\n"
+"Writes the `steps` timesteps of a run (descending) under `spacing` (SWIFTUNET_SPACING_*)\n"
+"into the int64 buffer out.");
 
 static PyObject *py_ddim_timesteps(PyObject *module, PyObject *args)
 {
     long long T, steps;
     PyObject *o_obj;
-    if (!PyArg_ParseTuple(args, "LLO:ddim_timesteps", &T, &steps, &o_obj)) {
+    int spacing = 0;
+    if (!PyArg_ParseTuple(args, "LLO|i:ddim_timesteps", &T, &steps, &o_obj, &spacing)) {
         return NULL;
     }
     if (steps < 1 || steps > T || steps > PY_SSIZE_T_MAX / 8) {
@@ -870,7 +872,7 @@ static PyObject *py_ddim_timesteps(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "out must be an aligned int64 array of `steps` values");
         return NULL;
     }
-    int32_t status = swiftunet_ddim_timesteps(T, steps, (int64_t *)ov.buf);
+    int32_t status = swiftunet_schedule_timesteps(T, steps, (int32_t)spacing, (int64_t *)ov.buf);
     PyBuffer_Release(&ov);
     if (status != SWIFTUNET_OK) {
         return raise_last_error(status);
@@ -945,13 +947,15 @@ static PyObject *py_q_sample(PyObject *module, PyObject *args)
 }
 
 PyDoc_STRVAR(randn_doc,
-"randn(seed, out) -> None\n\n"
-"Fills the writable float32 buffer out with the seeded generator's standard normals.");
+"randn(seed, out, first=0) -> None\n\n"
+"Fills the writable float32 buffer out with the seeded generator's standard normals,\n"
+"from normal `first` of its stream on.");
 
 static PyObject *py_randn(PyObject *module, PyObject *args)
 {
     PyObject *seed_obj, *o_obj;
-    if (!PyArg_ParseTuple(args, "OO:randn", &seed_obj, &o_obj)) {
+    long long first = 0;
+    if (!PyArg_ParseTuple(args, "OO|L:randn", &seed_obj, &o_obj, &first)) {
         return NULL;
     }
     unsigned long long seed = PyLong_AsUnsignedLongLong(seed_obj);
@@ -973,7 +977,7 @@ static PyObject *py_randn(PyObject *module, PyObject *args)
     }
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = swiftunet_randn((uint64_t)seed, (float *)ov.buf, (int64_t)(ov.len / 4));
+    status = swiftunet_randn_at((uint64_t)seed, (int64_t)first, (float *)ov.buf, (int64_t)(ov.len / 4));
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&ov);
     if (status != SWIFTUNET_OK) {
@@ -1017,8 +1021,10 @@ static int32_t sample_progress(void *context, int64_t done, int64_t total)
 }
 
 PyDoc_STRVAR(sample_doc,
-"sample(handle, betas, sampler, steps, eta, clip, seed, x_T, out, n, height, width, hook) -> None\n\n"
-"Runs the DDIM (sampler 0) or DDPM (sampler 1) loop in Swift, writing n images into the\n"
+"sample(handle, betas, sampler, steps, eta, clip, seed, x_T, out, n, height, width, hook,\n"
+"       spacing=0, karras=False, first_image=0) -> None\n\n"
+"Runs the DDIM (sampler 0), DDPM (1) or DPM-Solver++ 2M (2) loop in Swift, writing images\n"
+"first_image .. first_image + n - 1 of the seed into the\n"
 "float32 buffer out [n, C, height, width]. x_T is None or a float32 buffer like out.\n"
 "hook is None or callable(done, total), called with the GIL between steps; if it\n"
 "raises, or a signal handler raises (Ctrl-C), the loop stops and that exception\n"
@@ -1030,8 +1036,11 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
     int sampler, clip;
     long long steps, n, height, width;
     double eta;
-    if (!PyArg_ParseTuple(args, "OOiLdpOOOLLLO:sample", &handle, &b_obj, &sampler, &steps, &eta, &clip,
-                          &seed_obj, &x_obj, &o_obj, &n, &height, &width, &hook)) {
+    int spacing = 0, karras = 0;
+    long long first_image = 0;
+    if (!PyArg_ParseTuple(args, "OOiLdpOOOLLLO|ipL:sample", &handle, &b_obj, &sampler, &steps, &eta, &clip,
+                          &seed_obj, &x_obj, &o_obj, &n, &height, &width, &hook, &spacing, &karras,
+                          &first_image)) {
         return NULL;
     }
     swiftunet_model *m = model_of(handle);
@@ -1082,9 +1091,10 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
         err[0] = '\0';
         swiftunet_model_retain(m);
         ctx.tstate = PyEval_SaveThread();
-        int32_t status = swiftunet_model_sample(
-            m, (const double *)bv.buf, (int64_t)(bv.len / 8), (int32_t)sampler, steps, eta, clip, (uint64_t)seed,
-            have_x ? (const float *)xv.buf : NULL, n, height, width, (float *)ov.buf, sample_progress, &ctx);
+        int32_t status = swiftunet_model_sample_images(
+            m, (const double *)bv.buf, (int64_t)(bv.len / 8), (int32_t)sampler, steps, eta, (int32_t)spacing,
+            (int32_t)karras, clip, (uint64_t)seed, (int64_t)first_image, have_x ? (const float *)xv.buf : NULL, n,
+            height, width, (float *)ov.buf, sample_progress, &ctx);
         if (status != SWIFTUNET_OK) {
             copy_last_error(err, sizeof err);
         }
@@ -1229,6 +1239,221 @@ done:
     PyBuffer_Release(&tv);
     PyBuffer_Release(&xv);
     return result;
+}
+
+static int parse_seed(PyObject *seed_obj, unsigned long long *seed);
+
+/* The Scheduler handle: one reference on a swiftunet_scheduler. Its calls are
+ * short element-wise loops and keep the GIL (the library also locks it). */
+typedef struct {
+    PyObject_HEAD
+    swiftunet_scheduler *scheduler; /* holds one reference; NULL only if creation failed */
+} SchedulerObject;
+
+static void Scheduler_dealloc(SchedulerObject *self)
+{
+    swiftunet_scheduler *sc = self->scheduler;
+    self->scheduler = NULL;
+    if (sc != NULL) {
+        swiftunet_scheduler_release(sc);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject SchedulerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "swiftunet._swiftunet.Scheduler",
+    .tp_basicsize = sizeof(SchedulerObject),
+    .tp_itemsize = 0,
+    .tp_dealloc = (destructor)Scheduler_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Opaque handle of a swiftunet_scheduler (one reference). "
+              "Created by _swiftunet.scheduler_create(); not instantiable directly.",
+};
+
+static swiftunet_scheduler *scheduler_of(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &SchedulerType)) {
+        PyErr_Format(PyExc_TypeError, "expected a swiftunet._swiftunet.Scheduler handle, got %.200s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    swiftunet_scheduler *sc = ((SchedulerObject *)obj)->scheduler;
+    if (sc == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the scheduler handle is empty");
+        return NULL;
+    }
+    return sc;
+}
+
+PyDoc_STRVAR(scheduler_create_doc,
+"scheduler_create(betas, sampler, steps, eta, spacing, karras, clip) -> Scheduler\n\n"
+"A scheduler over the schedule given by the float64 betas (sampler and spacing codes as\n"
+"in swiftunet.h).");
+
+static PyObject *py_scheduler_create(PyObject *module, PyObject *args)
+{
+    PyObject *b_obj;
+    int sampler, spacing, karras, clip;
+    long long steps;
+    double eta;
+    if (!PyArg_ParseTuple(args, "OiLdipp:scheduler_create", &b_obj, &sampler, &steps, &eta, &spacing, &karras,
+                          &clip)) {
+        return NULL;
+    }
+    Py_buffer bv;
+    if (get_double_buffer(b_obj, &bv, -1, "betas") != 0) {
+        return NULL;
+    }
+    swiftunet_scheduler *sc = NULL;
+    int32_t status = swiftunet_scheduler_create((const double *)bv.buf, (int64_t)(bv.len / 8), (int32_t)sampler,
+                                                steps, eta, (int32_t)spacing, (int32_t)karras, (int32_t)clip, &sc);
+    PyBuffer_Release(&bv);
+    if (status != SWIFTUNET_OK) {
+        return raise_last_error(status);
+    }
+    if (sc == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "swiftunet internal error: scheduler_create returned no scheduler");
+        return NULL;
+    }
+    SchedulerObject *obj = PyObject_New(SchedulerObject, &SchedulerType);
+    if (obj == NULL) {
+        swiftunet_scheduler_release(sc);
+        return NULL;
+    }
+    obj->scheduler = sc;
+    return (PyObject *)obj;
+}
+
+PyDoc_STRVAR(scheduler_plan_doc,
+"scheduler_plan(scheduler, timesteps_out, alpha_bars_out) -> None\n\n"
+"Writes the timesteps (int64) and the alpha_bar of every step (float64); both buffers\n"
+"must hold scheduler_num_steps(scheduler) values.");
+
+static PyObject *py_scheduler_plan(PyObject *module, PyObject *args)
+{
+    PyObject *h, *t_obj, *a_obj;
+    if (!PyArg_ParseTuple(args, "OOO:scheduler_plan", &h, &t_obj, &a_obj)) {
+        return NULL;
+    }
+    swiftunet_scheduler *sc = scheduler_of(h);
+    if (sc == NULL) {
+        return NULL;
+    }
+    int64_t steps = swiftunet_scheduler_num_steps(sc);
+    Py_buffer tv, av;
+    if (PyObject_GetBuffer(t_obj, &tv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "timesteps_out must be a writable C-contiguous int64 array");
+        return NULL;
+    }
+    char c = scalar_format(&tv);
+    if (tv.itemsize != 8 || (c != 'q' && c != 'l') || tv.len != (Py_ssize_t)steps * 8 ||
+        ((uintptr_t)tv.buf) % 8 != 0) {
+        PyBuffer_Release(&tv);
+        PyErr_SetString(PyExc_TypeError, "timesteps_out must be an aligned int64 array of num_steps values");
+        return NULL;
+    }
+    if (get_double_buffer(a_obj, &av, (Py_ssize_t)steps, "alpha_bars_out") != 0) {
+        PyBuffer_Release(&tv);
+        return NULL;
+    }
+    int32_t status = swiftunet_scheduler_plan(sc, (int64_t *)tv.buf, (double *)av.buf);
+    PyBuffer_Release(&av);
+    PyBuffer_Release(&tv);
+    if (status != SWIFTUNET_OK) {
+        return raise_last_error(status);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_scheduler_num_steps(PyObject *module, PyObject *h)
+{
+    swiftunet_scheduler *sc = scheduler_of(h);
+    return sc == NULL ? NULL : PyLong_FromLongLong((long long)swiftunet_scheduler_num_steps(sc));
+}
+
+static PyObject *py_scheduler_step_index(PyObject *module, PyObject *h)
+{
+    swiftunet_scheduler *sc = scheduler_of(h);
+    return sc == NULL ? NULL : PyLong_FromLongLong((long long)swiftunet_scheduler_step_index(sc));
+}
+
+static PyObject *py_scheduler_reset(PyObject *module, PyObject *h)
+{
+    swiftunet_scheduler *sc = scheduler_of(h);
+    if (sc == NULL) {
+        return NULL;
+    }
+    int32_t status = swiftunet_scheduler_reset(sc);
+    if (status != SWIFTUNET_OK) {
+        return raise_last_error(status);
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(scheduler_step_doc,
+"scheduler_step(scheduler, t, eps, x, out, batch, per_image, noise_kind, noise, seed, first_image) -> None\n\n"
+"One step into the float32 buffer out (which may be x); eps and x (and noise, when\n"
+"noise_kind is 1) are float32 buffers of batch * per_image values; noise_kind 2 draws\n"
+"the step's noise from the per-image stream of (seed, first_image).");
+
+static PyObject *py_scheduler_step(PyObject *module, PyObject *args)
+{
+    PyObject *h, *e_obj, *x_obj, *o_obj, *z_obj, *seed_obj;
+    long long t, batch, per_image, first_image;
+    int noise_kind;
+    if (!PyArg_ParseTuple(args, "OLOOOLLiOOL:scheduler_step", &h, &t, &e_obj, &x_obj, &o_obj, &batch,
+                          &per_image, &noise_kind, &z_obj, &seed_obj, &first_image)) {
+        return NULL;
+    }
+    swiftunet_scheduler *sc = scheduler_of(h);
+    if (sc == NULL) {
+        return NULL;
+    }
+    unsigned long long seed;
+    if (parse_seed(seed_obj, &seed) != 0) {
+        return NULL;
+    }
+    if (batch < 0 || per_image < 0 || (per_image > 0 && batch > PY_SSIZE_T_MAX / 4 / per_image)) {
+        PyErr_SetString(PyExc_ValueError, "scheduler_step: bad sizes");
+        return NULL;
+    }
+    Py_ssize_t count = (Py_ssize_t)(batch * per_image);
+    Py_buffer ev, xv, ov, zv;
+    int have_z = z_obj != Py_None;
+    if (get_float_buffer(e_obj, &ev, 0, count, "eps") != 0) {
+        return NULL;
+    }
+    if (get_float_buffer(x_obj, &xv, 0, count, "x") != 0) {
+        PyBuffer_Release(&ev);
+        return NULL;
+    }
+    if (get_float_buffer(o_obj, &ov, 1, count, "out") != 0) {
+        PyBuffer_Release(&xv);
+        PyBuffer_Release(&ev);
+        return NULL;
+    }
+    if (have_z && get_float_buffer(z_obj, &zv, 0, count, "noise") != 0) {
+        PyBuffer_Release(&ov);
+        PyBuffer_Release(&xv);
+        PyBuffer_Release(&ev);
+        return NULL;
+    }
+    int32_t status = swiftunet_scheduler_step(sc, (int64_t)t, (const float *)ev.buf, (const float *)xv.buf,
+                                              (int64_t)batch, (int64_t)per_image, (int32_t)noise_kind,
+                                              have_z ? (const float *)zv.buf : NULL, (uint64_t)seed,
+                                              (int64_t)first_image, (float *)ov.buf);
+    if (have_z) {
+        PyBuffer_Release(&zv);
+    }
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&xv);
+    PyBuffer_Release(&ev);
+    if (status != SWIFTUNET_OK) {
+        return raise_last_error(status);
+    }
+    Py_RETURN_NONE;
 }
 
 /* The Trainer handle: one reference on a swiftunet_trainer, plus a reference
@@ -1670,6 +1895,12 @@ static PyMethodDef module_methods[] = {
     {"q_sample", py_q_sample, METH_VARARGS, q_sample_doc},
     {"randn", py_randn, METH_VARARGS, randn_doc},
     {"sample", py_sample, METH_VARARGS, sample_doc},
+    {"scheduler_create", py_scheduler_create, METH_VARARGS, scheduler_create_doc},
+    {"scheduler_plan", py_scheduler_plan, METH_VARARGS, scheduler_plan_doc},
+    {"scheduler_num_steps", py_scheduler_num_steps, METH_O, "scheduler_num_steps(scheduler) -> int"},
+    {"scheduler_step_index", py_scheduler_step_index, METH_O, "scheduler_step_index(scheduler) -> int"},
+    {"scheduler_reset", py_scheduler_reset, METH_O, "scheduler_reset(scheduler) -> None"},
+    {"scheduler_step", py_scheduler_step, METH_VARARGS, scheduler_step_doc},
     {"param_total", py_param_total, METH_O, param_total_doc},
     {"loss_and_grad", py_loss_and_grad, METH_VARARGS, loss_and_grad_doc},
     {"trainer_create", py_trainer_create, METH_VARARGS, trainer_create_doc},
@@ -1704,6 +1935,9 @@ PyMODINIT_FUNC PyInit__swiftunet(void)
         return NULL;
     }
     if (PyType_Ready(&TrainerType) < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&SchedulerType) < 0) {
         return NULL;
     }
     PyObject *mod = PyModule_Create(&moduledef);

@@ -138,10 +138,26 @@ int32_t swiftunet_q_sample(const double *betas, int64_t num_timesteps,
  * docs/sampling.md), in the order a sampling run uses them. */
 int32_t swiftunet_randn(uint64_t seed, float *out, int64_t count);
 
+/* Normals first .. first + count - 1 of the tensor swiftunet_randn(seed, ...)
+ * would fill (first >= 0): rows of a large tensor drawn on their own. */
+int32_t swiftunet_randn_at(uint64_t seed, int64_t first, float *out, int64_t count);
+
 enum {
     SWIFTUNET_SAMPLER_DDIM = 0,
-    SWIFTUNET_SAMPLER_DDPM = 1
+    SWIFTUNET_SAMPLER_DDPM = 1,
+    SWIFTUNET_SAMPLER_DPMPP_2M = 2 /* DPM-Solver++ 2M (data prediction, multistep) */
 };
+
+/* How the timesteps of a run of S steps are spread (diffusers' timestep_spacing). */
+enum {
+    SWIFTUNET_SPACING_LINSPACE = 0, /* round(i*(T-1)/(S-1)), i = S-1 .. 0 (the default) */
+    SWIFTUNET_SPACING_LEADING = 1,  /* k*(T/S) (integer division), k = S-1 .. 0 */
+    SWIFTUNET_SPACING_TRAILING = 2  /* round(k*T/S) - 1, k = S .. 1 */
+};
+
+/* The `steps` timesteps (descending) of a run under `spacing`. */
+int32_t swiftunet_schedule_timesteps(int64_t num_timesteps, int64_t steps,
+                                     int32_t spacing, int64_t *out);
 
 /* Called by long loops between steps: before the first (done = 0) and after
  * each one (done = 1 .. total), on the thread that made the call. A nonzero
@@ -163,6 +179,56 @@ int32_t swiftunet_model_sample(swiftunet_model *model, const double *betas,
                                uint64_t seed, const float *x_T, int64_t n,
                                int64_t height, int64_t width, float *out,
                                swiftunet_progress_fn progress, void *context);
+
+/* swiftunet_model_sample with every option: sampler may also be
+ * SWIFTUNET_SAMPLER_DPMPP_2M (steps in [1, num_timesteps]; karras != 0 uses
+ * Karras sigmas, then spacing must be LINSPACE); spacing is a
+ * SWIFTUNET_SPACING_* value; the images are images first_image ..
+ * first_image + n - 1 of the seed's per-image stream, so runs over
+ * consecutive ranges concatenate to one run over all of them.
+ * swiftunet_model_sample is this with spacing LINSPACE, karras 0, first_image 0. */
+int32_t swiftunet_model_sample_images(swiftunet_model *model, const double *betas,
+                                      int64_t num_timesteps, int32_t sampler,
+                                      int64_t steps, double eta, int32_t spacing,
+                                      int32_t karras, int32_t clip, uint64_t seed,
+                                      int64_t first_image, const float *x_T, int64_t n,
+                                      int64_t height, int64_t width, float *out,
+                                      swiftunet_progress_fn progress, void *context);
+
+/* A scheduler: the sampler of swiftunet_model_sample_images driven one step
+ * at a time (the sampling loop itself runs these steps). It keeps state
+ * between steps (the step index; DPM-Solver++'s previous x0), under a lock. */
+typedef struct swiftunet_scheduler swiftunet_scheduler;
+
+int32_t swiftunet_scheduler_create(const double *betas, int64_t num_timesteps,
+                                   int32_t sampler, int64_t steps, double eta,
+                                   int32_t spacing, int32_t karras, int32_t clip,
+                                   swiftunet_scheduler **out_scheduler);
+void swiftunet_scheduler_release(swiftunet_scheduler *scheduler);
+/* Number of steps (-1 for NULL). */
+int64_t swiftunet_scheduler_num_steps(const swiftunet_scheduler *scheduler);
+/* The timesteps (int64) and the alpha_bar each step's update uses (double),
+ * num_steps values each; either may be NULL. */
+int32_t swiftunet_scheduler_plan(const swiftunet_scheduler *scheduler, int64_t *timesteps,
+                                 double *alpha_bars);
+/* The index of the next step (num_steps when all are done; -1 for NULL). */
+int64_t swiftunet_scheduler_step_index(const swiftunet_scheduler *scheduler);
+int32_t swiftunet_scheduler_reset(swiftunet_scheduler *scheduler);
+
+enum {
+    SWIFTUNET_NOISE_NONE = 0,   /* a step that adds noise fails */
+    SWIFTUNET_NOISE_GIVEN = 1,  /* noise holds batch * per_image normals */
+    SWIFTUNET_NOISE_STREAM = 2  /* the stream of (seed, first_image), as sampling draws it */
+};
+
+/* One step: out = step(x at timestep t, eps), batch images of per_image
+ * values. t must be the next timestep (or the first one: a new trajectory).
+ * out may be x, and must not overlap eps or noise. */
+int32_t swiftunet_scheduler_step(swiftunet_scheduler *scheduler, int64_t t,
+                                 const float *eps, const float *x, int64_t batch,
+                                 int64_t per_image, int32_t noise_kind,
+                                 const float *noise, uint64_t seed,
+                                 int64_t first_image, float *out);
 
 
 /* --- training ------------------------------------------------------------
