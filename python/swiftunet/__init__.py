@@ -18,6 +18,7 @@ from . import _swiftunet
 from .model import DiffusionModel, IncompatibleKeys
 from .model import _int_arg
 from .sampling import NoiseSchedule, q_sample, randn, sample
+from .sampling import Generator, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
@@ -35,6 +36,10 @@ __all__ = [
     "q_sample",
     "randn",
     "sample",
+    "Generator",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "Trainer",
     "to_uint8",
     "image_grid",

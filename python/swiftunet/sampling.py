@@ -1,11 +1,19 @@
-"""Sampling: noise schedules, q_sample, the seeded Gaussian generator, and the
-DDIM / DDPM loops (docs/model.md section 3). Every loop runs in Swift with the GIL
-released; docs/sampling.md gives the exact formulas and random stream, and
-``swiftunet.reference`` has numpy twins of all of it.
+"""Sampling: noise schedules, q_sample, the seeded Gaussian generator, the
+DDIM / DDPM / DPM-Solver++ 2M loops (docs/model.md section 3) and their step-by-step
+schedulers. Every loop runs in Swift with the GIL released; docs/sampling.md
+gives the exact formulas and random stream, and ``swiftunet.reference`` has
+numpy twins of all of it.
 
     s = swiftunet.NoiseSchedule.cosine(1000)
-    imgs = swiftunet.sample(model, n=16, sampler="ddim", steps=50, schedule=s, seed=0)
+    imgs = swiftunet.sample(model, n=16, sampler="dpmpp_2m", steps=10, schedule=s, seed=0)
+    imgs = swiftunet.sample(model, n=4, seed=0, start=12)      # images 12..15 of seed 0
     x_t = swiftunet.q_sample(x0, t, noise, schedule=s)
+
+    sched = swiftunet.DDIMScheduler(s, steps=50)              # a loop of your own
+    gen = swiftunet.Generator(seed=0)
+    x = gen.randn((n, C, H, W))
+    for t in sched.timesteps:
+        x = sched.step(model(x, t), t, x, generator=gen)     # == sample(model, n, seed=0)
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ import numpy as np
 from . import _swiftunet
 from .model import _int_arg as _int
 
-__all__ = ["NoiseSchedule", "q_sample", "randn", "sample", "SAMPLERS"]
+__all__ = ["NoiseSchedule", "q_sample", "randn", "sample", "SAMPLERS", "SPACINGS", "Generator",
+           "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler"]
 
 #: The sampler names `sample` accepts.
-SAMPLERS = ("ddim", "ddpm")
-_SAMPLER_CODES = {"ddim": 0, "ddpm": 1}
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+_SAMPLER_CODES = {"ddim": 0, "ddpm": 1, "dpmpp_2m": 2}
+#: The timestep spacings (diffusers' `timestep_spacing`).
+SPACINGS = ("linspace", "leading", "trailing")
+_SPACING_CODES = {"linspace": 0, "leading": 1, "trailing": 2}
 #: Longest schedule accepted (NoiseSchedule.maximumTimesteps in Swift).
 MAX_TIMESTEPS = 1 << 20
 
@@ -136,12 +148,22 @@ class NoiseSchedule:
 
         round(i*(T-1)/(S-1)) for i = S-1 .. 0, exact, ties to even; steps=1 is [T-1].
         """
+        return self.timesteps(steps, "linspace")
+
+    def timesteps(self, steps: int, spacing: str = "linspace") -> np.ndarray:
+        """The timesteps a run of `steps` steps visits under `spacing` (descending, int64).
+
+        "linspace": round(i*(T-1)/(S-1)) for i = S-1 .. 0 (the default);
+        "leading": k*(T//S) for k = S-1 .. 0; "trailing": round(k*T/S) - 1 for
+        k = S .. 1 (exact, ties to even), as diffusers' DDIMScheduler.
+        """
         S = _int("steps", steps)
+        code = _spacing_arg(spacing)
         T = self.num_timesteps
         if not 1 <= S <= T:
             raise ValueError(f"steps must be between 1 and the schedule's num_timesteps = {T}, got {S}")
         out = np.empty(S, dtype=np.int64)
-        _swiftunet.ddim_timesteps(T, S, out)
+        _swiftunet.ddim_timesteps(T, S, out, code)
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -161,6 +183,14 @@ class NoiseSchedule:
 
 
 _DEFAULT_SCHEDULE: Optional[NoiseSchedule] = None
+
+
+def _spacing_arg(spacing: Any) -> int:
+    if not isinstance(spacing, str):
+        raise TypeError(f"timestep_spacing must be a str, one of {SPACINGS}, got {type(spacing).__name__}")
+    if spacing not in _SPACING_CODES:
+        raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    return _SPACING_CODES[spacing]
 
 
 def _schedule_arg(schedule: Any) -> NoiseSchedule:
@@ -241,18 +271,30 @@ def _shape_arg(shape: Any) -> Tuple[int, ...]:
     return dims
 
 
-def randn(shape: Union[int, Sequence[int]], seed: int = 0) -> np.ndarray:
+def _start_arg(start: Any) -> int:
+    k = _int("start", start)
+    if not 0 <= k < 2**62:
+        raise ValueError(f"start must be in [0, 2**62), got {k}")
+    return k
+
+
+def randn(shape: Union[int, Sequence[int]], seed: int = 0, start: int = 0) -> np.ndarray:
     """float32 standard normals of `shape` from the library's seeded generator.
 
     SplitMix64(seed) + Box-Muller, filled in C order (docs/sampling.md); the
     same values `sample` starts from: ``sample(m, n, seed=s)`` begins at
-    ``randn((n, C, H, W), s)``.
+    ``randn((n, C, H, W), s)``. `start` skips that many rows of the first axis:
+    ``randn((n, ...), s, start=k)`` is rows k .. k+n-1 of ``randn((k+n, ...), s)``.
     """
     dims = _shape_arg(shape)
     s = _seed(seed)
+    k = _start_arg(start)
     out = np.empty(dims, dtype=np.float32)
+    row = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+    if k and k * row >= 2**62:
+        raise ValueError(f"start = {k} rows of {row} values is beyond the random stream")
     if out.size:
-        _swiftunet.randn(s, out)
+        _swiftunet.randn(s, out, k * row)
     return out
 
 
@@ -342,6 +384,20 @@ def _size_arg(image_size: Any, model) -> Tuple[int, int]:
     return h, w
 
 
+def _check_sampler_options(name: str, T: int, steps: int, eta: float, spacing: str, karras: bool) -> None:
+    if name in ("ddim", "dpmpp_2m") and not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and the schedule's num_timesteps = {T}, got {steps}")
+    if name == "ddim" and not 0.0 <= eta <= 1.0:  # also refuses NaN
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if karras and name != "dpmpp_2m":
+        raise ValueError(f"karras_sigmas applies to sampler 'dpmpp_2m' only, not {name!r}")
+    if karras and spacing != "linspace":
+        raise ValueError("timestep_spacing has no effect with karras_sigmas=True (the Karras sigmas fix the "
+                         "timesteps); leave it at 'linspace'")
+    if karras and T < 2:
+        raise ValueError("karras_sigmas needs a schedule of at least 2 timesteps")
+
+
 def sample(
     model,
     n: Optional[int] = None,
@@ -354,14 +410,18 @@ def sample(
     clip: bool = True,
     progress: Union[bool, Callable[[int, int], Any]] = False,
     image_size: Union[None, int, Tuple[int, int]] = None,
+    timestep_spacing: str = "linspace",
+    karras_sigmas: bool = False,
+    start: int = 0,
 ) -> np.ndarray:
     """Generates images with `model`; returns float32 [n, C, H, W] (about [-1, 1]).
 
     n: number of images (default 16; with x_T, x_T's batch, and n must agree
     if given); n = 0 returns an empty array.
     sampler: "ddim" (`steps` in [1, T], `eta` in [0, 1]: 0 is deterministic,
-    1 is DDPM-like) or "ddpm" (ancestral, all T steps; `steps` and `eta` are
-    not used).
+    1 is DDPM-like), "ddpm" (ancestral, all T steps; `steps` and `eta` are
+    not used) or "dpmpp_2m" (DPM-Solver++ 2M, `steps` in [1, T]; deterministic,
+    `eta` not used; good images in about 10 steps).
     schedule: a NoiseSchedule (default NoiseSchedule.cosine(1000)).
     seed: the generator seed; x_T (unless given) and every step's noise come
     from it, so the same seed gives the same images on every run and thread count.
@@ -371,6 +431,13 @@ def sample(
     callable(done, total) called between steps (done = 0 .. total).
     image_size: int or (height, width); default the model's image_size
     (positive multiples of 2**L only).
+    timestep_spacing: "linspace" (default), "leading" or "trailing" (as
+    diffusers; see NoiseSchedule.timesteps). DDPM visits all T timesteps under each.
+    karras_sigmas: dpmpp_2m only: Karras et al.'s sigmas (rho 7) instead of
+    the schedule's (then timestep_spacing must stay "linspace").
+    start: the index of the first image: images start .. start+n-1 of `seed`,
+    so ``sample(m, n=a, seed=s)`` followed by ``sample(m, n=b, seed=s, start=a)``
+    equals ``sample(m, n=a+b, seed=s)`` bit for bit (sharded sampling).
 
     The loop runs in Swift with the GIL released. Ctrl-C (or an exception
     from a progress callable) stops it between steps and raises; the model
@@ -387,13 +454,13 @@ def sample(
     T = s.num_timesteps
     steps_i = _int("steps", steps)
     eta_f = _real("eta", eta)
-    if name == "ddim":
-        if not 1 <= steps_i <= T:
-            raise ValueError(f"steps must be between 1 and the schedule's num_timesteps = {T}, got {steps_i}")
-        if not 0.0 <= eta_f <= 1.0:  # also refuses NaN
-            raise ValueError(f"eta must be in [0, 1], got {eta_f}")
-    else:
+    spacing_code = _spacing_arg(timestep_spacing)
+    if not isinstance(karras_sigmas, (bool, np.bool_)):
+        raise TypeError(f"karras_sigmas must be a bool, got {type(karras_sigmas).__name__}")
+    _check_sampler_options(name, T, steps_i, eta_f, timestep_spacing, bool(karras_sigmas))
+    if name == "ddpm":
         steps_i, eta_f = T, 0.0
+    first = _start_arg(start)
     seed_i = _seed(seed)
     if not isinstance(clip, (bool, np.bool_)):
         raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
@@ -446,8 +513,201 @@ def sample(
 
     try:
         _swiftunet.sample(model._handle, np.ascontiguousarray(s.betas), _SAMPLER_CODES[name], steps_i, eta_f,
-                          bool(clip), seed_i, xa, out, count, h, w, hook)
+                          bool(clip), seed_i, xa, out, count, h, w, hook, spacing_code, bool(karras_sigmas), first)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+# --------------------------------------------------------------------------
+# the step-by-step API
+
+
+class Generator:
+    """The per-image random stream of sampling: images ``start, start+1, ...`` of `seed`.
+
+    ``gen.randn((n, C, H, W))`` is the x_T that ``sample(m, n, seed=seed,
+    start=start)`` starts from, and a scheduler's ``step(..., generator=gen)``
+    draws each image's step noise from the same addresses `sample` does, so a
+    loop of one's own reproduces `sample` bit for bit. The generator has no
+    state: which step's noise is drawn follows from the scheduler's step.
+    (diffusers/PyTorch equivalent: a list of one torch.Generator per image.)
+    """
+
+    __slots__ = ("seed", "start")
+
+    def __init__(self, seed: int = 0, start: int = 0) -> None:
+        self.seed = _seed(seed)
+        self.start = _start_arg(start)
+
+    def randn(self, shape: Sequence[int]) -> np.ndarray:
+        """x_T of images start .. start + shape[0] - 1: ``randn(shape, seed, start)``."""
+        return randn(shape, self.seed, self.start)
+
+    def __repr__(self) -> str:
+        return f"Generator(seed={self.seed}, start={self.start})"
+
+
+class _Scheduler:
+    """Shared part of the schedulers: a Swift scheduler handle and argument checks."""
+
+    _sampler = ""
+
+    def __init__(self, schedule: Optional[NoiseSchedule], steps: int, eta: float, spacing: str, karras: bool,
+                 clip: bool) -> None:
+        self.schedule = _schedule_arg(schedule)
+        T = self.schedule.num_timesteps
+        steps_i = _int("steps", steps)
+        eta_f = _real("eta", eta)
+        code = _spacing_arg(spacing)
+        if not isinstance(clip, (bool, np.bool_)):
+            raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
+        if not isinstance(karras, (bool, np.bool_)):
+            raise TypeError(f"karras_sigmas must be a bool, got {type(karras).__name__}")
+        _check_sampler_options(self._sampler, T, steps_i, eta_f, spacing, bool(karras))
+        if self._sampler == "ddpm":
+            steps_i, eta_f = T, 0.0
+        self.eta, self.spacing, self.clip = eta_f, spacing, bool(clip)
+        self._handle = _swiftunet.scheduler_create(np.ascontiguousarray(self.schedule.betas),
+                                                   _SAMPLER_CODES[self._sampler], steps_i, eta_f, code,
+                                                   bool(karras), bool(clip))
+        S = _swiftunet.scheduler_num_steps(self._handle)
+        ts, ab = np.empty(S, dtype=np.int64), np.empty(S, dtype=np.float64)
+        _swiftunet.scheduler_plan(self._handle, ts, ab)
+        self._timesteps, self._alpha_bars = _readonly(ts), _readonly(ab)
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """The timesteps of the steps, in order (int64, read-only)."""
+        return self._timesteps
+
+    @property
+    def alpha_bars(self) -> np.ndarray:
+        """The alpha_bar each step's update uses (the schedule's at the timestep;
+        with Karras sigmas 1/(1 + sigma**2)), float64, read-only."""
+        return self._alpha_bars
+
+    @property
+    def num_steps(self) -> int:
+        return int(self._timesteps.shape[0])
+
+    @property
+    def step_index(self) -> int:
+        """The index of the next step (num_steps when all are done)."""
+        return _swiftunet.scheduler_step_index(self._handle)
+
+    def reset(self) -> None:
+        """Starts a new trajectory (a step at timesteps[0] does so too)."""
+        _swiftunet.scheduler_reset(self._handle)
+
+    def step(self, eps: Any, t: Any, x: Any, generator: Optional[Generator] = None, noise: Any = None,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
+        """One step: x (at timestep `t`) and the model's prediction `eps` -> the next x.
+
+        eps, x: real arrays [n, C, H, W] of one shape (copied to float32 if
+        needed). `t` must be the next of `timesteps` (or timesteps[0], which
+        starts a new trajectory). A step that adds noise (DDIM with eta > 0,
+        DDPM at t > 0) takes it from `generator` (a swiftunet.Generator: the
+        same noise `sample` draws) or `noise` (an array of x's shape); other
+        steps ignore both. `out`: a float32 C-contiguous array of x's shape
+        to write into (it may be x itself); returned.
+        """
+        if isinstance(t, (bool, np.bool_)):
+            raise TypeError("t must be an integer timestep, got a bool")
+        if isinstance(t, np.ndarray) and t.ndim == 1 and t.size >= 1 and (t == t.flat[0]).all():
+            t = t.flat[0]  # one timestep per image, all equal (as the model takes them)
+        t_i = _int("t", t)
+        xa = _float_array("x", x)
+        ea = _float_array("eps", eps)
+        if xa.ndim != 4:
+            raise ValueError(f"x must have shape [n, C, H, W], got {xa.shape}")
+        if ea.shape != xa.shape:
+            raise ValueError(f"eps must have x's shape {xa.shape}, got {ea.shape}")
+        if generator is not None and noise is not None:
+            raise ValueError("give generator or noise, not both")
+        if generator is not None and not isinstance(generator, Generator):
+            raise TypeError(f"generator must be a swiftunet.Generator, got {type(generator).__name__}")
+        za = None
+        if noise is not None:
+            za = _float_array("noise", noise)
+            if za.shape != xa.shape:
+                raise ValueError(f"noise must have x's shape {xa.shape}, got {za.shape}")
+        if out is None:
+            out = np.empty(xa.shape, dtype=np.float32)
+        else:
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
+                    or not out.flags.writeable:
+                raise TypeError("out must be a writable C-contiguous float32 numpy array")
+            if out.shape != xa.shape:
+                raise ValueError(f"out must have x's shape {xa.shape}, got {out.shape}")
+            if np.shares_memory(out, ea) or (za is not None and np.shares_memory(out, za)):
+                raise ValueError("out must not share memory with eps or noise")
+            if np.shares_memory(out, xa) and not (out.ctypes.data == xa.ctypes.data):
+                raise ValueError("out must be x itself or not overlap it")
+        n = xa.shape[0]
+        per_image = int(np.prod(xa.shape[1:], dtype=np.int64))
+        if za is not None:
+            kind, seed, first = 1, 0, 0
+        elif generator is not None:
+            kind, seed, first = 2, generator.seed, generator.start
+        else:
+            kind, seed, first = 0, 0, 0
+        _swiftunet.scheduler_step(self._handle, t_i, ea, xa, out, n, per_image, kind, za, seed, first)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.schedule!r}, steps={self.num_steps}, spacing={self.spacing!r}"
+                f"{self._repr_extra()}, clip={self.clip})")
+
+    def _repr_extra(self) -> str:
+        return ""
+
+
+class DDIMScheduler(_Scheduler):
+    """DDIM one step at a time (diffusers' ``DDIMScheduler(clip_sample=clip,
+    set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing)`` with
+    ``step(..., eta=eta)``; docs/sampling.md says where the previous timestep differs).
+
+        sched = swiftunet.DDIMScheduler(schedule, steps=50, eta=0.0)
+        for t in sched.timesteps:
+            x = sched.step(model(x, t), t, x, generator=gen)
+    """
+
+    _sampler = "ddim"
+
+    def __init__(self, schedule: Optional[NoiseSchedule] = None, steps: int = 50, eta: float = 0.0,
+                 spacing: str = "linspace", clip: bool = True) -> None:
+        super().__init__(schedule, steps, eta, spacing, False, clip)
+
+    def _repr_extra(self) -> str:
+        return f", eta={self.eta}"
+
+
+class DDPMScheduler(_Scheduler):
+    """DDPM ancestral sampling one step at a time, over all T timesteps (diffusers'
+    ``DDPMScheduler(variance_type="fixed_small", clip_sample=clip)``). Every
+    step but the last adds noise: pass ``generator=`` or ``noise=``."""
+
+    _sampler = "ddpm"
+
+    def __init__(self, schedule: Optional[NoiseSchedule] = None, spacing: str = "linspace",
+                 clip: bool = True) -> None:
+        super().__init__(schedule, 1, 0.0, spacing, False, clip)
+
+
+class DPMSolverMultistepScheduler(_Scheduler):
+    """DPM-Solver++ 2M one step at a time (diffusers' ``DPMSolverMultistepScheduler(
+    algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+    use_karras_sigmas=karras_sigmas)`` with the timesteps of `spacing`). It
+    keeps the previous step's x0, so one scheduler follows one trajectory at a time."""
+
+    _sampler = "dpmpp_2m"
+
+    def __init__(self, schedule: Optional[NoiseSchedule] = None, steps: int = 10, spacing: str = "linspace",
+                 karras_sigmas: bool = False, clip: bool = True) -> None:
+        super().__init__(schedule, steps, 0.0, spacing, karras_sigmas, clip)
+        self.karras_sigmas = bool(karras_sigmas)
+
+    def _repr_extra(self) -> str:
+        return f", karras_sigmas={self.karras_sigmas}"
