@@ -4,7 +4,7 @@
     python3 -m swiftunet evaluate --weights d.safetensors --n 200 --samplers ddim:20
 
 Needs scikit-learn. For each sampler (default DDIM with 10, 20 and 50 steps
-and DDPM with all T steps) it draws `n` samples (seed `--seed`, the same
+and DDPM with all T steps; `dpmpp_2m:STEPS` adds DPM-Solver++ 2M) it draws `n` samples (seed `--seed`, the same
 starting noise for every sampler), brings them back to the 8x8 digits'
 scale (`swiftunet.digits.downsample_8`: clip to [-1, 1], mean of each 2x2
 block, (x + 1) * 8, so values 0..16) and measures, next to the same
@@ -84,19 +84,23 @@ def measure(x8: np.ndarray, lr, mlp, train8: np.ndarray, near_threshold: float) 
 
 
 def _parse_samplers(text: str) -> List[Tuple[str, Optional[int]]]:
+    """"ddim:10,dpmpp_2m:10,ddpm" -> [("ddim", 10), ("dpmpp_2m", 10), ("ddpm", None)]."""
     out = []
     for item in text.split(","):
         item = item.strip()
+        name, _, steps_text = item.partition(":")
         if item == "ddpm":
             out.append(("ddpm", None))
-        elif item.startswith("ddim:"):
+            continue
+        if name in ("ddim", "dpmpp_2m") and steps_text:
             try:
-                steps = int(item[5:])
+                steps = int(steps_text)
             except ValueError:
-                raise ValueError(f"--samplers: bad entry {item!r} (ddim:STEPS or ddpm)") from None
-            out.append(("ddim", steps))
-        else:
-            raise ValueError(f"--samplers: bad entry {item!r} (ddim:STEPS or ddpm)")
+                steps = 0
+            if steps >= 1:
+                out.append((name, steps))
+                continue
+        raise ValueError(f"--samplers: bad entry {item!r} (ddim:STEPS, dpmpp_2m:STEPS or ddpm)")
     return out
 
 
@@ -170,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="samples per sampler (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--samplers", default="ddim:10,ddim:20,ddim:50,ddpm",
-                   help="comma-separated ddim:STEPS or ddpm (default ddim:10,ddim:20,ddim:50,ddpm)")
+                   help="comma-separated ddim:STEPS, dpmpp_2m:STEPS (DPM-Solver++ 2M) or ddpm "
+                        "(default ddim:10,ddim:20,ddim:50,ddpm)")
     p.add_argument("--timesteps", type=int, default=1000, help="cosine schedule length T (default 1000)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
