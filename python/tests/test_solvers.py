@@ -98,7 +98,7 @@ def test_dpmpp_2m_float64_reference_parity(model, cosine):
     # state after each step (the same amplification as DDIM at eta 0, see docs).
     got = swiftunet.sample(model, n=3, sampler="dpmpp_2m", steps=10, schedule=cosine, seed=5)
     ref = R.dpmpp_2m_sample(eps_fn_of(model), SHAPE, cosine, steps=10, seed=5)
-    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-3
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4  # measured 4.9e-6
 
 
 def test_dpmpp_first_order_step_is_ddim(model, cosine):
