@@ -37,6 +37,20 @@ private func samplerKind(_ sampler: Int32, steps: Int64, eta: Double, karras: In
     }
 }
 
+/// Custom timesteps from C: `steps` int64 values, or nil for the spacing's.
+private func customTimesteps(_ p: UnsafePointer<Int64>?, _ steps: Int64, sampler: Int32) throws -> [Int]? {
+    guard let p = p else { return nil }
+    guard sampler != samplerDDPM else {
+        throw argumentError("timesteps: DDPM visits every timestep; custom timesteps are for ddim and dpmpp_2m")
+    }
+    guard steps >= 1 && steps <= Int64(NoiseSchedule.maximumTimesteps) else {
+        throw argumentError("timesteps: expected between 1 and \(NoiseSchedule.maximumTimesteps) values, got \(steps)")
+    }
+    return UnsafeBufferPointer(start: p, count: Int(steps)).map { t in
+        Int(clamping: t)
+    }
+}
+
 private func spacingOf(_ code: Int32) throws -> TimestepSpacing {
     guard let s = TimestepSpacing(rawValue: code) else {
         throw argumentError("timestep_spacing must be LINSPACE (0), LEADING (1) or TRAILING (2), got \(code)")
@@ -170,15 +184,15 @@ public func swiftunet_model_sample(
     _ xT: UnsafePointer<Float>?, _ n: Int64, _ height: Int64, _ width: Int64, _ out: UnsafeMutablePointer<Float>?,
     _ progress: (@convention(c) (UnsafeMutableRawPointer?, Int64, Int64) -> Int32)?, _ context: UnsafeMutableRawPointer?
 ) -> Int32 {
-    swiftunet_model_sample_images(model, betas, numTimesteps, sampler, steps, eta, 0, 0, clip, seed, 0, xT, n,
+    swiftunet_model_sample_images(model, betas, numTimesteps, sampler, steps, eta, 0, nil, 0, clip, seed, 0, xT, n,
                                   height, width, out, progress, context)
 }
 
 @_cdecl("swiftunet_model_sample_images")
 public func swiftunet_model_sample_images(
     _ model: UnsafeMutableRawPointer?, _ betas: UnsafePointer<Double>?, _ numTimesteps: Int64,
-    _ sampler: Int32, _ steps: Int64, _ eta: Double, _ spacing: Int32, _ karras: Int32, _ clip: Int32,
-    _ seed: UInt64, _ firstImage: Int64,
+    _ sampler: Int32, _ steps: Int64, _ eta: Double, _ spacing: Int32, _ timesteps: UnsafePointer<Int64>?,
+    _ karras: Int32, _ clip: Int32, _ seed: UInt64, _ firstImage: Int64,
     _ xT: UnsafePointer<Float>?, _ n: Int64, _ height: Int64, _ width: Int64, _ out: UnsafeMutablePointer<Float>?,
     _ progress: (@convention(c) (UnsafeMutableRawPointer?, Int64, Int64) -> Int32)?, _ context: UnsafeMutableRawPointer?
 ) -> Int32 {
@@ -188,6 +202,9 @@ public func swiftunet_model_sample_images(
         let kind = try samplerKind(sampler, steps: steps, eta: eta, karras: karras, numTimesteps: numTimesteps)
         let sp = try spacingOf(spacing)
         try kind.validate(for: schedule)
+        let custom = try customTimesteps(timesteps, steps, sampler: sampler)
+        // The plan checks the custom timesteps before any work.
+        _ = try SamplingPlan(schedule: schedule, sampler: kind, spacing: sp, timesteps: custom)
         guard firstImage >= 0 else { throw argumentError("start must be >= 0, got \(firstImage)") }
         let limit = Int64(ModelConfig.maximumDimension)
         guard n >= 0 && n <= Int64(Int32.max) else { throw argumentError("n must be in [0, 2**31), got \(n)") }
@@ -220,7 +237,7 @@ public func swiftunet_model_sample_images(
             callback = { done, total in p(context, Int64(done), Int64(total)) == 0 }
         }
         try m.sample(count: Int(n), height: Int(height), width: Int(width), schedule: schedule, sampler: kind,
-                     spacing: sp, seed: seed, firstImage: Int(firstImage), clip: clip != 0, start: xT, out: out ?? UnsafeMutablePointer(bitPattern: 64)!,
+                     spacing: sp, timesteps: custom, seed: seed, firstImage: Int(firstImage), clip: clip != 0, start: xT, out: out ?? UnsafeMutablePointer(bitPattern: 64)!,
                      progress: callback)
     }
 }
@@ -260,14 +277,16 @@ private func schedulerHandle(_ p: UnsafeRawPointer?) throws -> SchedulerHandle {
 @_cdecl("swiftunet_scheduler_create")
 public func swiftunet_scheduler_create(
     _ betas: UnsafePointer<Double>?, _ numTimesteps: Int64, _ sampler: Int32, _ steps: Int64, _ eta: Double,
-    _ spacing: Int32, _ karras: Int32, _ clip: Int32, _ outScheduler: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+    _ spacing: Int32, _ timesteps: UnsafePointer<Int64>?, _ karras: Int32, _ clip: Int32,
+    _ outScheduler: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
 ) -> Int32 {
     guarded {
         guard let outScheduler = outScheduler else { throw argumentError("out_scheduler must not be NULL") }
         let schedule = try scheduleFromBetas(betas, numTimesteps)
         let kind = try samplerKind(sampler, steps: steps, eta: eta, karras: karras, numTimesteps: numTimesteps)
         let scheduler = try SamplingScheduler(schedule: schedule, sampler: kind, spacing: try spacingOf(spacing),
-                                              clip: clip != 0)
+                                              clip: clip != 0,
+                                              timesteps: try customTimesteps(timesteps, steps, sampler: sampler))
         outScheduler.pointee = Unmanaged.passRetained(SchedulerHandle(scheduler)).toOpaque()
     }
 }

@@ -252,6 +252,31 @@ final class SamplingTests: XCTestCase {
                        [999, 832, 666, 500, 333, 166, 0])
     }
 
+    func testCustomTimestepsPlanAndValidation() throws {
+        let s = try NoiseSchedule.cosine(100)
+        let ts = [99, 90, 70, 31]
+        for kind in [SamplerKind.ddim(steps: 4, eta: 0.5), .dpmSolver2M(steps: 4, karras: false)] {
+            let plan = try SamplingPlan(schedule: s, sampler: kind, spacing: .linspace, timesteps: ts)
+            XCTAssertEqual(plan.timesteps, ts)
+            XCTAssertEqual(plan.alphaBars, ts.map { s.alphasCumprod[$0] })
+            XCTAssertEqual(try SamplingScheduler(schedule: s, sampler: kind, timesteps: ts).timesteps, ts)
+        }
+        let dpm = SamplerKind.dpmSolver2M(steps: 4, karras: false)
+        func refused(_ kind: SamplerKind, _ ts: [Int], spacing: TimestepSpacing = .linspace, _ words: String) {
+            XCTAssertThrowsError(try SamplingPlan(schedule: s, sampler: kind, spacing: spacing, timesteps: ts)) { e in
+                XCTAssertTrue("\(e)".contains(words), "\(e)")
+            }
+        }
+        refused(dpm, [99, 90, 90, 31], "strictly decreasing")
+        refused(dpm, [31, 70, 90, 99], "strictly decreasing")
+        refused(dpm, [100, 90, 70, 31], "[0, 100)")
+        refused(dpm, [99, 90, 70, -1], "[0, 100)")
+        refused(dpm, [99, 90, 70], "expected 4")
+        refused(dpm, ts, spacing: .trailing, "spacing")
+        refused(.dpmSolver2M(steps: 4, karras: true), ts, "karras")
+        refused(.ddpm, ts, "DDPM")
+    }
+
     func testDPMSolverFirstOrderIsDeterministicDDIM() throws {
         // DPM-Solver++'s first-order step is DDIM with eta 0 (Lu et al. 2022, section 4).
         let s = try NoiseSchedule.cosine(100)

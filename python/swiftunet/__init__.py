@@ -18,7 +18,7 @@ from . import _swiftunet
 from .model import DiffusionModel, IncompatibleKeys
 from .model import _int_arg
 from .sampling import NoiseSchedule, q_sample, randn, sample
-from .sampling import Generator, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from .sampling import Generator, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, power_timesteps
 from .training import Trainer
 from .images import image_grid, to_uint8
 from .onnx_export import export_onnx
@@ -40,6 +40,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "power_timesteps",
     "Trainer",
     "to_uint8",
     "image_grid",

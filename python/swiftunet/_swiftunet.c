@@ -1038,9 +1038,10 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
     double eta;
     int spacing = 0, karras = 0;
     long long first_image = 0;
-    if (!PyArg_ParseTuple(args, "OOiLdpOOOLLLO|ipL:sample", &handle, &b_obj, &sampler, &steps, &eta, &clip,
+    PyObject *ts_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OOiLdpOOOLLLO|ipLO:sample", &handle, &b_obj, &sampler, &steps, &eta, &clip,
                           &seed_obj, &x_obj, &o_obj, &n, &height, &width, &hook, &spacing, &karras,
-                          &first_image)) {
+                          &first_image, &ts_obj)) {
         return NULL;
     }
     swiftunet_model *m = model_of(handle);
@@ -1066,8 +1067,13 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
         PyErr_Format(PyExc_ValueError, "sample: bad dimensions n=%lld height=%lld width=%lld", n, height, width);
         return NULL;
     }
-    Py_buffer bv, ov, xv;
+    Py_buffer bv, ov, xv, tv;
     int have_x = x_obj != Py_None;
+    int have_ts = ts_obj != Py_None;
+    if (have_ts && (steps < 1 || steps > PY_SSIZE_T_MAX / 8)) {
+        PyErr_Format(PyExc_ValueError, "sample: timesteps need steps >= 1, got %lld", steps);
+        return NULL;
+    }
     if (get_double_buffer(b_obj, &bv, -1, "betas") != 0) {
         return NULL;
     }
@@ -1076,6 +1082,14 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
         return NULL;
     }
     if (have_x && get_float_buffer(x_obj, &xv, 0, count, "x_T") != 0) {
+        PyBuffer_Release(&ov);
+        PyBuffer_Release(&bv);
+        return NULL;
+    }
+    if (have_ts && get_int64_buffer(ts_obj, &tv, (Py_ssize_t)steps, "timesteps") != 0) {
+        if (have_x) {
+            PyBuffer_Release(&xv);
+        }
         PyBuffer_Release(&ov);
         PyBuffer_Release(&bv);
         return NULL;
@@ -1093,7 +1107,7 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
         ctx.tstate = PyEval_SaveThread();
         int32_t status = swiftunet_model_sample_images(
             m, (const double *)bv.buf, (int64_t)(bv.len / 8), (int32_t)sampler, steps, eta, (int32_t)spacing,
-            (int32_t)karras, clip, (uint64_t)seed, (int64_t)first_image, have_x ? (const float *)xv.buf : NULL, n,
+            have_ts ? (const int64_t *)tv.buf : NULL, (int32_t)karras, clip, (uint64_t)seed, (int64_t)first_image, have_x ? (const float *)xv.buf : NULL, n,
             height, width, (float *)ov.buf, sample_progress, &ctx);
         if (status != SWIFTUNET_OK) {
             copy_last_error(err, sizeof err);
@@ -1113,6 +1127,9 @@ static PyObject *py_sample(PyObject *module, PyObject *args)
     result = Py_None;
     Py_INCREF(result);
 done:
+    if (have_ts) {
+        PyBuffer_Release(&tv);
+    }
     if (have_x) {
         PyBuffer_Release(&xv);
     }
@@ -1287,9 +1304,9 @@ static swiftunet_scheduler *scheduler_of(PyObject *obj)
 }
 
 PyDoc_STRVAR(scheduler_create_doc,
-"scheduler_create(betas, sampler, steps, eta, spacing, karras, clip) -> Scheduler\n\n"
+"scheduler_create(betas, sampler, steps, eta, spacing, karras, clip, timesteps=None) -> Scheduler\n\n"
 "A scheduler over the schedule given by the float64 betas (sampler and spacing codes as\n"
-"in swiftunet.h).");
+"in swiftunet.h); timesteps: None or `steps` int64 custom timesteps.");
 
 static PyObject *py_scheduler_create(PyObject *module, PyObject *args)
 {
@@ -1297,17 +1314,32 @@ static PyObject *py_scheduler_create(PyObject *module, PyObject *args)
     int sampler, spacing, karras, clip;
     long long steps;
     double eta;
-    if (!PyArg_ParseTuple(args, "OiLdipp:scheduler_create", &b_obj, &sampler, &steps, &eta, &spacing, &karras,
-                          &clip)) {
+    PyObject *ts_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OiLdipp|O:scheduler_create", &b_obj, &sampler, &steps, &eta, &spacing, &karras,
+                          &clip, &ts_obj)) {
         return NULL;
     }
-    Py_buffer bv;
+    int have_ts = ts_obj != Py_None;
+    if (have_ts && (steps < 1 || steps > PY_SSIZE_T_MAX / 8)) {
+        PyErr_Format(PyExc_ValueError, "scheduler_create: timesteps need steps >= 1, got %lld", steps);
+        return NULL;
+    }
+    Py_buffer bv, tv;
     if (get_double_buffer(b_obj, &bv, -1, "betas") != 0) {
+        return NULL;
+    }
+    if (have_ts && get_int64_buffer(ts_obj, &tv, (Py_ssize_t)steps, "timesteps") != 0) {
+        PyBuffer_Release(&bv);
         return NULL;
     }
     swiftunet_scheduler *sc = NULL;
     int32_t status = swiftunet_scheduler_create((const double *)bv.buf, (int64_t)(bv.len / 8), (int32_t)sampler,
-                                                steps, eta, (int32_t)spacing, (int32_t)karras, (int32_t)clip, &sc);
+                                                steps, eta, (int32_t)spacing,
+                                                have_ts ? (const int64_t *)tv.buf : NULL, (int32_t)karras,
+                                                (int32_t)clip, &sc);
+    if (have_ts) {
+        PyBuffer_Release(&tv);
+    }
     PyBuffer_Release(&bv);
     if (status != SWIFTUNET_OK) {
         return raise_last_error(status);

@@ -143,11 +143,15 @@ def sigma_to_timestep(sigma, ab):
     return int(round((1 - w) * low + w * (low + 1)))
 
 
-def sampling_plan(schedule, steps, spacing="linspace", karras=False):
+def sampling_plan(schedule, steps, spacing="linspace", karras=False, custom=None):
     """(timesteps, alpha_bars) of a DDIM / DPM-Solver++ run: the schedule's
     alpha_bar at each timestep, or with Karras sigmas 1/(1 + sigma**2) and the
-    sigma's timestep."""
+    sigma's timestep. `custom`, when given, are the run's timesteps (then
+    `steps` and `spacing` are not used)."""
     ab = alphas_cumprod(_betas_of(schedule))
+    if custom is not None:
+        ts = np.asarray(custom, dtype=np.int64)
+        return ts, ab[ts]
     if karras:
         sig = karras_sigmas(ab, steps)
         ts = np.array([sigma_to_timestep(v, ab) for v in sig], dtype=np.int64)
@@ -319,7 +323,7 @@ def ddim_step_coefficients(a, a_prev, eta):
 
 
 def ddim_sample(eps_fn, shape, schedule, steps=50, eta=0.0, seed=0, x_T=None, clip=True,
-                state_dtype=np.float64, libm=False, spacing="linspace", start=0):
+                state_dtype=np.float64, libm=False, spacing="linspace", start=0, timesteps=None):
     """DDIM (Song et al. 2021) with docs/model.md's timesteps and the Swift random stream.
 
     eps_fn(x, t) -> predicted noise; schedule: betas (or an object with .betas).
@@ -327,9 +331,9 @@ def ddim_sample(eps_fn, shape, schedule, steps=50, eta=0.0, seed=0, x_T=None, cl
     sigma = eta*sqrt((1-ab_prev)/(1-ab))*sqrt(1-ab/ab_prev);
     x = sqrt(ab_prev)*x0 + sqrt(1-ab_prev-sigma**2)*eps + sigma*z (z drawn only
     when sigma > 0); ab_prev = 1 after the last timestep. `start`: the index of
-    the first image in the seed's per-image stream.
+    the first image in the seed's per-image stream; `timesteps`: custom timesteps.
     """
-    ts, abs_ = sampling_plan(schedule, steps, spacing)
+    ts, abs_ = sampling_plan(schedule, steps, spacing, custom=timesteps)
     x = _start(shape, x_T, seed, start, libm).astype(state_dtype)
     n = x.shape[0]
     for k, t in enumerate(ts):
@@ -382,7 +386,7 @@ def ddpm_sample(eps_fn, shape, schedule, seed=0, x_T=None, clip=True, state_dtyp
 
 
 def dpmpp_2m_sample(eps_fn, shape, schedule, steps=10, seed=0, x_T=None, clip=True, state_dtype=np.float64,
-                    spacing="linspace", karras=False, libm=False, start=0):
+                    spacing="linspace", karras=False, libm=False, start=0, timesteps=None):
     """DPM-Solver++ 2M (Lu et al. 2022): multistep, second order, data prediction.
 
     With alpha = sqrt(ab), sigma = sqrt(1-ab), lambda = log(alpha) - log(sigma)
@@ -392,8 +396,9 @@ def dpmpp_2m_sample(eps_fn, shape, schedule, steps=10, seed=0, x_T=None, clip=Tr
       later steps: the same + 0.5*alpha_next*(1 - exp(-h))/r*(x0 - x0_prev),
                    r = (lambda - lambda_prev)/h
       last step:   x = x0 (to sigma 0).
+    `timesteps`: custom timesteps (sampling_plan).
     """
-    ts, abs_ = sampling_plan(schedule, steps, spacing, karras)
+    ts, abs_ = sampling_plan(schedule, steps, spacing, karras, custom=timesteps)
     x = _start(shape, x_T, seed, start, libm).astype(state_dtype)
     n = x.shape[0]
     lam = lambda a: math.log(math.sqrt(a)) - math.log(math.sqrt(1 - a))

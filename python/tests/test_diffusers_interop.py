@@ -162,6 +162,25 @@ def test_dpmpp_2m_trajectory(model, name, spacing, steps):
     return _compare(_our_trajectory(model, sched, x), _their_trajectory(model, theirs, x))
 
 
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+@pytest.mark.parametrize("steps", [5, 10])
+def test_dpmpp_2m_custom_timesteps_trajectory(model, name, steps):
+    # diffusers' own "linspace" for DPM-Solver++ (S + 1 points, t = 0 dropped), given
+    # to swiftunet as timesteps=, and power_timesteps given to both.
+    ours_s, cfg = schedules()[name]
+    kw = dict(num_train_timesteps=T, algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+              lower_order_final=True, **cfg)
+    theirs = diffusers.DPMSolverMultistepScheduler(**kw)
+    theirs.set_timesteps(steps)
+    np.testing.assert_array_equal(theirs.timesteps.numpy(), swiftunet.power_timesteps(T, steps, 1.0))
+    for ts in [theirs.timesteps.numpy(), swiftunet.power_timesteps(T, steps, 0.5)]:
+        theirs = diffusers.DPMSolverMultistepScheduler(**kw)
+        theirs.set_timesteps(timesteps=[int(t) for t in ts])
+        sched = swiftunet.DPMSolverMultistepScheduler(ours_s, timesteps=ts, clip=False)
+        x = swiftunet.randn((2, 1, 16, 16), 9)
+        _compare(_our_trajectory(model, sched, x), _their_trajectory(model, theirs, x))
+
+
 @pytest.mark.parametrize("steps", [5, 10, 20])
 def test_dpmpp_2m_karras_trajectory(model, steps):
     ours_s = swiftunet.NoiseSchedule.cosine(T)

@@ -206,3 +206,31 @@ def test_evaluate_runs_on_a_few_samples(capsys):
     row = result["samplers"][0]
     assert row["steps"] == 5 and 0 <= row["confident"] <= 1 and row["nearest_mean"] > 0
     assert cli.main(["evaluate", "--samplers", "ddim:x"]) == 2
+    for bad in ["ddim:5:power", "ddim:5:power-1", "ddim:5:karras", "dpmpp_2m:5:uniform", "ddim:5:linspace:1"]:
+        assert cli.main(["evaluate", "--samplers", bad]) == 2, bad
+    assert "bad entry" in capsys.readouterr().err
+
+
+def test_evaluate_timesteps_field_reaches_sample(capsys):
+    _sklearn()
+    from swiftunet import evaluate
+    assert evaluate._parse_samplers("dpmpp_2m:4:power0.5, ddim:3:trailing,dpmpp_2m:3:karras,ddpm") == [
+        ("dpmpp_2m", 4, "power0.5"), ("ddim", 3, "trailing"), ("dpmpp_2m", 3, "karras"), ("ddpm", None, "linspace")]
+    result = evaluate.evaluate(n=12, samplers="dpmpp_2m:4:power0.5,dpmpp_2m:4")
+    power, plain = result["samplers"]
+    assert power["plan"] == "power0.5" and plain["plan"] == "linspace"
+    # Different timesteps, different images: the field is not ignored.
+    assert power["fd_pixels"] != plain["fd_pixels"]
+    assert "| DPMPP_2M-4 power0.5 (12) |" in evaluate.markdown(result)
+
+
+def test_frechet_distance():
+    from swiftunet.evaluate import frechet_distance
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3)) @ np.array([[1.0, 0.3, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 0.7]])
+    assert abs(frechet_distance(a, a)) < 1e-9
+    # A shift adds |shift|^2 exactly (same covariance).
+    assert abs(frechet_distance(a, a + [1.0, -2.0, 0.5]) - 5.25) < 1e-9
+    # Independent 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2, up to sampling error.
+    x, y = rng.normal(0.0, 1.0, size=(200000, 1)), rng.normal(3.0, 2.0, size=(200000, 1))
+    assert abs(frechet_distance(x, y) - 10.0) < 0.1

@@ -173,6 +173,10 @@ SCHEDULERS = [
     ("dpmpp_2m", dict(steps=9), lambda s: swiftunet.DPMSolverMultistepScheduler(s, steps=9)),
     ("dpmpp_2m", dict(steps=6, karras_sigmas=True),
      lambda s: swiftunet.DPMSolverMultistepScheduler(s, steps=6, karras_sigmas=True)),
+    ("dpmpp_2m", dict(timesteps=[997, 640, 639, 200, 3]),
+     lambda s: swiftunet.DPMSolverMultistepScheduler(s, timesteps=[997, 640, 639, 200, 3])),
+    ("ddim", dict(timesteps=[998, 500, 17], eta=0.8),
+     lambda s: swiftunet.DDIMScheduler(s, timesteps=[998, 500, 17], eta=0.8)),
 ]
 
 
@@ -321,3 +325,80 @@ def test_ray_fan_out_equals_one_call():
     finally:
         ray.shutdown()
     np.testing.assert_array_equal(np.concatenate(parts), _shard((0, 6, "dpmpp_2m", dict(steps=4))))
+
+
+# ---------------------------------------------------------------------------
+# custom timesteps
+
+
+CUSTOM = [np.array([999, 948, 894, 836, 774, 706, 632, 547, 447, 316]), [700], [999, 998, 400, 0]]
+
+
+@pytest.mark.parametrize("ts", CUSTOM, ids=["power", "one", "edges"])
+@pytest.mark.parametrize("sampler,kw", [("dpmpp_2m", {}), ("dpmpp_2m", dict(clip=False)),
+                                        ("ddim", {}), ("ddim", dict(eta=1.0))])
+def test_custom_timesteps_match_reference_bitwise(model, cosine, ts, sampler, kw):
+    got = swiftunet.sample(model, n=3, sampler=sampler, schedule=cosine, seed=4, timesteps=ts, **kw)
+    fn = R.dpmpp_2m_sample if sampler == "dpmpp_2m" else R.ddim_sample
+    want = fn(eps_fn_of(model), SHAPE, cosine, seed=4, timesteps=ts, state_dtype=np.float32, libm=True, **kw)
+    np.testing.assert_array_equal(got, want)
+    # `steps` is not used when timesteps are given, and shards still add up.
+    again = swiftunet.sample(model, n=2, sampler=sampler, schedule=cosine, seed=4, timesteps=ts, steps=3,
+                             start=1, **kw)
+    np.testing.assert_array_equal(again, got[1:])
+
+
+def test_custom_timesteps_equal_the_spacing_they_copy(model, cosine):
+    # Giving the spacing's own timesteps explicitly changes nothing.
+    for sampler, steps in [("ddim", 7), ("dpmpp_2m", 9)]:
+        for spacing in ["linspace", "trailing"]:
+            a = swiftunet.sample(model, n=2, sampler=sampler, steps=steps, schedule=cosine, seed=2,
+                                 timestep_spacing=spacing)
+            b = swiftunet.sample(model, n=2, sampler=sampler, schedule=cosine, seed=2,
+                                 timesteps=cosine.timesteps(steps, spacing))
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, s, ts, **kw: swiftunet.sample(m, n=1, sampler="dpmpp_2m", schedule=s, timesteps=ts, **kw),
+    lambda m, s, ts, **kw: swiftunet.DPMSolverMultistepScheduler(s, timesteps=ts, **kw),
+    lambda m, s, ts, **kw: swiftunet.DDIMScheduler(s, timesteps=ts, **kw),
+], ids=["sample", "dpm_scheduler", "ddim_scheduler"])
+def test_custom_timesteps_validation(model, cosine, make):
+    for bad, exc, words in [([5, 5], ValueError, "strictly decreasing"), ([1, 2], ValueError, "strictly decreasing"),
+                            ([1000, 3], ValueError, r"\[0, 1000\)"), ([3, -1], ValueError, r"\[0, 1000\)"),
+                            ([], ValueError, "non-empty"), ([[3, 2]], ValueError, "1-D"),
+                            ([3.0, 2.0], TypeError, "ints"), (np.array([True, False]), TypeError, "ints"),
+                            ("99", TypeError, "ints")]:
+        with pytest.raises(exc, match=words):
+            make(model, cosine, bad)
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        swiftunet.sample(model, n=1, sampler="dpmpp_2m", timesteps=[9, 3], timestep_spacing="trailing")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        swiftunet.DDIMScheduler(cosine, timesteps=[9, 3], spacing="leading")
+    with pytest.raises(ValueError, match="karras"):
+        swiftunet.DPMSolverMultistepScheduler(cosine, timesteps=[9, 3], karras_sigmas=True)
+    with pytest.raises(ValueError, match="DDPM"):
+        swiftunet.sample(model, n=1, sampler="ddpm", schedule=swiftunet.NoiseSchedule.cosine(10), timesteps=[9, 3])
+
+
+def test_scheduler_repr_names_custom_timesteps(cosine):
+    r = repr(swiftunet.DPMSolverMultistepScheduler(cosine, timesteps=[900, 10]))
+    assert "timesteps=[900, 10]" in r and "steps=2" in r
+    assert "spacing='trailing'" in repr(swiftunet.DDIMScheduler(cosine, steps=3, spacing="trailing"))
+
+
+def test_power_timesteps():
+    # Power 1: diffusers' DPMSolverMultistepScheduler "linspace" (S + 1 points, the last, t = 0, dropped).
+    np.testing.assert_array_equal(swiftunet.power_timesteps(1000, 10, 1.0),
+                                  [999, 899, 799, 699, 599, 500, 400, 300, 200, 100])
+    ts = swiftunet.power_timesteps(1000, 10, 0.5)
+    assert ts.dtype == np.int64 and ts[0] == 999 and (np.diff(ts) < 0).all()
+    np.testing.assert_array_equal(ts, [round(999 * (1 - k / 10) ** 0.5) for k in range(10)])
+    assert swiftunet.power_timesteps(1, 1, 0.5).tolist() == [0]
+    with pytest.raises(ValueError, match="repeat"):
+        swiftunet.power_timesteps(20, 20, 0.3)
+    for args, words in [((1000, 0, 0.5), "steps"), ((1000, 1001, 0.5), "steps"), ((1000, 10, 0.0), "power"),
+                        ((1000, 10, float("nan")), "power"), ((0, 1, 0.5), "num_timesteps")]:
+        with pytest.raises(ValueError, match=words):
+            swiftunet.power_timesteps(*args)

@@ -66,8 +66,19 @@ public struct SamplingPlan: Equatable {
     public let timesteps: [Int]
     public let alphaBars: [Double]
 
-    public init(schedule: NoiseSchedule, sampler: SamplerKind, spacing: TimestepSpacing) throws {
+    /// `timesteps`, when given, replaces the spacing's: the run visits exactly
+    /// these (diffusers' `set_timesteps(timesteps=...)`); they must be strictly
+    /// decreasing, in `0 ..< T`, as many as the sampler's steps, for DDIM or
+    /// DPM-Solver++ without Karras sigmas, with `spacing` left at `.linspace`.
+    public init(schedule: NoiseSchedule, sampler: SamplerKind, spacing: TimestepSpacing,
+                timesteps custom: [Int]? = nil) throws {
         try sampler.validate(for: schedule)
+        if let custom = custom {
+            try SamplingPlan.checkCustom(custom, schedule: schedule, sampler: sampler, spacing: spacing)
+            timesteps = custom
+            alphaBars = custom.map { schedule.alphasCumprod[$0] }
+            return
+        }
         switch sampler {
         case .ddpm:
             // Every spacing gives all T timesteps when S = T.
@@ -85,6 +96,35 @@ public struct SamplingPlan: Equatable {
             return
         }
         alphaBars = timesteps.map { schedule.alphasCumprod[$0] }
+    }
+
+    private static func checkCustom(_ ts: [Int], schedule: NoiseSchedule, sampler: SamplerKind,
+                                    spacing: TimestepSpacing) throws {
+        let steps: Int
+        switch sampler {
+        case .ddpm:
+            throw SwiftUNetError.invalidArgument("timesteps: DDPM visits every timestep; custom timesteps are for ddim and dpmpp_2m")
+        case .dpmSolver2M(_, true):
+            throw SwiftUNetError.invalidArgument("timesteps: karras sigmas fix their own timesteps; give one or the other")
+        case .ddim(let s, _), .dpmSolver2M(let s, false):
+            steps = s
+        }
+        guard spacing == .linspace else {
+            throw SwiftUNetError.invalidArgument("timesteps: a spacing has no effect with custom timesteps; leave it at \"linspace\"")
+        }
+        guard ts.count == steps else {
+            throw SwiftUNetError.invalidArgument("timesteps: expected \(steps) values (the steps), got \(ts.count)")
+        }
+        let T = schedule.numTimesteps
+        for (i, t) in ts.enumerated() {
+            guard t >= 0 && t < T else {
+                throw SwiftUNetError.invalidArgument("timesteps[\(i)] must be in [0, \(T)) (the schedule's timesteps), got \(t)")
+            }
+            if i > 0 && t >= ts[i - 1] {
+                throw SwiftUNetError.invalidArgument(
+                    "timesteps must be strictly decreasing, got \(ts[i - 1]) then \(t) at index \(i)")
+            }
+        }
     }
 
     /// Karras et al. (2022): `(smax^(1/7) + r·(smin^(1/7) - smax^(1/7)))^7` for
@@ -336,13 +376,14 @@ public final class SamplingScheduler {
         case stream(seed: UInt64, firstImage: Int)
     }
 
+    /// `timesteps`: custom timesteps in place of the spacing's (`SamplingPlan`).
     public init(schedule: NoiseSchedule, sampler: SamplerKind, spacing: TimestepSpacing = .linspace,
-                clip: Bool = true) throws {
+                clip: Bool = true, timesteps: [Int]? = nil) throws {
         self.schedule = schedule
         self.sampler = sampler
         self.spacing = spacing
         self.clip = clip
-        self.plan = try SamplingPlan(schedule: schedule, sampler: sampler, spacing: spacing)
+        self.plan = try SamplingPlan(schedule: schedule, sampler: sampler, spacing: spacing, timesteps: timesteps)
     }
 
     deinit {
@@ -460,10 +501,12 @@ extension DiffusionModel {
     /// Each step's forward covers all images at once, or chunks of at most
     /// `samplingChunkSize` (and `maxBatch`, when given) images.
     public func sample(count: Int, height: Int, width: Int, schedule: NoiseSchedule, sampler: SamplerKind,
-                       spacing: TimestepSpacing = .linspace, seed: UInt64, firstImage: Int = 0, clip: Bool = true,
+                       spacing: TimestepSpacing = .linspace, timesteps customTimesteps: [Int]? = nil,
+                       seed: UInt64, firstImage: Int = 0, clip: Bool = true,
                        start: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
                        progress: ((Int, Int) -> Bool)? = nil, maxBatch: Int? = nil) throws {
-        let scheduler = try SamplingScheduler(schedule: schedule, sampler: sampler, spacing: spacing, clip: clip)
+        let scheduler = try SamplingScheduler(schedule: schedule, sampler: sampler, spacing: spacing, clip: clip,
+                                              timesteps: customTimesteps)
         let timesteps = scheduler.timesteps
         if count < 0 { throw SwiftUNetError.invalidArgument("n must be >= 0, got \(count)") }
         // Shapes only (batch 0 needs no timesteps).

@@ -185,11 +185,16 @@ int32_t swiftunet_model_sample(swiftunet_model *model, const double *betas,
  * Karras sigmas, then spacing must be LINSPACE); spacing is a
  * SWIFTUNET_SPACING_* value; the images are images first_image ..
  * first_image + n - 1 of the seed's per-image stream, so runs over
- * consecutive ranges concatenate to one run over all of them.
- * swiftunet_model_sample is this with spacing LINSPACE, karras 0, first_image 0. */
+ * consecutive ranges concatenate to one run over all of them. timesteps,
+ * when not NULL, holds `steps` int64 timesteps visited in place of the
+ * spacing's: strictly decreasing, each in [0, num_timesteps), for DDIM or
+ * DPM-Solver++ without Karras sigmas, with spacing LINSPACE.
+ * swiftunet_model_sample is this with spacing LINSPACE, timesteps NULL,
+ * karras 0, first_image 0. */
 int32_t swiftunet_model_sample_images(swiftunet_model *model, const double *betas,
                                       int64_t num_timesteps, int32_t sampler,
                                       int64_t steps, double eta, int32_t spacing,
+                                      const int64_t *timesteps,
                                       int32_t karras, int32_t clip, uint64_t seed,
                                       int64_t first_image, const float *x_T, int64_t n,
                                       int64_t height, int64_t width, float *out,
@@ -200,9 +205,11 @@ int32_t swiftunet_model_sample_images(swiftunet_model *model, const double *beta
  * between steps (the step index; DPM-Solver++'s previous x0), under a lock. */
 typedef struct swiftunet_scheduler swiftunet_scheduler;
 
+/* timesteps: as in swiftunet_model_sample_images (NULL for the spacing's). */
 int32_t swiftunet_scheduler_create(const double *betas, int64_t num_timesteps,
                                    int32_t sampler, int64_t steps, double eta,
-                                   int32_t spacing, int32_t karras, int32_t clip,
+                                   int32_t spacing, const int64_t *timesteps,
+                                   int32_t karras, int32_t clip,
                                    swiftunet_scheduler **out_scheduler);
 void swiftunet_scheduler_release(swiftunet_scheduler *scheduler);
 /* Number of steps (-1 for NULL). */
