@@ -168,6 +168,22 @@ def test_sample_ddpm_and_errors(weights, tmp_path, capsys):
     assert cli.main(["sample", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
 
 
+def test_sample_dpmpp_with_power_timesteps(weights, tmp_path, capsys):
+    path, m = weights
+    out, npy = tmp_path / "p.png", tmp_path / "p.npy"
+    assert cli.main(["sample", "--weights", path, "--n", "3", "--sampler", "dpmpp_2m", "--steps", "4",
+                     "--timestep-power", "0.5", "--out", str(out), "--npy", str(npy), "--no-progress"]) == 0
+    ts = swiftunet.power_timesteps(1000, 4, 0.5)
+    np.testing.assert_array_equal(np.load(npy), swiftunet.sample(m, n=3, sampler="dpmpp_2m", timesteps=ts))
+    assert not np.array_equal(np.load(npy), swiftunet.sample(m, n=3, sampler="dpmpp_2m", steps=4))
+    capsys.readouterr()
+    for args, word in [(["--sampler", "ddpm", "--timestep-power", "0.5"], "timestep-power"),
+                       (["--timestep-power", "0"], "power"), (["--steps", "900", "--timestep-power", "0.2"], "repeat")]:
+        bad = tmp_path / "bad.png"
+        assert cli.main(["sample", "--weights", path, "--n", "1", "--out", str(bad)] + args) == 2, args
+        assert word in capsys.readouterr().err and not bad.exists()
+
+
 def test_module_entry_point_info_and_default_model(tmp_path):
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "swiftunet", "info"], capture_output=True, text=True,
