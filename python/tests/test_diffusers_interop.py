@@ -159,7 +159,7 @@ def test_dpmpp_2m_trajectory(model, name, spacing, steps):
     else:
         theirs.set_timesteps(timesteps=[int(t) for t in sched.timesteps])
     x = swiftunet.randn((2, 1, 16, 16), 7)
-    return _compare(_our_trajectory(model, sched, x), _their_trajectory(model, theirs, x))
+    _compare(_our_trajectory(model, sched, x), _their_trajectory(model, theirs, x))
 
 
 @pytest.mark.parametrize("name", ["cosine", "linear"])
