@@ -32,6 +32,101 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The tile kernels of whichever variant this build is (AVX-512's SIMD16 tiles or the
+    /// narrow SIMD8 blocks) against a plain loop of fused multiply-adds in k order, bit for bit:
+    /// every start (current C, zero, bias, bias on old C), with and without `addToOld`, odd
+    /// depths, a row stride wider than the tile, with and without prefetching.
+    func testTileKernelsMatchPlainFusedLoops() {
+        let ldc = 37
+        for kc in [1, 3, 8, 17, 256] {
+            let a = randomValues(16 * kc, seed: 40), b = randomValues(gemmColumnBlock * kc, seed: 41)
+            let bias = randomValues(16, seed: 42)
+            let old = randomValues(16 * ldc, seed: 43)
+            // a holds two 8-row panels [kc][8] back to back; b one 32-column panel [kc][32].
+            func plain(rows: Int, cols: Int, start: Int, addToOld: Bool) -> [Float] {
+                var c = old
+                for r in 0..<rows {
+                    let panel = (r / 8) * 8 * kc, lane = r % 8
+                    for j in 0..<cols {
+                        var s: Float
+                        switch start {
+                        case 0: s = old[r * ldc + j]
+                        case 1: s = 0
+                        case 2: s = bias[r]
+                        default: s = old[r * ldc + j] + bias[r]
+                        }
+                        for k in 0..<kc { s = s.addingProduct(a[panel + k * 8 + lane], b[k * gemmColumnBlock + j]) }
+                        c[r * ldc + j] = addToOld ? old[r * ldc + j] + s : s
+                    }
+                }
+                return c
+            }
+            for start in 0..<4 {
+                for addToOld in start == 1 ? [false, true] : [false] {
+                    for prefetch in [0, 8 * kc] {
+                        for (rows, cols) in [(8, 32), (8, 16), (16, 16)] {
+                            var c = old
+                            a.withUnsafeBufferPointer { ap in
+                                b.withUnsafeBufferPointer { bp in
+                                    bias.withUnsafeBufferPointer { biasp in
+                                        c.withUnsafeMutableBufferPointer { cp in
+                                            let tileStart: TileStart = [.current, .zero, .bias(biasp.baseAddress!, onOld: false),
+                                                                        .bias(biasp.baseAddress!, onOld: true)][start]
+                                            let pa = ap.baseAddress!, pb = bp.baseAddress!, pc = cp.baseAddress!
+                                            switch (rows, cols) {
+                                            case (8, 32):
+                                                microKernel8x32(kc, pa, pb, pc, ldc, start: tileStart, addToOld: addToOld,
+                                                                prefetchAhead: prefetch)
+                                            case (8, 16):
+                                                microKernel8x16(kc, pa, pb, pc, ldc, start: tileStart, addToOld: addToOld,
+                                                                prefetchAhead: prefetch)
+                                            default:
+                                                microKernel16x16(kc, pa, pa + 8 * kc, pb, pc, ldc, start: tileStart,
+                                                                 addToOld: addToOld, prefetchAhead: prefetch / 2)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            let expected = plain(rows: rows, cols: cols, start: start, addToOld: addToOld)
+                            XCTAssertEqual(c, expected, "\(rows)x\(cols) kc=\(kc) start=\(start) addToOld=\(addToOld) [\(BuildInfo.summary)]")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The GEMM keeps the arithmetic contract bit for bit on every variant: each element is
+    /// bias (+ old C), then fused multiply-adds for k ascending (k beyond one depth block too).
+    func testGemmIsFusedMultiplyAddsInKOrder() throws {
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (17, 16, 300), (24, 70, 257), (9, 15, 2)] {
+            let a = randomValues(m * k, seed: 50), b = randomValues(k * n, seed: 51), bias = randomValues(m, seed: 52)
+            let packed = try a.withUnsafeBufferPointer { try PackedMatrix(rows: m, cols: k, source: $0.baseAddress!, ld: k) }
+            for accumulate in [false, true] {
+                let old = randomValues(m * n, seed: 53)
+                var fast = old
+                try b.withUnsafeBufferPointer { bp in
+                    try bias.withUnsafeBufferPointer { biasp in
+                        try fast.withUnsafeMutableBufferPointer { cp in
+                            try gemm(packed, b: bp.baseAddress!, ldb: n, n: n, c: cp.baseAddress!, ldc: n,
+                                     rowBias: biasp.baseAddress!, accumulate: accumulate)
+                        }
+                    }
+                }
+                var expected = old
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var s = accumulate ? old[i * n + j] + bias[i] : bias[i]
+                        for p in 0..<k { s = s.addingProduct(a[i * k + p], b[p * n + j]) }
+                        expected[i * n + j] = s
+                    }
+                }
+                XCTAssertEqual(fast, expected, "gemm \(m)x\(n)x\(k) accumulate=\(accumulate) [\(BuildInfo.summary)]")
+            }
+        }
+    }
+
     /// Matrices packed into a `WeightStore` hold the same panels as ones with their own
     /// allocation, each 64-byte aligned and apart from the others, one of them larger than a
     /// chunk; they stay readable after the store's last other reference is gone.

@@ -474,6 +474,15 @@ func conv3x3DirectForward(
                                         accumulate: accumulate))
 }
 
+/// Whether the direct 3×3 convolution keeps 4 channels × 32 columns of sums (8 SIMD16
+/// accumulators: 8 zmm, or 16 ymm, which would spill on a 16-register CPU) or 4 × 16 (AVX2,
+/// NEON, baseline). Each output's sum is the same either way.
+#if SWIFTUNET_ISA_AVX512
+let directConvPairsOfVectors = true
+#else
+let directConvPairsOfVectors = false
+#endif
+
 /// The tasks of `conv3x3DirectForward`: task = one output row of one image, all channels.
 private struct DirectConvRowTasks: ParallelTasks {
     let planes: UnsafePointer<Float>
@@ -506,7 +515,7 @@ private struct DirectConvRowTasks: ParallelTasks {
             let w3 = weights + min(co0 + 3, cout - 1) * taps
             var x0 = 0
             while x0 < width {
-                let pair = width - x0 > 16
+                let pair = directConvPairsOfVectors && width - x0 > 16
                 var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
                 var b0 = Vec16(), b1 = Vec16(), b2 = Vec16(), b3 = Vec16()
                 var t = 0
@@ -516,11 +525,13 @@ private struct DirectConvRowTasks: ParallelTasks {
                         let row = channel + ky * wp
                         for kx in 0..<3 {
                             let u = load16(row + kx)
-                            let v = pair ? load16(row + kx + 16) : Vec16()
                             let c0 = Vec16(repeating: w0[t]), c1 = Vec16(repeating: w1[t])
                             let c2 = Vec16(repeating: w2[t]), c3 = Vec16(repeating: w3[t])
                             a0.addProduct(c0, u); a1.addProduct(c1, u); a2.addProduct(c2, u); a3.addProduct(c3, u)
-                            b0.addProduct(c0, v); b1.addProduct(c1, v); b2.addProduct(c2, v); b3.addProduct(c3, v)
+                            if pair {
+                                let v = load16(row + kx + 16)
+                                b0.addProduct(c0, v); b1.addProduct(c1, v); b2.addProduct(c2, v); b3.addProduct(c3, v)
+                            }
                             t += 1
                         }
                     }
@@ -542,7 +553,7 @@ private struct DirectConvRowTasks: ParallelTasks {
                         storeDirectRow(second + biasValue, out + 16, count: min(16, width - x0 - 16), accumulate: accumulate)
                     }
                 }
-                x0 += 32
+                x0 += pair ? 32 : 16
             }
             co0 += 4
         }

@@ -181,18 +181,70 @@ enum TileStart {
     /// `bias[r]` or `C += bias[r]` would leave in C, without writing them there first.
     case bias(UnsafePointer<Float>?, onOld: Bool)
 
-    /// Row r's start at p.
+    /// Row r's start at p, as many lanes as the accumulator has (16 or 8).
     @inline(__always)
-    func value(_ p: UnsafeMutablePointer<Float>, row r: Int) -> Vec16 {
+    func value<V: SIMD>(_ p: UnsafeMutablePointer<Float>, row r: Int) -> V where V.Scalar == Float {
         switch self {
-        case .current: return load16(p)
-        case .zero: return Vec16()
+        case .current: return UnsafeRawPointer(p).loadUnaligned(as: V.self)
+        case .zero: return V()
         case .bias(let bias, let onOld):
-            let b = Vec16(repeating: bias?[r] ?? 0)
-            return onOld ? load16(p) + b : b
+            let b = V(repeating: bias?[r] ?? 0)
+            return onOld ? UnsafeRawPointer(p).loadUnaligned(as: V.self) + b : b
         }
     }
 }
+
+/// The tile kernels below (`microKernel8x32`, `microKernel8x16`, `microKernel16x16`) have one
+/// meaning in every build: C tile = start + A panel · B panel, each element's products summed by
+/// fused multiply-adds for k ascending. How a tile is cut into register blocks depends on the
+/// instruction set the library is compiled for (Package.swift defines one SWIFTUNET_ISA_* flag):
+/// - AVX-512 (32 zmm registers): the whole tile in 16 or 32 SIMD16 accumulators.
+/// - every other target (AVX2+FMA and baseline x86-64 with 16 ymm/xmm registers, arm64 NEON with
+///   32 q registers): blocks of SIMD8 accumulators that fit 16 ymm (4×24: 12 accumulators; 8×8
+///   and 4×16: 8), see `NarrowKernels` and `eightRowBlock`.
+/// The block changes which registers hold a sum, never the sum's operations or their order,
+/// so every variant's GEMM gives the same bits, whatever the thread count.
+
+/// The micro-kernels' store: the sum itself, or with `addToOld` the old value plus the sum
+/// (a product over a second range of k kept as its own chain, then added: see
+/// `winogradPositionProducts`).
+@inline(__always)
+func finishTile<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, addToOld: Bool) where V.Scalar == Float {
+    UnsafeMutableRawPointer(p).storeBytes(of: addToOld ? UnsafeRawPointer(p).loadUnaligned(as: V.self) + v : v,
+                                          as: V.self)
+}
+
+/// Rows 8 × one vector of columns (16 lanes: AVX-512's 8×16 tile; 8 lanes: the last 8
+/// columns of a narrow 8×32 tile): C[8, lanes] (row stride ldc) = start + A panel [kc][8] ·
+/// B [kc][lanes] (row stride `gemmColumnBlock`), eight accumulators.
+@inline(__always)
+func eightRowBlock<V: SIMD>(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart, addToOld: Bool,
+                            prefetchAhead: Int, lanes: V.Type) where V.Scalar == Float {
+    @inline(__always) func initial(_ r: Int) -> V { start.value(c + r * ldc, row: r) }
+    @inline(__always) func store(_ v: V, _ r: Int) { finishTile(v, c + r * ldc, addToOld: addToOld) }
+    var c0 = initial(0), c1 = initial(1), c2 = initial(2), c3 = initial(3)
+    var c4 = initial(4), c5 = initial(5), c6 = initial(6), c7 = initial(7)
+    var pa = a, pb = b
+    for _ in 0..<kc {
+        if prefetchAhead > 0 { prefetchForRead(pa + prefetchAhead) }
+        let b0 = UnsafeRawPointer(pb).loadUnaligned(as: V.self)
+        c0.addProduct(V(repeating: pa[0]), b0)
+        c1.addProduct(V(repeating: pa[1]), b0)
+        c2.addProduct(V(repeating: pa[2]), b0)
+        c3.addProduct(V(repeating: pa[3]), b0)
+        c4.addProduct(V(repeating: pa[4]), b0)
+        c5.addProduct(V(repeating: pa[5]), b0)
+        c6.addProduct(V(repeating: pa[6]), b0)
+        c7.addProduct(V(repeating: pa[7]), b0)
+        pa += gemmRowBlock
+        pb += gemmColumnBlock
+    }
+    store(c0, 0); store(c1, 1); store(c2, 2); store(c3, 3)
+    store(c4, 4); store(c5, 5); store(c6, 6); store(c7, 7)
+}
+
+#if SWIFTUNET_ISA_AVX512
 
 /// 8×32 micro-kernel: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32].
 /// Sixteen SIMD16 accumulators stay in registers over the whole k loop. The sums start
@@ -241,40 +293,12 @@ func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Fl
     store16(c70, c + 7 * ldc); store16(c71, c + 7 * ldc + 16)
 }
 
-/// The micro-kernels' store: the sum itself, or with `addToOld` the old value plus the sum
-/// (a product over a second range of k kept as its own chain, then added: see
-/// `winogradPositionProducts`).
-@inline(__always)
-func finishTile(_ v: Vec16, _ p: UnsafeMutablePointer<Float>, addToOld: Bool) {
-    SwiftUNet.store16(addToOld ? load16(p) + v : v, p)
-}
-
 /// 8×16 micro-kernel for panels with at most 16 live columns (same arithmetic per lane).
 @inline(__always)
 func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
                      prefetchAhead: Int = 0) {
-    @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec16 { start.value(p, row: r) }
-    @inline(__always) func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
-    var c0 = initial(c, 0), c1 = initial(c + ldc, 1), c2 = initial(c + 2 * ldc, 2), c3 = initial(c + 3 * ldc, 3)
-    var c4 = initial(c + 4 * ldc, 4), c5 = initial(c + 5 * ldc, 5), c6 = initial(c + 6 * ldc, 6), c7 = initial(c + 7 * ldc, 7)
-    var pa = a, pb = b
-    for _ in 0..<kc {
-        if prefetchAhead > 0 { prefetchForRead(pa + prefetchAhead) }
-        let b0 = load16(pb)
-        c0.addProduct(Vec16(repeating: pa[0]), b0)
-        c1.addProduct(Vec16(repeating: pa[1]), b0)
-        c2.addProduct(Vec16(repeating: pa[2]), b0)
-        c3.addProduct(Vec16(repeating: pa[3]), b0)
-        c4.addProduct(Vec16(repeating: pa[4]), b0)
-        c5.addProduct(Vec16(repeating: pa[5]), b0)
-        c6.addProduct(Vec16(repeating: pa[6]), b0)
-        c7.addProduct(Vec16(repeating: pa[7]), b0)
-        pa += gemmRowBlock
-        pb += gemmColumnBlock
-    }
-    store16(c0, c); store16(c1, c + ldc); store16(c2, c + 2 * ldc); store16(c3, c + 3 * ldc)
-    store16(c4, c + 4 * ldc); store16(c5, c + 5 * ldc); store16(c6, c + 6 * ldc); store16(c7, c + 7 * ldc)
+    eightRowBlock(kc, a, b, c, ldc, start: start, addToOld: addToOld, prefetchAhead: prefetchAhead, lanes: Vec16.self)
 }
 
 /// 16×16 micro-kernel for panels with at most 16 live columns: two 8-row A panels
@@ -322,6 +346,121 @@ func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer
     store16(d0, d); store16(d1, d + ldc); store16(d2, d + 2 * ldc); store16(d3, d + 3 * ldc)
     store16(d4, d + 4 * ldc); store16(d5, d + 5 * ldc); store16(d6, d + 6 * ldc); store16(d7, d + 7 * ldc)
 }
+
+#else
+
+typealias Vec8 = SIMD8<Float>
+
+@inline(__always) func load8(_ p: UnsafePointer<Float>) -> Vec8 {
+    UnsafeRawPointer(p).loadUnaligned(as: Vec8.self)
+}
+
+/// Register blocks for targets with 16 vector registers of 8 lanes (AVX2) or 32 of 4 (NEON).
+/// Each block covers some rows and columns of one tile: `a` points at its first row's lane
+/// in an 8-row A panel ([kc][8]), `b` at its first column in a 32-column B panel ([kc][32]),
+/// `c` at its first element in C (row stride ldc); `firstRow` is that row's index in the
+/// tile (for the bias). When `prefetch` is given, each k step hints the cache line at
+/// `prefetch + k·prefetchStep` (the next tile call's A panel).
+enum NarrowKernels {
+    /// Rows 4 × columns 24: twelve accumulators, three B vectors and one broadcast (16 ymm).
+    @inline(__always)
+    static func block4x24(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                          _ c: UnsafeMutablePointer<Float>, _ ldc: Int, firstRow r0: Int,
+                          start: TileStart, addToOld: Bool,
+                          prefetch: UnsafePointer<Float>? = nil, prefetchStep: Int = 0) {
+        @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec8 { start.value(p, row: r0 + r) }
+        @inline(__always) func store(_ v: Vec8, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
+        let c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc
+        var s00 = initial(c, 0), s01 = initial(c + 8, 0), s02 = initial(c + 16, 0)
+        var s10 = initial(c1, 1), s11 = initial(c1 + 8, 1), s12 = initial(c1 + 16, 1)
+        var s20 = initial(c2, 2), s21 = initial(c2 + 8, 2), s22 = initial(c2 + 16, 2)
+        var s30 = initial(c3, 3), s31 = initial(c3 + 8, 3), s32 = initial(c3 + 16, 3)
+        var pa = a, pb = b, ahead = prefetch
+        for _ in 0..<kc {
+            if let p = ahead { prefetchForRead(p); ahead = p + prefetchStep }
+            let b0 = load8(pb), b1 = load8(pb + 8), b2 = load8(pb + 16)
+            var s = Vec8(repeating: pa[0]); s00.addProduct(s, b0); s01.addProduct(s, b1); s02.addProduct(s, b2)
+            s = Vec8(repeating: pa[1]); s10.addProduct(s, b0); s11.addProduct(s, b1); s12.addProduct(s, b2)
+            s = Vec8(repeating: pa[2]); s20.addProduct(s, b0); s21.addProduct(s, b1); s22.addProduct(s, b2)
+            s = Vec8(repeating: pa[3]); s30.addProduct(s, b0); s31.addProduct(s, b1); s32.addProduct(s, b2)
+            pa += gemmRowBlock
+            pb += gemmColumnBlock
+        }
+        store(s00, c); store(s01, c + 8); store(s02, c + 16)
+        store(s10, c1); store(s11, c1 + 8); store(s12, c1 + 16)
+        store(s20, c2); store(s21, c2 + 8); store(s22, c2 + 16)
+        store(s30, c3); store(s31, c3 + 8); store(s32, c3 + 16)
+    }
+
+    /// Rows 4 × columns 16: eight accumulators.
+    @inline(__always)
+    static func block4x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                          _ c: UnsafeMutablePointer<Float>, _ ldc: Int, firstRow r0: Int,
+                          start: TileStart, addToOld: Bool,
+                          prefetch: UnsafePointer<Float>? = nil, prefetchStep: Int = 0) {
+        @inline(__always) func initial(_ p: UnsafeMutablePointer<Float>, _ r: Int) -> Vec8 { start.value(p, row: r0 + r) }
+        @inline(__always) func store(_ v: Vec8, _ p: UnsafeMutablePointer<Float>) { finishTile(v, p, addToOld: addToOld) }
+        let c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc
+        var s00 = initial(c, 0), s01 = initial(c + 8, 0)
+        var s10 = initial(c1, 1), s11 = initial(c1 + 8, 1)
+        var s20 = initial(c2, 2), s21 = initial(c2 + 8, 2)
+        var s30 = initial(c3, 3), s31 = initial(c3 + 8, 3)
+        var pa = a, pb = b, ahead = prefetch
+        for _ in 0..<kc {
+            if let p = ahead { prefetchForRead(p); ahead = p + prefetchStep }
+            let b0 = load8(pb), b1 = load8(pb + 8)
+            var s = Vec8(repeating: pa[0]); s00.addProduct(s, b0); s01.addProduct(s, b1)
+            s = Vec8(repeating: pa[1]); s10.addProduct(s, b0); s11.addProduct(s, b1)
+            s = Vec8(repeating: pa[2]); s20.addProduct(s, b0); s21.addProduct(s, b1)
+            s = Vec8(repeating: pa[3]); s30.addProduct(s, b0); s31.addProduct(s, b1)
+            pa += gemmRowBlock
+            pb += gemmColumnBlock
+        }
+        store(s00, c); store(s01, c + 8)
+        store(s10, c1); store(s11, c1 + 8)
+        store(s20, c2); store(s21, c2 + 8)
+        store(s30, c3); store(s31, c3 + 8)
+    }
+}
+
+/// 8×32 tile: C[8, 32] (row stride ldc) += A panel [kc][8] · B panel [kc][32], as rows 0..<4
+/// and 4..<8 of columns 0..<24, then all rows of columns 24..<32. Sums start from `start`;
+/// with `addToOld` C becomes old C + sum. `prefetchAhead`: as in the AVX-512 kernel.
+@inline(__always)
+func microKernel8x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                     prefetchAhead: Int = 0) {
+    NarrowKernels.block4x24(kc, a, b, c, ldc, firstRow: 0, start: start, addToOld: addToOld,
+                            prefetch: prefetchAhead > 0 ? a + prefetchAhead : nil, prefetchStep: gemmRowBlock)
+    NarrowKernels.block4x24(kc, a + 4, b, c + 4 * ldc, ldc, firstRow: 4, start: start, addToOld: addToOld)
+    eightRowBlock(kc, a, b + 24, c + 24, ldc, start: start, addToOld: addToOld, prefetchAhead: 0, lanes: Vec8.self)
+}
+
+/// 8×16 tile for panels with at most 16 live columns: rows 0..<4, then 4..<8.
+@inline(__always)
+func microKernel8x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                     prefetchAhead: Int = 0) {
+    NarrowKernels.block4x16(kc, a, b, c, ldc, firstRow: 0, start: start, addToOld: addToOld,
+                            prefetch: prefetchAhead > 0 ? a + prefetchAhead : nil, prefetchStep: gemmRowBlock)
+    NarrowKernels.block4x16(kc, a + 4, b, c + 4 * ldc, ldc, firstRow: 4, start: start, addToOld: addToOld)
+}
+
+/// 16×16 tile from two 8-row A panels (`a0` rows 0..<8, `a1` rows 8..<16): four 4×16 blocks.
+@inline(__always)
+func microKernel16x16(_ kc: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, start: TileStart = .current, addToOld: Bool = false,
+                      prefetchAhead: Int = 0) {
+    // Two panels' worth of A per call: one cache line of the next call's per k step.
+    NarrowKernels.block4x16(kc, a0, b, c, ldc, firstRow: 0, start: start, addToOld: addToOld,
+                            prefetch: prefetchAhead > 0 ? a0 + prefetchAhead : nil, prefetchStep: 16)
+    NarrowKernels.block4x16(kc, a0 + 4, b, c + 4 * ldc, ldc, firstRow: 4, start: start, addToOld: addToOld)
+    let d = c + 8 * ldc
+    NarrowKernels.block4x16(kc, a1, b, d, ldc, firstRow: 8, start: start, addToOld: addToOld)
+    NarrowKernels.block4x16(kc, a1 + 4, b, d + 4 * ldc, ldc, firstRow: 12, start: start, addToOld: addToOld)
+}
+
+#endif
 
 /// The distance in a `PackedMatrix` of k columns from an 8-row panel to the next one: the
 /// micro-kernels' `prefetchAhead` (twice that for the 16-row kernel).

@@ -45,7 +45,7 @@ const char *swiftunet_last_error(void);
 int32_t swiftunet_abi_version(void);
 
 /* A static description of the build as "key=value" pairs, e.g.
- * "arch=x86_64 target-cpu=native isa=avx512 simd=SIMD16<Float>". */
+ * "arch=x86_64 variant=native target-cpu=native isa=avx512 blocks=simd16-8x32". */
 const char *swiftunet_build_info(void);
 
 /* Worker threads used by every model (>= 1). The default is the number of CPUs
