@@ -14,6 +14,14 @@
 3. compiles the extension `swiftunet._swiftunet` against that copy, with
    RUNPATH `$ORIGIN` so it finds the library next to itself.
 
+Portable build: with SWIFTUNET_VARIANTS=all (or a comma-separated subset of
+avx512,avx2,baseline), step 1 runs once per variant (SWIFTUNET_VARIANT=<name>
+for Package.swift, scratch path `.build-<name>/`), each library goes to
+`swiftunet/_variants/<name>/libSwiftUNetC.so`, and at import time
+swiftunet/_variants.py loads the best one the CPU runs (SWIFTUNET_VARIANT
+forces a lower one). No library is then put next to the extension, whose
+RUNPATH also names the least demanding variant's folder as a fallback.
+
 libSwiftUNetC.so finds the Swift runtime (libswiftCore.so, ...) through its
 own RUNPATH, which swiftc sets to the toolchain's runtime directory; this
 script checks that and relinks with an explicit `-rpath` if it is missing.
@@ -23,6 +31,7 @@ build time, and needs no environment variables.
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +56,25 @@ def _portable() -> bool:
 
 
 _START = time.monotonic()
+
+#: The kernel variants a portable build can carry, best first (Package.swift's SWIFTUNET_VARIANT).
+ALL_VARIANTS = ("avx512", "avx2", "baseline")
+
+
+def _requested_variants() -> list:
+    """The variants of a portable build (SWIFTUNET_VARIANTS), best first, or [] for the single
+    default one. 'all' is avx512, avx2 and baseline on x86-64, baseline alone elsewhere."""
+    value = os.environ.get("SWIFTUNET_VARIANTS", "").strip()
+    if not value:
+        return []
+    # avx512 and avx2 are x86-64 instruction sets; elsewhere only baseline exists.
+    allowed = ALL_VARIANTS if platform.machine().lower() in ("x86_64", "amd64") else ("baseline",)
+    names = list(allowed) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in allowed]
+    if bad or not names:
+        raise BuildSwiftError(f"SWIFTUNET_VARIANTS must be 'all' or a comma-separated list of "
+                              f"{', '.join(allowed)} on {platform.machine()}, got {value!r}")
+    return [v for v in ALL_VARIANTS if v in names]  # best first, each once
 
 
 def _log(msg: str) -> None:
@@ -139,14 +167,20 @@ def _runpath(library: Path) -> list:
     return entries
 
 
-def build_swift_library() -> Path:
-    """Runs swift build and returns the path of the built libSwiftUNetC.so."""
+def build_swift_library(variant: str = None) -> Path:
+    """Runs swift build (for one kernel variant when given) and returns the built libSwiftUNetC.so."""
     swift = _find_swift()
-    scratch = ROOT / (".build-portable" if _portable() else ".build")
+    env = dict(os.environ)  # passes SWIFTUNET_PORTABLE / SWIFTUNET_VARIANT through to Package.swift
+    if variant is not None:
+        scratch = ROOT / f".build-{variant}"
+        env["SWIFTUNET_VARIANT"] = variant
+        env.pop("SWIFTUNET_PORTABLE", None)
+    else:
+        scratch = ROOT / (".build-portable" if _portable() else ".build")
     base = [swift, "build", "-c", "release", "--product", PRODUCT, "--scratch-path", scratch]
-    env = dict(os.environ)  # passes SWIFTUNET_PORTABLE through to Package.swift
 
-    _log(f"compiling the Swift library ({'portable' if _portable() else 'for this CPU'}); "
+    what = f"variant {variant}" if variant else ("portable" if _portable() else "for this CPU")
+    _log(f"compiling the Swift library ({what}); "
          "the first build takes a few minutes, later ones only rebuild what changed")
     code = _run_streamed(base, env)
     if code != 0:
@@ -209,25 +243,55 @@ class BuildExtWithSwift(build_ext):
         return Path(self.get_ext_fullpath("swiftunet._swiftunet")).resolve().parent
 
     def run(self):
+        pkg = self._package_dir()
         try:
-            library = build_swift_library()
+            variants = _requested_variants()
+            if variants:
+                # One library per variant under _variants/; the extension links against the
+                # least demanding one (same symbols and SONAME in all), _variants.py picks.
+                for variant in variants:
+                    _log(f"building kernel variant {variant}")
+                    _copy_if_changed(build_swift_library(variant), pkg / "_variants" / variant / LIBRARY)
+                for stale in [v for v in ALL_VARIANTS if v not in variants]:
+                    shutil.rmtree(pkg / "_variants" / stale, ignore_errors=True)
+                (pkg / LIBRARY).unlink(missing_ok=True)
+                link_dir = pkg / "_variants" / variants[-1]
+            else:
+                library = build_swift_library()
+                # A portable build's variants left in place would be loaded instead of this one.
+                shutil.rmtree(pkg / "_variants", ignore_errors=True)
+                _copy_if_changed(library, pkg / LIBRARY)
+                link_dir = pkg
         except BuildSwiftError as exc:
             sys.stderr.write(f"\nerror: {exc}\n\n")
             raise SystemExit(1)
-        pkg = self._package_dir()
-        _copy_if_changed(library, pkg / LIBRARY)
+        self._variants = variants
         if not self.inplace:
             _copy_if_changed(ROOT / HEADER, pkg / "include" / "swiftunet.h")
         for ext in self.extensions:
-            ext.library_dirs = [str(pkg)] + list(ext.library_dirs or [])
+            ext.library_dirs = [str(link_dir)] + list(ext.library_dirs or [])
+            if variants:
+                # Without swiftunet/_variants.py's preload (e.g. the extension imported on its
+                # own), the loader falls back to the least demanding variant carried.
+                fallback = "-Wl,-rpath,$ORIGIN/_variants/" + variants[-1]
+                if fallback not in ext.extra_link_args:
+                    ext.extra_link_args = list(ext.extra_link_args) + [fallback]
         _log("compiling the CPython extension")
+        # Relink every time: a few seconds, and the link flags depend on the variants built.
+        self.force = True
         super().run()
         _log("done")
 
     def get_outputs(self):
         outputs = list(super().get_outputs())
         pkg = self._package_dir()
-        outputs.append(str(pkg / LIBRARY))
+        variants = getattr(self, "_variants", None)
+        if variants is None:
+            variants = _requested_variants()
+        if variants:
+            outputs.extend(str(pkg / "_variants" / v / LIBRARY) for v in variants)
+        else:
+            outputs.append(str(pkg / LIBRARY))
         if not self.inplace:
             outputs.append(str(pkg / "include" / "swiftunet.h"))
         return outputs

@@ -14,6 +14,10 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
+from . import _variants as _variants
+# A portable install carries one library per instruction set: load the one this CPU
+# runs before the extension, whose libSwiftUNetC.so dependency then resolves to it.
+_variants.preload()
 from . import _swiftunet
 from .model import DiffusionModel, IncompatibleKeys
 from .model import _int_arg
@@ -72,10 +76,24 @@ def get_num_threads() -> int:
 
 
 def build_info() -> str:
-    """How the library was compiled, as "key=value" pairs, e.g.
-    'arch=x86_64 target-cpu=native isa=avx2+fma simd=SIMD16<Float>' (`info()`
-    has the fields as a dict, with the CPU's features)."""
+    """How the loaded library was compiled, as "key=value" pairs, e.g.
+    'arch=x86_64 variant=native target-cpu=native isa=avx512 blocks=simd16-8x32'
+    (`info()` has the fields as a dict, with the CPU's features and, for a
+    portable install, the variants it carries and why this one was chosen)."""
     return _swiftunet.build_info()
+
+
+def _check_requested_variant() -> None:
+    # A single-variant install cannot switch: SWIFTUNET_VARIANT must name what it has.
+    requested = _variants.requested_variant()
+    if requested and not _variants.carried:
+        have = _variants.loaded_variant(_swiftunet.build_info())
+        if requested != have:
+            raise ImportError(f"{_variants.ENV}={requested}: this installation carries only the "
+                              f"'{have}' variant (build with SWIFTUNET_VARIANTS=all for all of them)")
+
+
+_check_requested_variant()
 
 
 def from_torch(module, image_size=None):

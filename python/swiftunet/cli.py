@@ -42,7 +42,8 @@ def cmd_info(args) -> int:
     print(f"swiftunet {d['version']}")
     print(f"build: {d['build']}")
     print(f"vector ISA: {d['isa']} (compiled for; target-cpu {d['target_cpu']}); "
-          f"kernel variant: {d['kernel_variant']}")
+          f"kernel variant: {d['kernel_variant']} (register blocks {d['register_blocks']})")
+    print(f"kernel variants: {d['variant_choice']}")
     print(f"cpu: {d['cpu'] or 'unknown'}; vector features: {' '.join(d['cpu_features']) or 'unknown'}")
     print(f"abi version: {d['abi_version']}")
     print(f"threads: {d['threads']} (cpus: {d['cpus']})")
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m swiftunet", description="swiftunet: a diffusion U-Net in Swift.")
     sub = p.add_subparsers(dest="command")
 
-    sub.add_parser("info", help="version, vector ISA and kernel variant, CPU features, threads")
+    sub.add_parser("info", help="version, vector ISA, kernel variant (and the variants carried), CPU features, threads")
 
     s = sub.add_parser("sample", help="generate images and save them as a PNG grid")
     s.add_argument("--weights", help="a .safetensors (from model.save) or .npz state_dict; "

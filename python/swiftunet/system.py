@@ -73,18 +73,22 @@ def cpu_features() -> List[str]:
 def info() -> Dict[str, object]:
     """A dict describing this installation:
 
-    ``version``, ``build`` (the library's own summary string) and its fields
-    ``arch``, ``target_cpu`` ("native": compiled for the build machine's CPU;
-    "portable": for any CPU of the architecture), ``isa`` (the vector
+    ``version``, ``build`` (the loaded library's own summary string) and its
+    fields ``arch``, ``target_cpu`` (the ``-target-cpu`` it was compiled for:
+    "native" for the build machine's CPU, "skylake-avx512", "haswell", or
+    "generic" for any CPU of the architecture), ``isa`` (the vector
     instruction set the kernels were compiled for, e.g. "avx512", "avx2+fma",
-    "sse2", "neon"), ``kernel_variant`` (the kernels in use: this build has one
-    variant, the one compiled for ``isa``), ``cpu`` (model name or None),
-    ``cpu_features`` (the CPU's vector features), ``threads``, ``cpus``,
-    ``abi_version``, ``python``, ``numpy`` and ``package`` (its directory).
+    "sse2", "neon"), ``kernel_variant`` (the variant running: "native",
+    "avx512", "avx2" or "baseline"), ``register_blocks`` (the GEMM register
+    blocks of that variant), ``variants_carried`` (a portable install's
+    variants, best first; empty for a single-variant one), ``variant_choice``
+    (why this variant runs), ``cpu`` (model name or None), ``cpu_features``
+    (the CPU's vector features), ``threads``, ``cpus``, ``abi_version``,
+    ``python``, ``numpy`` and ``package`` (its directory).
     """
     import numpy as np
 
-    from . import __version__, _swiftunet
+    from . import __version__, _swiftunet, _variants
 
     summary = _swiftunet.build_info()
     build = _parse_build(summary)
@@ -96,7 +100,10 @@ def info() -> Dict[str, object]:
         "arch": build.get("arch", platform.machine()),
         "target_cpu": build.get("target-cpu", "unknown"),
         "isa": isa,
-        "kernel_variant": isa,
+        "kernel_variant": build.get("variant", "unknown"),
+        "register_blocks": build.get("blocks", "unknown"),
+        "variants_carried": list(_variants.carried),
+        "variant_choice": _variants.describe(),
         "cpu": model,
         "cpu_features": cpu_features(),
         "threads": _swiftunet.get_num_threads(),

@@ -7,20 +7,23 @@ from pathlib import Path
 import numpy as np
 
 import swiftunet
+from swiftunet import _variants
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = Path(swiftunet.__file__).resolve().parent
+# The library this process runs: next to the extension, or a portable install's chosen variant.
+LIB_DIR = _variants.selected_path.parent if _variants.carried else PKG
 
 
 def test_c_program_runs_a_forward(tmp_path, c_compiler):
-    lib = PKG / "libSwiftUNetC.so"
+    lib = LIB_DIR / "libSwiftUNetC.so"
     header_dir = PKG / "include"
     assert lib.exists(), f"{lib} missing from the installed package"
     assert (header_dir / "swiftunet.h").exists(), "the installed package lacks include/swiftunet.h"
     exe = tmp_path / "forward_demo"
     subprocess.run(
         [c_compiler, "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/forward_demo.c"),
-         f"-I{header_dir}", f"-L{PKG}", "-lSwiftUNetC", f"-Wl,-rpath,{PKG}", "-lm"],
+         f"-I{header_dir}", f"-L{LIB_DIR}", "-lSwiftUNetC", f"-Wl,-rpath,{LIB_DIR}", "-lm"],
         check=True,
     )
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
@@ -43,7 +46,7 @@ def test_forward_allocates_nothing_after_the_first_call(tmp_path, c_compiler):
     exe = tmp_path / "alloc_count"
     subprocess.run(
         [c_compiler, "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "Tests/CABI/alloc_count.c"),
-         f"-I{PKG / 'include'}", f"-L{PKG}", "-lSwiftUNetC", f"-Wl,-rpath,{PKG}"],
+         f"-I{PKG / 'include'}", f"-L{LIB_DIR}", "-lSwiftUNetC", f"-Wl,-rpath,{LIB_DIR}"],
         check=True,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}

@@ -12,8 +12,17 @@ def test_info_names_the_build_and_the_cpu():
     d = swiftunet.info()
     build = dict(item.split("=", 1) for item in swiftunet.build_info().split())
     assert d["build"] == swiftunet.build_info()
-    assert d["isa"] == build["isa"] == d["kernel_variant"]
-    assert d["target_cpu"] == build["target-cpu"] in ("native", "portable")
+    assert d["isa"] == build["isa"]
+    assert d["kernel_variant"] == build["variant"] in ("native", "avx512", "avx2", "baseline")
+    assert d["register_blocks"] == build["blocks"]
+    targets = {"native": "native", "avx512": "skylake-avx512", "avx2": "haswell", "baseline": "generic"}
+    assert d["target_cpu"] == build["target-cpu"] == targets[d["kernel_variant"]]
+    if d["variants_carried"]:
+        # A portable install runs one of what it carries, and says why.
+        assert d["kernel_variant"] in d["variants_carried"]
+        assert f"chosen: {d['kernel_variant']} " in d["variant_choice"]
+    else:
+        assert d["variant_choice"] == "one variant, compiled into this installation (no dispatch)"
     assert d["isa"] in ("avx512", "avx2+fma", "avx2", "avx", "sse4.2", "sse2", "sve", "neon", "scalar")
     assert d["threads"] == swiftunet.get_num_threads()
     assert d["version"] == swiftunet.__version__
@@ -29,5 +38,6 @@ def test_info_names_isa_kernel_variant_and_cpu_features():
     assert proc.returncode == 0, proc.stderr
     d = swiftunet.info()
     assert f"vector ISA: {d['isa']} " in proc.stdout
-    assert f"kernel variant: {d['kernel_variant']}" in proc.stdout
+    assert f"kernel variant: {d['kernel_variant']} (register blocks {d['register_blocks']})" in proc.stdout
+    assert f"kernel variants: {d['variant_choice']}" in proc.stdout
     assert "vector features: " + (" ".join(d["cpu_features"]) or "unknown") in proc.stdout
