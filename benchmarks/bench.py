@@ -6,6 +6,7 @@
     python3 benchmarks/bench.py --quick         # fewer repeats, no scaling section
     python3 benchmarks/bench.py --threads 1 --cases rgb32-small --batches 1
     python3 benchmarks/bench.py --json results.json
+    python3 benchmarks/bench.py --variants all  # every kernel variant this CPU runs (portable install)
 
 What it measures (see docs/benchmarks.md for a full run and how to read it):
 
@@ -27,6 +28,14 @@ What it measures (see docs/benchmarks.md for a full run and how to read it):
     torch         benchmarks/torch_model.py, torch.set_num_threads(n),
                   set_num_interop_threads(1), torch.inference_mode()
   Peers that are not installed are left out (shown as "-").
+- Kernel variants: a portable install (SWIFTUNET_VARIANTS=all pip install .)
+  carries an avx512, an avx2 and a baseline library. --variants all (or a
+  list) times swiftunet once per variant the CPU can run, each in its own
+  subprocess with SWIFTUNET_VARIANT=<name>, in the same run as the peers; the
+  table has one swiftunet line per variant. Without --variants, swiftunet is
+  the variant the installation picks by itself. The header names the CPU
+  model and the variant(s). The baseline variant (no FMA instructions, ~70x
+  slower) is timed over 3 calls after 1 warm-up.
 - Time: median of >= 10 timed calls after warm-up (2 calls, then until 0.3 s
   have passed); timed calls continue past 10 until 2 s have passed (max 100).
 - GFLOP/s: count_flops() below / median time. FLOPs = 2 x the multiply-adds
@@ -331,7 +340,7 @@ def worker(spec):
     image_size, channels, dims = spec["image_size"], spec["channels"], spec["hidden_dims"]
     info = {}
 
-    if engine == "swiftunet":
+    if engine.startswith("swiftunet"):
         import swiftunet
 
         swiftunet.set_num_threads(n)
@@ -396,7 +405,7 @@ def worker(spec):
     else:
         raise ValueError(engine)
 
-    if engine == "swiftunet" and spec.get("paired_threads"):
+    if engine.startswith("swiftunet") and spec.get("paired_threads"):
         return _paired_thread_times(swiftunet, run, n, int(spec["paired_threads"]), spec["min_reps"])
 
     rss_before = _maxrss_mib()
@@ -469,6 +478,9 @@ def engine_env(engine, threads):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    variant = engine_variant(engine)
+    if variant is not None:
+        env["SWIFTUNET_VARIANT"] = variant
     if engine == "reference":
         # Only here, for the reference's timing: these slow a current numpy.
         env.pop("OPENBLAS_CORETYPE", None)
@@ -480,12 +492,38 @@ def engine_env(engine, threads):
 # driver
 
 
+def engine_variant(engine):
+    """'avx2' for the engine 'swiftunet:avx2'; None for plain 'swiftunet' and the peers."""
+    return engine.split(":", 1)[1] if engine.startswith("swiftunet:") else None
+
+
+def runnable_variants(wanted):
+    """The kernel variants to time: `wanted` ('all' or a comma list) that the installation
+    carries and this CPU runs, best first; the others with the reason they are left out."""
+    from swiftunet import _variants
+
+    carried = _variants.available()
+    flags = _variants.cpu_flags()
+    names = list(_variants.ORDER) if wanted == "all" else [v for v in wanted.split(",") if v]
+    run, skipped = [], []
+    for v in names:
+        if v not in _variants.ORDER:
+            raise SystemExit(f"--variants: unknown variant {v!r}; choose from {', '.join(_variants.ORDER)} or all")
+        if v not in carried:
+            skipped.append((v, "not carried by this installation (build with SWIFTUNET_VARIANTS=all)"))
+        elif not _variants.runnable(v, flags):
+            skipped.append((v, "this CPU cannot run it"))
+        else:
+            run.append(v)
+    return run, skipped
+
+
 def available_engines(wanted):
     import importlib.util
 
     have = []
     for e in wanted:
-        if e in ("swiftunet", "reference"):
+        if e in ("swiftunet", "reference") or e.startswith("swiftunet:"):
             have.append(e)
         elif e == "onnxruntime":
             if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
@@ -618,6 +656,9 @@ def main(argv=None):
     ap.add_argument("--ref-reps", type=int, default=3, help="timed calls of the numpy reference (default 3)")
     ap.add_argument("--json", help="also write all raw results to this file")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per subprocess (default 900)")
+    ap.add_argument("--variants",
+                    help="time swiftunet once per kernel variant: 'all' (every one the installation carries "
+                         "and the CPU runs) or a comma list of avx512,avx2,baseline")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -632,6 +673,14 @@ def main(argv=None):
             ap.error(f"unknown case {c!r}; choose from {', '.join(MODELS)}")
     batches = [int(v) for v in args.batches.split(",") if v]
     engines = available_engines([e for e in args.engines.split(",") if e])
+    skipped_variants = []
+    if args.variants and "swiftunet" in engines:
+        variants, skipped_variants = runnable_variants(args.variants)
+        if not variants:
+            raise SystemExit("--variants: none of them can run here: "
+                             + "; ".join(f"{v}: {why}" for v, why in skipped_variants))
+        i = engines.index("swiftunet")
+        engines[i:i + 1] = [f"swiftunet:{v}" for v in variants]
     min_reps, min_time, max_reps = (5, 0.5, 20) if args.quick else (10, 2.0, 100)
     ref_reps = 1 if args.quick else max(1, args.ref_reps)
     rounds = max(1, args.rounds)
@@ -648,6 +697,8 @@ def main(argv=None):
     facts = machine_facts()
     facts["swiftunet_build"] = swiftunet.build_info()
     facts["engines"] = engines
+    facts["variants"] = [engine_variant(e) for e in engines if engine_variant(e)] or [swiftunet_variant(facts)]
+    facts["variants_skipped"] = skipped_variants
     log(f"engines: {', '.join(engines)}; measuring FMA peak ...")
     peak = measure_peak(max(threads))
     load_start = loadavg()
@@ -681,6 +732,9 @@ def main(argv=None):
                             if engine == "reference":
                                 spec.update(min_reps=ref_reps, min_time=0.0, max_reps=ref_reps,
                                             warmup_calls=0, warmup_time=0.0)
+                            elif engine_variant(engine) == "baseline":
+                                # No FMA instructions: ~70x slower; a few calls show its speed.
+                                spec.update(min_reps=3, min_time=0.0, max_reps=3, warmup_calls=1, warmup_time=0.0)
                             else:
                                 spec.update(min_reps=min_reps, min_time=min_time, max_reps=max_reps)
                             log(f"[round {rnd + 1}/{rounds}] {name} B={batch} threads={n} {engine} ...")
@@ -709,7 +763,7 @@ def main(argv=None):
                         if rnd == 0:
                             import numpy as np
 
-                            oracle = "reference" if "reference" in outputs else "swiftunet"
+                            oracle = "reference" if "reference" in outputs else swift_engines(engines)[0]
                             if oracle in outputs:
                                 ref_out = np.load(outputs[oracle])
                                 for engine, path in outputs.items():
@@ -717,26 +771,27 @@ def main(argv=None):
                                         row["engines"][engine]["rel_err_vs_" + oracle] = rel_err(
                                             np.load(path), ref_out)
 
-        if not args.quick and not args.no_scaling and "swiftunet" in engines:
+        primary = (swift_engines(engines) or [None])[0]
+        if not args.quick and not args.no_scaling and primary:
             n = max(threads)
             points = [(b, 32) for b in (1, 2, 4, 8, 16)] + [(1, s) for s in (16, 64)]
             for batch, size in points:
                 base = prepare_case(tmp, "rgb32-small", batch, size, size)
-                spec = dict(base, engine="swiftunet", threads=n, output=str(Path(tmp) / "out.scaling.npy"),
+                spec = dict(base, engine=primary, threads=n, output=str(Path(tmp) / "out.scaling.npy"),
                             min_reps=min_reps, min_time=min_time, max_reps=max_reps)
                 log(f"scaling: B={batch} {size}x{size} threads={n} ...")
-                res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
+                res = run_worker(spec, args.timeout, env=engine_env(primary, n))
                 results["scaling"].append({"batch": batch, "size": size, "threads": n,
                                            "flops": base["flops"], "loadavg": loadavg(), **res})
 
-        if not args.quick and "swiftunet" in engines and len(threads) > 1 and min(threads) == 1:
+        if not args.quick and primary and len(threads) > 1 and min(threads) == 1:
             n, batch = max(threads), max(batches)
             for name in cases:
                 base = bases.get((name, batch)) or prepare_case(tmp, name, batch)
-                spec = dict(base, engine="swiftunet", threads=1, paired_threads=n,
+                spec = dict(base, engine=primary, threads=1, paired_threads=n,
                             output=str(Path(tmp) / "out.paired.npy"), min_reps=min_reps)
                 log(f"paired threads: {name} B={batch} 1 vs {n} threads ...")
-                res = run_worker(spec, args.timeout, env=engine_env("swiftunet", n))
+                res = run_worker(spec, args.timeout, env=engine_env(primary, n))
                 results["paired"].append({"case": name, "batch": batch, "threads": n, "loadavg": loadavg(), **res})
 
         if "swiftunet" in engines:
@@ -757,6 +812,19 @@ def main(argv=None):
     return 0
 
 
+def swift_engines(engines):
+    """The swiftunet engines of a run ('swiftunet', or one 'swiftunet:<variant>' per variant)."""
+    return [e for e in engines if e.startswith("swiftunet")]
+
+
+def swiftunet_variant(facts):
+    """The variant named in the build description ('variant=avx2 ...'), or '?'."""
+    for part in facts.get("swiftunet_build", "").split():
+        if part.startswith("variant="):
+            return part.split("=", 1)[1]
+    return "?"
+
+
 def render(results, threads):
     facts, peak = results["facts"], results["peak"]
     lines = []
@@ -764,6 +832,8 @@ def render(results, threads):
                  f"1-min load average at start/end: {facts.get('loadavg_start_end')}")
     lines.append(f"swiftunet build: {facts['swiftunet_build']}; python {facts['python']}; "
                  + ", ".join(f"{k} {v}" for k, v in facts.get("versions", {}).items()))
+    skipped = "".join(f"; {v} not run: {why}" for v, why in facts.get("variants_skipped", []))
+    lines.append(f"kernel variant(s) timed: {', '.join(facts.get('variants') or ['?'])}{skipped}")
     peaks = ", ".join(f"{n} thread{'s' if n > 1 else ''}: {peak['by_threads'][n]:.0f}"
                       for n in sorted(peak["by_threads"]))
     lines.append(f"FMA peak (GFLOP/s): {peak['source']}: {peaks}; "
@@ -772,33 +842,35 @@ def render(results, threads):
                  f"{results.get('rounds', 1)} round(s), best round's median kept; "
                  "load = 1-min load average when the row started (per round)")
     lines.append("")
-    lines.append("| case | B | thr | GFLOP | swiftunet ms | GFLOP/s | % peak | peak RSS MiB "
+    lines.append("| case | B | thr | variant | GFLOP | swiftunet ms | GFLOP/s | % peak | peak RSS MiB "
                  "| numpy ref ms (ref/swift) | ORT ms | torch ms | swift/best peer | swift err vs ref | load |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in results["cases"]:
+    lines.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row, swift in ((row, swift) for row in results["cases"]
+                       for swift in (swift_engines(list(row["engines"])) or ["swiftunet"])):
         e = row["engines"]
         n = row["threads"]
+        variant = engine_variant(swift) or swiftunet_variant(facts)
 
         def ms(engine):
             r = e.get(engine)
             return None if r is None or "error" in r else r["median_ms"]
 
-        s = ms("swiftunet")
+        s = ms(swift)
         gflops = row["flops"] / 1e9
         rate = gflops / (s / 1e3) if s else None
         pk = peak["per_core"] * n
         pct = 100 * rate / pk if rate else None
-        rss = e["swiftunet"]["peak_rss_mib"] if s else None
+        rss = e[swift]["peak_rss_mib"] if s else None
         ref = ms("reference")
         peers = [v for v in (ms("onnxruntime"), ms("torch")) if v is not None]
         best = min(peers) if peers else None
         ref_cell = f"{ref:.0f} ({ref / s:.0f}x)" if ref and s else fmt(ref, ".0f")
         err = None
-        if s and "rel_err_vs_reference" in e.get("swiftunet", {}):
-            err = e["swiftunet"]["rel_err_vs_reference"]
+        if s and "rel_err_vs_reference" in e.get(swift, {}):
+            err = e[swift]["rel_err_vs_reference"]
         case = f"{row['case']} {row['height']}x{row['width']}x{row['channels']} {row['hidden_dims']}"
         lines.append(
-            f"| {case} | {row['batch']} | {n} | {gflops:.2f} | {fmt(s, '.2f')} | {fmt(rate, '.1f')} "
+            f"| {case} | {row['batch']} | {n} | {variant} | {gflops:.2f} | {fmt(s, '.2f')} | {fmt(rate, '.1f')} "
             f"| {fmt(pct, '.1f')} | {fmt(rss, '.0f')} | {ref_cell} | {fmt(ms('onnxruntime'), '.2f')} "
             f"| {fmt(ms('torch'), '.2f')} | {fmt(s / best if s and best else None, '.2f')} "
             f"| {fmt(err, '.1e')} | {'/'.join(fmt(v, '.1f') for v in row.get('loadavg', []))} |"
@@ -811,7 +883,7 @@ def render(results, threads):
     lines.append("|---|---:|---:|---|---:|---:|---:|---:|")
     for row in results["cases"]:
         for engine, r in row["engines"].items():
-            if engine == "swiftunet":
+            if engine.startswith("swiftunet"):
                 continue
             if "error" in r:
                 lines.append(f"| {row['case']} | {row['batch']} | {row['threads']} | {engine} | failed: "
@@ -895,7 +967,7 @@ def _table_speedups(results):
     """(case, batch, n) -> time at 1 thread / time at n threads, from the main table."""
     ms = {}
     for row in results["cases"]:
-        r = row["engines"].get("swiftunet")
+        r = next((row["engines"][e] for e in swift_engines(list(row["engines"]))), None)
         if r is not None and "median_ms" in r:
             ms[row["case"], row["batch"], row["threads"]] = r["median_ms"]
     return {(c, b, n): ms[c, b, 1] / v for (c, b, n), v in ms.items() if n > 1 and (c, b, 1) in ms}

@@ -84,6 +84,38 @@ def test_render_prints_both_speedups(bench):
     assert "| 31.00 | 16.00 | 1.90 (1.80-2.00) | 12 |" in line
 
 
+def test_variants_runnable_and_one_line_per_variant(bench, monkeypatch):
+    """--variants: the variants carried and runnable are timed, the others are named with the
+    reason; the table has one swiftunet line per variant, each against the same peers."""
+    from swiftunet import _variants
+
+    monkeypatch.setattr(_variants, "available", lambda: ("avx2", "baseline"))
+    monkeypatch.setattr(_variants, "cpu_flags", lambda: set(_variants.REQUIRED_FLAGS["avx2"]))
+    monkeypatch.setattr(_variants.platform, "machine", lambda: "x86_64")
+    run, skipped = bench.runnable_variants("all")
+    assert run == ["avx2", "baseline"]
+    assert skipped == [("avx512", "not carried by this installation (build with SWIFTUNET_VARIANTS=all)")]
+    monkeypatch.setattr(_variants, "available", lambda: ("avx512", "avx2", "baseline"))
+    assert bench.runnable_variants("avx512,baseline") == (["baseline"], [("avx512", "this CPU cannot run it")])
+    assert bench.engine_env("swiftunet:avx2", 2)["SWIFTUNET_VARIANT"] == "avx2"
+    assert bench.engine_variant("swiftunet") is None
+
+    row = _row("rgb32-small", 1, 2, 10.0)
+    row["engines"] = {"swiftunet:avx2": {"median_ms": 10.0, "peak_rss_mib": 90.0},
+                      "swiftunet:baseline": {"median_ms": 40.0, "peak_rss_mib": 90.0},
+                      "onnxruntime": {"median_ms": 20.0, "peak_rss_mib": 200.0}}
+    results = {"facts": {"date": "d", "nproc": 2, "cpu": "AMD EPYC", "swiftunet_build": "b", "python": "3",
+                         "variants": ["avx2", "baseline"], "variants_skipped": [("avx512", "this CPU cannot run it")]},
+               "peak": {"source": "s", "by_threads": {1: 100.0, 2: 200.0}, "per_core": 100.0},
+               "cases": [row], "scaling": [], "paired": []}
+    lines = bench.render(results, [2]).splitlines()
+    assert "CPU: AMD EPYC" in lines[0]
+    assert lines[2] == "kernel variant(s) timed: avx2, baseline; avx512 not run: this CPU cannot run it"
+    main = [l for l in lines if l.startswith("| rgb32-small 32x32x3")]
+    assert [l.split(" | ")[3] for l in main] == ["avx2", "baseline"]
+    assert [l.split(" | ")[12] for l in main] == ["0.50", "2.00"]  # swift/best peer: 10/20, 40/20
+
+
 PROBE_PATH = BENCH_PATH.parent / "cross_core_probe.c"
 
 
