@@ -647,19 +647,19 @@ def test_gil_released_two_models_overlap(restore_threads):
     for th in threads:
         th.join()
 
-    # The calls of the two threads overlap in time ...
-    def overlap(a, b):
-        return (max(a[0], b[0]), min(a[1], b[1]))
-
-    windows = [overlap(a, b) for a in intervals[0] for b in intervals[1]]
-    lo, hi = max(windows, key=lambda w: w[1] - w[0])
-    shortest = min(e - s for s, e in intervals[0] + intervals[1])
-    assert hi - lo > 0.5 * shortest, (intervals, shortest)
-    # ... and the overlap is not one thread waiting for the GIL while the other
-    # computes (which also looks like overlapping intervals from Python):
-    # the main thread kept running Python code all through it.
-    inside = [lo] + [s for s in ticks if lo < s < hi] + [hi]
-    assert np.diff(inside).max() < 0.25 * (hi - lo), (np.diff(inside).max(), hi - lo)
+    # The calls of the two threads overlap in time for much of the run ...
+    windows = [(max(a[0], b[0]), min(a[1], b[1])) for a in intervals[0] for b in intervals[1]]
+    windows = [w for w in windows if w[1] > w[0]]
+    together = sum(hi - lo for lo, hi in windows)
+    busy = min(sum(e - s for s, e in iv) for iv in intervals)
+    assert together > 0.3 * busy, (together, busy)
+    # ... and that is not one thread waiting for the GIL while the other computes
+    # (which also looks like overlapping intervals from Python): the main thread
+    # kept running Python code inside the overlaps, about once a millisecond.
+    # Counted over the whole run, so that one scheduling delay on a busy
+    # machine does not decide the outcome; with the GIL held there would be none.
+    inside = sum(1 for s in ticks if any(lo < s < hi for lo, hi in windows))
+    assert inside > 0.2 * together / 0.001, (inside, together)
 
 
 def test_gil_released_python_runs_during_forward():
