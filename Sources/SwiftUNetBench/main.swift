@@ -59,6 +59,31 @@ if arguments.count > 1 && arguments[1] == "pool" {
     }
     exit(0)
 }
+// Training steps: SwiftUNetBench train <case 0-2> <batch> <threads> <steps>
+// (Trainer.step on random images in [-1, 1]; the first step, which grows the arena, is not timed).
+if arguments.count > 1 && arguments[1] == "train" {
+    let ci = arguments.count > 2 ? Int(arguments[2]) ?? 0 : 0
+    let batch = arguments.count > 3 ? Int(arguments[3]) ?? 8 : 8
+    ThreadPool.shared.numThreads = arguments.count > 4 ? Int(arguments[4]) ?? 1 : 1
+    let steps = arguments.count > 5 ? Int(arguments[5]) ?? 10 : 10
+    let cfg = cases[ci]
+    let model = try DiffusionModel(imageSize: cfg.size, channels: cfg.c, hiddenDims: cfg.dims, timeDim: 128, seed: 0)
+    let trainer = try Trainer(model: model, schedule: try NoiseSchedule.cosine(1000), seed: 0)
+    var rng = SplitMix64(seed: 7)
+    let n = batch * cfg.c * cfg.size * cfg.size
+    let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })
+    var times: [Double] = []
+    for s in 0...steps {
+        let t0 = monotonicSeconds()
+        let loss = try trainer.step(x.data, batch: batch, channels: cfg.c, height: cfg.size, width: cfg.size)
+        if s > 0 { times.append(monotonicSeconds() - t0) }
+        if s == 0 || s == steps { print("step \(s) loss \(loss)") }
+    }
+    times.sort()
+    print("train \(cfg.size)x\(cfg.size)x\(cfg.c) \(cfg.dims) b=\(batch) threads=\(ThreadPool.shared.numThreads): "
+          + "median \(fmt(times[times.count / 2] * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms")
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "micro" {
     for _ in 0..<3 {
         let r = KernelBenchmarks.microKernelRates()

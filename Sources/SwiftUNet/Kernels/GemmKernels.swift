@@ -80,6 +80,17 @@ public final class PackedMatrix {
         }
     }
 
+    /// A view of `packed`, already in this layout (`floatCount(rows:cols:)` floats owned and
+    /// kept alive by the caller).
+    init(rows: Int, cols: Int, packed: UnsafeMutablePointer<Float>) {
+        self.rows = rows
+        self.cols = cols
+        panels = (rows + gemmRowBlock - 1) / gemmRowBlock
+        data = packed
+        store = nil
+        ownsData = false
+    }
+
     /// Floats a packed [rows, cols] matrix occupies.
     static func floatCount(rows: Int, cols: Int) -> Int {
         max(1, ((rows + gemmRowBlock - 1) / gemmRowBlock) * gemmRowBlock * cols)

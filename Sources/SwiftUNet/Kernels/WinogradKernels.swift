@@ -51,11 +51,24 @@ private func winogradG(_ tile: WinogradTile) -> [[Double]] {
 /// Transforms Conv2d weights [Cout, Cin, 3, 3] into `WinogradWeights` (in float64, rounded once).
 func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
                          tile: WinogradTile = .two, store: WeightStore? = nil) throws -> WinogradWeights {
-    let g = winogradG(tile), alpha = tile.alpha
     let count = max(1, outChannels * inChannels)
     let transformed = try MappedFloats(tile.positions * count, "Winograd weights")
     defer { transformed.release() }
     let u = transformed.base
+    winogradTransform3x3(w, inChannels: inChannels, outChannels: outChannels, tile: tile, into: u)
+    var positions: [PackedMatrix] = []
+    for xi in 0..<tile.positions {
+        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + xi * count, ld: inChannels, store: store))
+    }
+    return WinogradWeights(tile: tile, positions: positions)
+}
+
+/// w [Cout, Cin, 3, 3] → u [α², Cout·Cin]: U_ξ = (G g Gᵀ)_ξ row-major [Cout, Cin] at
+/// u + ξ·Cout·Cin, computed in float64 and rounded once.
+func winogradTransform3x3(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, tile: WinogradTile,
+                          into u: UnsafeMutablePointer<Float>) {
+    let g = winogradG(tile), alpha = tile.alpha
+    let count = max(1, outChannels * inChannels)
     var t = [[Double]](repeating: [0, 0, 0], count: alpha)
     for co in 0..<outChannels {
         for ci in 0..<inChannels {
@@ -74,11 +87,6 @@ func packWinogradWeights(_ w: UnsafePointer<Float>, inChannels: Int, outChannels
             }
         }
     }
-    var positions: [PackedMatrix] = []
-    for xi in 0..<tile.positions {
-        positions.append(try PackedMatrix(rows: outChannels, cols: inChannels, source: u + xi * count, ld: inChannels, store: store))
-    }
-    return WinogradWeights(tile: tile, positions: positions)
 }
 
 /// Bᵀ of F(2×2, 3×3) applied to 4 vectors: reads d(0..<4), then writes out(0..<4). The

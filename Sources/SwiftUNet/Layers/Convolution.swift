@@ -264,15 +264,52 @@ final class ConvTranspose2d {
 
 // MARK: training
 
+// The training routes: the inference's Winograd kernels (and the direct 3×3 kernel) on
+// weights transformed per call (`winogradWeightsForStep` and its strided and transposed
+// siblings), for the forward and for the input gradient; the weight and bias gradients
+// by GEMM over im2col columns (`convBackwardTraining`). The route is a function of the
+// layer and the shape only, as in inference.
+
 extension Conv2d {
     /// Training forward on the raw weights: x [B, Cin, H, W] → y [B, Cout, Ho, Wo]
     /// (+ y when `accumulate`); `perImageBias` [B, Cout] replaces the bias when given.
     func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                          into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                          perImageBias: UnsafePointer<Float>? = nil, workspace: Workspace) throws {
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let rowBias = perImageBias ?? UnsafePointer(bias.data)
+        let biasStride = perImageBias == nil ? 0 : outChannels
+        if usesWinograd {
+            let tiles = try winogradWeightsForStep(weight.data, inChannels: inChannels, outChannels: outChannels,
+                                                   tile: Conv2d.trainingTile(height: height, width: width),
+                                                   inputGradient: false, workspace: workspace)
+            try winogradConv3x3(x, batch: batch, inChannels: inChannels, height: height, width: width, weights: tiles,
+                                bias: rowBias, biasBatchStride: biasStride, y: y, accumulate: accumulate,
+                                workspace: workspace)
+            return
+        }
+        if usesStridedWinograd && !accumulate && perImageBias == nil {
+            let strided = try stridedWinogradWeightsForStep(weight.data, inChannels: inChannels,
+                                                            outChannels: outChannels, workspace: workspace)
+            try winogradConv4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                       weights: strided, bias: bias.data, y: y, workspace: workspace)
+            return
+        }
+        if kernel == 3 && stride == 1 && padding == 1 {
+            try conv3x3DirectForward(x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                     height: height, width: width, weights: weight.data, bias: rowBias,
+                                     biasBatchStride: biasStride, y: y, accumulate: accumulate, workspace: workspace)
+            return
+        }
         try convForwardTraining(x, batch: batch, geometry: geometry(height: height, width: width), weight: weight.data,
                                 bias: bias.data, perImageBias: perImageBias, y: y, accumulate: accumulate,
                                 workspace: workspace)
+    }
+
+    /// The Winograd tile of a training call at height × width (F(4×4) from 12×12 up, as inference).
+    static func trainingTile(height: Int, width: Int) -> WinogradTile {
+        prefersLargeTiles(height: height, width: width) ? .four : .two
     }
 
     /// dy [B, Cout, Ho, Wo], the forward's x → weight and bias gradients (+=) and, when
@@ -280,9 +317,45 @@ extension Conv2d {
     func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                   gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>?, accumulateDx: Bool = false,
                   workspace: Workspace) throws {
-        try convBackwardTraining(dy, x: x, batch: batch, geometry: geometry(height: height, width: width),
-                                 weight: weight.data, dWeight: gradients.of(weight), dBias: gradients.of(bias),
-                                 dx: dx, accumulateDx: accumulateDx, workspace: workspace)
+        let g = geometry(height: height, width: width)
+        let byWinograd = usesWinograd
+        let byTransposedWinograd = usesStridedWinograd && !accumulateDx && height % 2 == 0 && width % 2 == 0
+        let byDirect = kernel == 3 && stride == 1 && padding == 1
+        let gemmInputGradient = !(byWinograd || byTransposedWinograd || byDirect)
+        try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
+                                 dWeight: gradients.of(weight), dBias: gradients.of(bias),
+                                 dx: gemmInputGradient ? dx : nil, accumulateDx: accumulateDx, workspace: workspace)
+        guard let dx = dx, !gemmInputGradient else { return }
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let zeros = try workspace.floats(inChannels)
+        zeros.update(repeating: 0, count: inChannels)
+        if byWinograd {
+            // dx = conv3x3(dy, flipped kernel, channels swapped)
+            let tiles = try winogradWeightsForStep(weight.data, inChannels: inChannels, outChannels: outChannels,
+                                                   tile: Conv2d.trainingTile(height: height, width: width),
+                                                   inputGradient: true, workspace: workspace)
+            try winogradConv3x3(dy, batch: batch, inChannels: outChannels, height: height, width: width,
+                                weights: tiles, bias: zeros, biasBatchStride: 0, y: dx, accumulate: accumulateDx,
+                                workspace: workspace)
+        } else if byTransposedWinograd {
+            // dx = conv_transpose2d(dy, W): W [Cout, Cin, 4, 4] read as a transposed kernel [in Cout, out Cin].
+            let transposed = try transposedWinogradWeightsForStep(weight.data, inChannels: outChannels,
+                                                                  outChannels: inChannels, workspace: workspace)
+            try winogradConvTranspose4x4Stride2(dy, batch: batch, inChannels: outChannels, height: g.outHeight,
+                                                width: g.outWidth, weights: transposed, bias: zeros, y: dx,
+                                                workspace: workspace)
+        } else {
+            let flipped = try workspace.floats(inChannels * outChannels * 9)
+            for ci in 0..<inChannels {
+                for co in 0..<outChannels {
+                    for tap in 0..<9 { flipped[(ci * outChannels + co) * 9 + tap] = weight.data[(co * inChannels + ci) * 9 + 8 - tap] }
+                }
+            }
+            try conv3x3DirectForward(dy, batch: batch, inChannels: outChannels, outChannels: inChannels,
+                                     height: height, width: width, weights: flipped, bias: zeros,
+                                     biasBatchStride: 0, y: dx, accumulate: accumulateDx, workspace: workspace)
+        }
     }
 }
 
@@ -291,19 +364,50 @@ extension ConvTranspose2d {
     func trainingForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
                          into y: UnsafeMutablePointer<Float>, outputBatchStride: Int? = nil,
                          workspace: Workspace) throws {
+        if usesWinograd {
+            let mark = workspace.mark()
+            defer { workspace.release(to: mark) }
+            let transposed = try transposedWinogradWeightsForStep(weight.data, inChannels: inChannels,
+                                                                  outChannels: outChannels, workspace: workspace)
+            try winogradConvTranspose4x4Stride2(x, batch: batch, inChannels: inChannels, height: height, width: width,
+                                                weights: transposed, bias: bias.data, y: y,
+                                                outputBatchStride: outputBatchStride, workspace: workspace)
+            return
+        }
         try convTransposeForwardTraining(x, batch: batch, geometry: geometry(height: height, width: width),
                                          weight: weight.data, bias: bias.data, y: y, yBatchStride: outputBatchStride,
                                          workspace: workspace)
     }
+
+    /// Whether this layer runs the Winograd F(2×2, 2×2) route (both channel counts >= 8).
+    var usesWinograd: Bool { min(inChannels, outChannels) >= Conv2d.winogradMinimumChannels }
 
     /// dy [B, Cout, 2H, 2W] (image b at dy + b·dyBatchStride), the forward's x → weight and
     /// bias gradients (+=) and dx [B, Cin, H, W] (=).
     func backward(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>, batch: Int,
                   height: Int, width: Int, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,
                   workspace: Workspace) throws {
-        try convTransposeBackwardTraining(dy, dyBatchStride: dyBatchStride, x: x, batch: batch,
-                                          geometry: geometry(height: height, width: width), weight: weight.data,
-                                          dWeight: gradients.of(weight), dBias: gradients.of(bias), dx: dx,
+        let g = geometry(height: height, width: width)
+        try convTransposeBackwardTraining(dy, dyBatchStride: dyBatchStride, x: x, batch: batch, geometry: g,
+                                          weight: weight.data, dWeight: gradients.of(weight),
+                                          dBias: gradients.of(bias), dx: usesWinograd ? nil : dx,
                                           workspace: workspace)
+        guard usesWinograd else { return }
+        // dx = conv2d(dy, W, stride 2, padding 1): W [Cin, Cout, 4, 4] read as a kernel [out Cin, in Cout].
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
+        let outPlane = outChannels * 4 * height * width
+        var dyDense = dy
+        if let stride = dyBatchStride, stride != outPlane {
+            let copy = try workspace.floats(batch * outPlane)
+            for b in 0..<batch { (copy + b * outPlane).update(from: dy + b * stride, count: outPlane) }
+            dyDense = UnsafePointer(copy)
+        }
+        let zeros = try workspace.floats(inChannels)
+        zeros.update(repeating: 0, count: inChannels)
+        let strided = try stridedWinogradWeightsForStep(weight.data, inChannels: outChannels, outChannels: inChannels,
+                                                        workspace: workspace)
+        try winogradConv4x4Stride2(dyDense, batch: batch, inChannels: outChannels, height: 2 * height,
+                                   width: 2 * width, weights: strided, bias: zeros, y: dx, workspace: workspace)
     }
 }

@@ -1,0 +1,206 @@
+/// Winograd weights rebuilt at every training step, in the step's workspace.
+///
+/// Training changes the weights after every step, so the transformed forms the Winograd
+/// routes read are made per call from the raw weights, straight into the packed layout
+/// (`PackedMatrix`: panels of `gemmRowBlock` rows, k-major) and into workspace memory that
+/// the next step reuses, so no step allocates. The same forms serve the input gradients:
+///   - a 3×3 stride-1 padding-1 convolution's input gradient is the 3×3 convolution of dy
+///     with the flipped kernel, channels swapped (wf[ci, co] = w[co, ci] rotated 180°);
+///   - a 4×4 stride-2 padding-1 convolution and the 4×4 stride-2 padding-1 transposed
+///     convolution with the same weight tensor are each other's input gradient
+///     (PyTorch: conv2d's grad_input is conv_transpose2d(grad_out, W), and back).
+///
+/// These transforms run in float32 (the model's own `prepare` transforms in float64 and
+/// rounds once); the difference is a rounding of the weights' transform, far below the
+/// parity bound, and each value is computed the same way on any thread count.
+
+/// Conv2d weights w [Cout, Cin, 3, 3] → F(m×m, 3×3) weights, in the workspace: those of the
+/// convolution itself (U [Cout, Cin]), or with `inputGradient` those of its input
+/// gradient (the convolution of dy [Cout] with the flipped kernel: U [Cin, Cout]).
+func winogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, tile: WinogradTile,
+                            inputGradient: Bool, workspace: Workspace) throws -> WinogradWeights {
+    let rows = inputGradient ? inChannels : outChannels
+    let cols = inputGradient ? outChannels : inChannels
+    let lanesPerColumn = gemmRowBlock, columnsPerVector = 16 / gemmRowBlock
+    let matrixFloats = PackedMatrix.floatCount(rows: rows, cols: cols)
+    let buffer = try workspace.floats(tile.positions * matrixFloats)
+    guard 16 % gemmRowBlock == 0, rows % gemmRowBlock == 0, cols % columnsPerVector == 0 else {
+        // Shapes the vector path does not tile: the plain transform, then packing.
+        return try winogradWeightsForStepPlain(w, inChannels: inChannels, outChannels: outChannels, tile: tile,
+                                               inputGradient: inputGradient, buffer: buffer, workspace: workspace)
+    }
+    let alpha = tile.alpha
+    let g = winogradGFloat(tile)
+    // Tap t of the kernel of result row r, column c.
+    @inline(__always) func offset(_ r: Int, _ c: Int) -> Int {
+        inputGradient ? (c * inChannels + r) * 9 : (r * inChannels + c) * 9
+    }
+    let panels = rows / gemmRowBlock
+    ThreadPool.shared.parallelFor(panels) { p in
+        var lanes = [Int](repeating: 0, count: 16)
+        var k = [Vec16](repeating: Vec16(), count: 9)
+        var t = [Vec16](repeating: Vec16(), count: alpha * 3)
+        lanes.withUnsafeMutableBufferPointer { lanes in
+        k.withUnsafeMutableBufferPointer { k in
+        t.withUnsafeMutableBufferPointer { t in
+            for c0 in stride(from: 0, to: cols, by: columnsPerVector) {
+                // Lane l holds row p·R + l % R, column c0 + l / R: 16 consecutive floats of a panel.
+                for l in 0..<16 { lanes[l] = offset(p * lanesPerColumn + l % lanesPerColumn, c0 + l / lanesPerColumn) }
+                for tap in 0..<9 {
+                    var v = Vec16()
+                    for l in 0..<16 { v[l] = w[lanes[l] + (inputGradient ? 8 - tap : tap)] }
+                    k[tap] = v
+                }
+                // t = G · k [α, 3], then U = t · Gᵀ [α, α].
+                for i in 0..<alpha {
+                    let g0 = g[i * 3], g1 = g[i * 3 + 1], g2 = g[i * 3 + 2]
+                    for j in 0..<3 { t[i * 3 + j] = g0 * k[j] + g1 * k[3 + j] + g2 * k[6 + j] }
+                }
+                let dst = buffer + p * gemmRowBlock * cols + c0 * gemmRowBlock
+                for i in 0..<alpha {
+                    let t0 = t[i * 3], t1 = t[i * 3 + 1], t2 = t[i * 3 + 2]
+                    for j in 0..<alpha {
+                        let u = t0 * g[j * 3] + t1 * g[j * 3 + 1] + t2 * g[j * 3 + 2]
+                        store16(u, dst + (i * alpha + j) * matrixFloats)
+                    }
+                }
+            }
+        }
+        }
+        }
+    }
+    let positions = (0..<tile.positions).map {
+        PackedMatrix(rows: rows, cols: cols, packed: buffer + $0 * matrixFloats)
+    }
+    return WinogradWeights(tile: tile, positions: positions)
+}
+
+/// The plain twin of `winogradWeightsForStep`: the weights of the (input-gradient)
+/// convolution written out as a [rows, cols, 3, 3] tensor, transformed in float64 by the
+/// inference's own `winogradTransform3x3`, then packed. `buffer` holds
+/// `tile.positions · PackedMatrix.floatCount(rows:cols:)` floats.
+func winogradWeightsForStepPlain(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, tile: WinogradTile,
+                                 inputGradient: Bool, buffer: UnsafeMutablePointer<Float>,
+                                 workspace: Workspace) throws -> WinogradWeights {
+    let rows = inputGradient ? inChannels : outChannels
+    let cols = inputGradient ? outChannels : inChannels
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    var kernel = w
+    if inputGradient {
+        let flipped = try workspace.floats(rows * cols * 9)
+        for r in 0..<rows {
+            for c in 0..<cols {
+                for tap in 0..<9 { flipped[(r * cols + c) * 9 + tap] = w[(c * inChannels + r) * 9 + 8 - tap] }
+            }
+        }
+        kernel = UnsafePointer(flipped)
+    }
+    let count = max(1, rows * cols)
+    let u = try workspace.floats(tile.positions * count)
+    winogradTransform3x3(kernel, inChannels: cols, outChannels: rows, tile: tile, into: u)
+    let matrixFloats = PackedMatrix.floatCount(rows: rows, cols: cols)
+    let positions = (0..<tile.positions).map {
+        PackedMatrix(rows: rows, cols: cols, source: u + $0 * count, rowStride: cols, colStride: 1,
+                     buffer: buffer + $0 * matrixFloats)
+    }
+    return WinogradWeights(tile: tile, positions: positions)
+}
+
+/// G of F(m×m, 3×3) as float32, row-major [α, 3].
+private func winogradGFloat(_ tile: WinogradTile) -> [Float] {
+    switch tile {
+    case .two:
+        return [1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1]
+    case .four:
+        return [1.0 / 4, 0, 0, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6,
+                1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 24, -1.0 / 12, 1.0 / 6, 0, 0, 1]
+    }
+}
+
+/// Conv2d weights [Cout, Cin, 4, 4] (or, read as such, ConvTranspose2d weights
+/// [Cin_t, Cout_t, 4, 4] for that layer's input gradient) → `StridedWinogradWeights`, in
+/// the workspace.
+func stridedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
+                                   workspace: Workspace) throws -> StridedWinogradWeights {
+    let cols = 4 * inChannels
+    let count = max(1, outChannels * cols)
+    let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: cols)
+    let packed = try workspace.floats(9 * matrixFloats)
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let u = try workspace.floats(9 * count)
+    // U = G · taps · Gᵀ with G = [1 0; 1 1; 0 1]: for taps [[a, b], [c, d]],
+    // U = [[a, a+b, b], [a+c, (a+b)+(c+d), b+d], [c, c+d, d]].
+    ThreadPool.shared.parallelFor(outChannels) { co in
+        for ci in 0..<inChannels {
+            let k = w + (co * inChannels + ci) * 16
+            for py in 0..<2 {
+                for px in 0..<2 {
+                    let a = k[py * 4 + px], b = k[py * 4 + 2 + px], c = k[(2 + py) * 4 + px], d = k[(2 + py) * 4 + 2 + px]
+                    let dst = u + co * cols + ci * 4 + py * 2 + px
+                    writeStrided2x2(a, b, c, d, dst, stride: count)
+                }
+            }
+        }
+    }
+    return StridedWinogradWeights(positions: packPositions(u, positions: 9, count: count, rows: outChannels,
+                                                           cols: cols, into: packed))
+}
+
+/// ConvTranspose2d weights [Cin, Cout, 4, 4] (or, read as such, Conv2d weights
+/// [Cout_c, Cin_c, 4, 4] for that layer's input gradient) → `TransposedWinogradWeights`,
+/// in the workspace.
+func transposedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
+                                      workspace: Workspace) throws -> TransposedWinogradWeights {
+    let count = max(1, outChannels * inChannels)
+    let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: inChannels)
+    let packed = try workspace.floats(36 * matrixFloats)
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let u = try workspace.floats(36 * count)
+    ThreadPool.shared.parallelFor(outChannels) { co in
+        for ry in 0..<2 {
+            for rx in 0..<2 {
+                let parity = 2 * ry + rx
+                let ty0 = subPixelTap(ry, 0), ty1 = subPixelTap(ry, 1), tx0 = subPixelTap(rx, 0), tx1 = subPixelTap(rx, 1)
+                for ci in 0..<inChannels {
+                    let k = w + (ci * outChannels + co) * 16
+                    let a = k[ty0 * 4 + tx0], b = k[ty0 * 4 + tx1], c = k[ty1 * 4 + tx0], d = k[ty1 * 4 + tx1]
+                    writeStrided2x2(a, b, c, d, u + 9 * parity * count + co * inChannels + ci, stride: count)
+                }
+            }
+        }
+    }
+    return TransposedWinogradWeights(positions: packPositions(u, positions: 36, count: count, rows: outChannels,
+                                                              cols: inChannels, into: packed))
+}
+
+/// The nine values of G · [[a, b], [c, d]] · Gᵀ (G = [1 0; 1 1; 0 1]) at dst + ξ·stride.
+@inline(__always)
+private func writeStrided2x2(_ a: Float, _ b: Float, _ c: Float, _ d: Float, _ dst: UnsafeMutablePointer<Float>,
+                             stride: Int) {
+    let ab = a + b, cd = c + d
+    dst[0] = a
+    dst[stride] = ab
+    dst[2 * stride] = b
+    dst[3 * stride] = a + c
+    dst[4 * stride] = ab + cd
+    dst[5 * stride] = b + d
+    dst[6 * stride] = c
+    dst[7 * stride] = cd
+    dst[8 * stride] = d
+}
+
+/// Packs `positions` row-major [rows, cols] matrices (u + ξ·count) into `packed`
+/// (`positions · PackedMatrix.floatCount(rows:cols:)` floats), one matrix per task.
+private func packPositions(_ u: UnsafeMutablePointer<Float>, positions: Int, count: Int, rows: Int, cols: Int,
+                           into packed: UnsafeMutablePointer<Float>) -> [PackedMatrix] {
+    let matrixFloats = PackedMatrix.floatCount(rows: rows, cols: cols)
+    // Packing inside a task runs inline (nested regions do), so each matrix is one task.
+    ThreadPool.shared.parallelFor(positions) { xi in
+        _ = PackedMatrix(rows: rows, cols: cols, source: u + xi * count, rowStride: cols, colStride: 1,
+                         buffer: packed + xi * matrixFloats)
+    }
+    return (0..<positions).map { PackedMatrix(rows: rows, cols: cols, packed: packed + $0 * matrixFloats) }
+}
