@@ -73,13 +73,17 @@ if arguments.count > 1 && arguments[1] == "train" {
     let n = batch * cfg.c * cfg.size * cfg.size
     let x = try Tensor(shape: [batch, cfg.c, cfg.size, cfg.size], values: (0..<n).map { _ in rng.nextUnitFloat() * 2 - 1 })
     var times: [Double] = []
+    var faults = 0
     for s in 0...steps {
+        if s == 1 { faults = minorFaults() }
         let t0 = monotonicSeconds()
         let loss = try trainer.step(x.data, batch: batch, channels: cfg.c, height: cfg.size, width: cfg.size)
         if s > 0 { times.append(monotonicSeconds() - t0) }
         if s == 0 || s == steps { print("step \(s) loss \(loss)") }
     }
+    faults = minorFaults() - faults
     times.sort()
+    print("page faults per timed step: \(faults / max(1, steps))")
     print("train \(cfg.size)x\(cfg.size)x\(cfg.c) \(cfg.dims) b=\(batch) threads=\(ThreadPool.shared.numThreads): "
           + "median \(fmt(times[times.count / 2] * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms")
     exit(0)
@@ -143,4 +147,11 @@ func processCPUSeconds() -> Double {
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6
         + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) * 1e-6
+}
+
+/// Minor page faults of this process so far.
+func minorFaults() -> Int {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return usage.ru_minflt
 }

@@ -249,6 +249,100 @@ func convTransposeBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: In
                       biasBatchStride: 0, y: dx, accumulate: false, workspace: workspace)
 }
 
+/// The weight gradient of a 3×3, stride-1, padding-1 convolution, computed directly
+/// (no im2col): dy [B, Cout, H, W], x [B, Cin, H, W] → dWeight [Cout, Cin, 3, 3] +=
+///     dW[co, ci, ky, kx] = Σ_b Σ_(oy, ox) dy[b, co, oy, ox] · x[b, ci, oy + ky - 1, ox + kx - 1].
+///
+/// Vectorised along output rows, 16 positions per vector: one task holds two output
+/// channels × the nine taps of one input channel in 18 accumulators over every image and
+/// pair of rows (reading x through a copy with a zero border), then adds each accumulator's lanes
+/// in a fixed order. A task's sums do not depend on which thread runs it, so the gradient
+/// is the same bit for bit on any thread count. Its plain twin is `convBackwardNaive`.
+func conv3x3WeightGradient(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, inChannels: Int,
+                           outChannels: Int, height: Int, width: Int, dWeight: UnsafeMutablePointer<Float>,
+                           workspace: Workspace) throws {
+    if batch == 0 || height == 0 || width == 0 { return }
+    let pitch = width + 2, plane = (height + 2) * pitch, spatial = height * width
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // x [B, Cin, H+2, W+2] with a zero border, and a zero row of slack for the reach of the
+    // last row pair and vector.
+    let slack = pitch + 32
+    let padded = try workspace.floats(batch * inChannels * plane + slack)
+    ThreadPool.shared.parallelFor(batch * inChannels) { i in
+        let dst = padded + i * plane, src = x + i * spatial
+        dst.update(repeating: 0, count: pitch)
+        for y in 0..<height {
+            let row = dst + (y + 1) * pitch
+            row[0] = 0
+            (row + 1).update(from: src + y * width, count: width)
+            row[width + 1] = 0
+        }
+        (dst + (height + 1) * pitch).update(repeating: 0, count: pitch)
+    }
+    (padded + batch * inChannels * plane).update(repeating: 0, count: slack)
+    // dy [B, Cout, H, 16·vectors]: rows padded with zeros to whole vectors, so that lanes
+    // past the row end add nothing (and every load is a whole vector).
+    let vectors = (width + 15) / 16, dyPitch = vectors * 16, dyPlane = height * dyPitch
+    let dyPadded = try workspace.floats(batch * outChannels * dyPlane)
+    ThreadPool.shared.parallelFor(batch * outChannels) { i in
+        let dst = dyPadded + i * dyPlane, src = dy + i * spatial
+        for y in 0..<height {
+            (dst + y * dyPitch).update(from: src + y * width, count: width)
+            (dst + y * dyPitch + width).update(repeating: 0, count: dyPitch - width)
+        }
+    }
+    // The missing second channel of an odd last pair reads zeros.
+    let zeroRow = try workspace.floats(dyPitch)
+    zeroRow.update(repeating: 0, count: dyPitch)
+    ThreadPool.shared.parallelFor(((outChannels + 1) / 2) * inChannels) { task in
+        let co = (task / inChannels) * 2, ci = task % inChannels
+        let second = co + 1 < outChannels
+        var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16(), a04 = Vec16(), a05 = Vec16(), a06 = Vec16(), a07 = Vec16(), a08 = Vec16()
+        var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16(), a14 = Vec16(), a15 = Vec16(), a16 = Vec16(), a17 = Vec16(), a18 = Vec16()
+        for b in 0..<batch {
+            let dy0 = UnsafePointer(dyPadded + (b * outChannels + co) * dyPlane)
+            let dy1 = second ? dy0 + dyPlane : UnsafePointer(zeroRow)
+            let dy1Row = second ? dyPitch : 0
+            let xp = padded + (b * inChannels + ci) * plane
+            // Two output rows at a time: padded rows oy..<oy+4 feed taps ky of row oy (q = ky)
+            // and of row oy + 1 (q = ky + 1), so each x vector loaded serves up to four sums.
+            // An odd last row pairs with a zero row of dy.
+            for oy in stride(from: 0, to: height, by: 2) {
+                let r0 = UnsafePointer(xp + oy * pitch), r1 = r0 + pitch, r2 = r1 + pitch, r3 = r2 + pitch
+                let last = oy + 1 == height
+                let row00 = dy0 + oy * dyPitch, row10 = dy1 + oy * dy1Row
+                let row01 = last ? UnsafePointer(zeroRow) : row00 + dyPitch
+                let row11 = last ? UnsafePointer(zeroRow) : row10 + dy1Row
+                for v in 0..<vectors {
+                    let o = v * 16
+                    let d00 = load16(row00 + o), d10 = load16(row10 + o)
+                    let d01 = load16(row01 + o), d11 = load16(row11 + o)
+                    var xv: Vec16
+                    xv = load16(r0 + o + 0); a00.addProduct(d00, xv); a10.addProduct(d10, xv)
+                    xv = load16(r0 + o + 1); a01.addProduct(d00, xv); a11.addProduct(d10, xv)
+                    xv = load16(r0 + o + 2); a02.addProduct(d00, xv); a12.addProduct(d10, xv)
+                    xv = load16(r1 + o + 0); a03.addProduct(d00, xv); a13.addProduct(d10, xv); a00.addProduct(d01, xv); a10.addProduct(d11, xv)
+                    xv = load16(r1 + o + 1); a04.addProduct(d00, xv); a14.addProduct(d10, xv); a01.addProduct(d01, xv); a11.addProduct(d11, xv)
+                    xv = load16(r1 + o + 2); a05.addProduct(d00, xv); a15.addProduct(d10, xv); a02.addProduct(d01, xv); a12.addProduct(d11, xv)
+                    xv = load16(r2 + o + 0); a06.addProduct(d00, xv); a16.addProduct(d10, xv); a03.addProduct(d01, xv); a13.addProduct(d11, xv)
+                    xv = load16(r2 + o + 1); a07.addProduct(d00, xv); a17.addProduct(d10, xv); a04.addProduct(d01, xv); a14.addProduct(d11, xv)
+                    xv = load16(r2 + o + 2); a08.addProduct(d00, xv); a18.addProduct(d10, xv); a05.addProduct(d01, xv); a15.addProduct(d11, xv)
+                    xv = load16(r3 + o + 0); a06.addProduct(d01, xv); a16.addProduct(d11, xv)
+                    xv = load16(r3 + o + 1); a07.addProduct(d01, xv); a17.addProduct(d11, xv)
+                    xv = load16(r3 + o + 2); a08.addProduct(d01, xv); a18.addProduct(d11, xv)
+                }
+            }
+        }
+        let first: [Float] = [a00.sum(), a01.sum(), a02.sum(), a03.sum(), a04.sum(), a05.sum(), a06.sum(), a07.sum(), a08.sum()]
+        for t in 0..<9 { dWeight[(co * inChannels + ci) * 9 + t] += first[t] }
+        if second {
+            let next: [Float] = [a10.sum(), a11.sum(), a12.sum(), a13.sum(), a14.sum(), a15.sum(), a16.sum(), a17.sum(), a18.sum()]
+            for t in 0..<9 { dWeight[((co + 1) * inChannels + ci) * 9 + t] += next[t] }
+        }
+    }
+}
+
 /// The plain twin of `convBackwardTraining` (direct loops over every tap): dWeight +=,
 /// dBias +=, dx = the input gradient.
 func convBackwardNaive(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, geometry g: ConvGeometry,

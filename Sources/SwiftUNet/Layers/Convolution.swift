@@ -307,6 +307,14 @@ extension Conv2d {
                                 workspace: workspace)
     }
 
+    /// Whether 3×3 weight gradients run `conv3x3WeightGradient` (18 SIMD16 accumulators: a
+    /// block for 32 vector registers) rather than the im2col GEMM.
+    #if SWIFTUNET_ISA_AVX512
+    static let directWeightGradient = true
+    #else
+    static let directWeightGradient = false
+    #endif
+
     /// The Winograd tile of a training call at height × width (F(4×4) from 12×12 up, as inference).
     static func trainingTile(height: Int, width: Int) -> WinogradTile {
         prefersLargeTiles(height: height, width: width) ? .four : .two
@@ -322,9 +330,18 @@ extension Conv2d {
         let byTransposedWinograd = usesStridedWinograd && !accumulateDx && height % 2 == 0 && width % 2 == 0
         let byDirect = kernel == 3 && stride == 1 && padding == 1
         let gemmInputGradient = !(byWinograd || byTransposedWinograd || byDirect)
-        try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
-                                 dWeight: gradients.of(weight), dBias: gradients.of(bias),
-                                 dx: gemmInputGradient ? dx : nil, accumulateDx: accumulateDx, workspace: workspace)
+        if byDirect && Conv2d.directWeightGradient {
+            biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
+                            batchStride: outChannels * height * width, db: gradients.of(bias))
+            try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                      height: height, width: width, dWeight: gradients.of(weight),
+                                      workspace: workspace)
+        } else {
+            try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
+                                     dWeight: gradients.of(weight), dBias: gradients.of(bias),
+                                     dx: gemmInputGradient ? dx : nil, accumulateDx: accumulateDx,
+                                     workspace: workspace)
+        }
         guard let dx = dx, !gemmInputGradient else { return }
         let mark = workspace.mark()
         defer { workspace.release(to: mark) }

@@ -22,6 +22,9 @@ public final class Trainer {
     private let firstMoments: UnsafeMutablePointer<Float>
     private let secondMoments: UnsafeMutablePointer<Float>
     private let gradients: UnsafeMutablePointer<Float>
+    /// The parameters cut into pieces of at most `normChunkFloats` values: the tasks of the
+    /// optimizer step.
+    private let updatePieces: [(parameter: Int, start: Int, count: Int)]
     /// x_t, noise and t of the step, grown to the largest batch seen.
     private var inputs = StepInputs()
     private let lock = Mutex()
@@ -42,6 +45,13 @@ public final class Trainer {
         self.emaDecay = emaDecay
         self.seed = seed
         total = model.parameterTotal
+        var pieces: [(parameter: Int, start: Int, count: Int)] = []
+        for (index, p) in model.parameters.enumerated() {
+            for start in stride(from: 0, to: p.count, by: normChunkFloats) {
+                pieces.append((index, start, min(normChunkFloats, p.count - start)))
+            }
+        }
+        updatePieces = pieces
         let n = max(1, total)
         ema = try allocateFloatsOrThrow(n, "the EMA weights")
         firstMoments = try allocateFloatsOrThrow(n, "AdamW's first moments")
@@ -108,10 +118,14 @@ public final class Trainer {
             }
             let k = stepCount + 1
             model.updateWeights {
-                for p in model.parameters {
-                    adamWStep(weights: p.data, gradients: gradients + p.offset, m: firstMoments + p.offset,
-                              v: secondMoments + p.offset, count: p.count, step: k, options: options)
-                    emaUpdate(ema + p.offset, weights: p.data, count: p.count, decay: emaDecay)
+                // Element by element, so splitting the parameters into pieces changes no bit.
+                let pieces = updatePieces
+                ThreadPool.shared.parallelFor(pieces.count) { i in
+                    let piece = pieces[i], p = model.parameters[piece.parameter]
+                    let at = p.offset + piece.start
+                    adamWStep(weights: p.data + piece.start, gradients: gradients + at, m: firstMoments + at,
+                              v: secondMoments + at, count: piece.count, step: k, options: options)
+                    emaUpdate(ema + at, weights: p.data + piece.start, count: piece.count, decay: emaDecay)
                 }
             }
             stepCount = k
