@@ -101,6 +101,177 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testConv3x3WeightGradientMatchesNaive() throws {
+        // (Cin, Cout, H, W, batch): odd channel counts, widths that are not multiples of 16,
+        // odd heights (a row pair's second row missing), 1×1 images, batch 1.
+        for (cin, cout, h, w, batch) in [(3, 5, 7, 9, 2), (1, 1, 1, 1, 1), (8, 3, 5, 17, 1), (4, 6, 2, 33, 3),
+                                         (2, 8, 16, 16, 2), (5, 2, 1, 7, 1)] {
+            let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 3, stride: 1, padding: 1)
+            let x = randomValues(batch * cin * h * w, seed: 40), wts = randomValues(cout * cin * 9, seed: 41)
+            let dy = randomValues(batch * cout * h * w, seed: 42)
+            let start = randomValues(cout * cin * 9, seed: 43)
+            var dWn = start, dBn = [Float](repeating: 0, count: cout), dxn = [Float](repeating: 0, count: x.count)
+            convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: wts, dWeight: &dWn, dBias: &dBn, dx: &dxn)
+            var results: [[Float]] = []
+            for threads in [1, 2] {
+                var dW = start
+                try withThreads(threads) {
+                    try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout, height: h,
+                                              width: w, dWeight: &dW, workspace: Workspace())
+                }
+                assertClose(dW, dWn, tolerance: 1e-5, "direct 3x3 dW \(g) threads=\(threads)")
+                results.append(dW)
+            }
+            XCTAssertEqual(results[0], results[1], "direct 3x3 dW differs between 1 and 2 threads \(g)")
+        }
+    }
+
+    /// The per-step Winograd weights against the inference's float64 transforms, element by element.
+    func testWinogradWeightsForStepMatchTheirPlainTwins() throws {
+        func elements(_ m: PackedMatrix) -> [Float] {
+            (0..<m.rows).flatMap { r in (0..<m.cols).map { m.element(r, $0) } }
+        }
+        for (cin, cout) in [(8, 16), (16, 8), (3, 5), (24, 40), (10, 6)] {
+            let w3 = randomValues(cout * cin * 9, seed: 44)
+            for tile in [WinogradTile.two, .four] {
+                for inputGradient in [false, true] {
+                    let ws = Workspace()
+                    let fast = try winogradWeightsForStep(w3, inChannels: cin, outChannels: cout, tile: tile,
+                                                          inputGradient: inputGradient, workspace: ws)
+                    let rows = inputGradient ? cin : cout, cols = inputGradient ? cout : cin
+                    let buffer = try ws.floats(tile.positions * PackedMatrix.floatCount(rows: rows, cols: cols))
+                    let plain = try winogradWeightsForStepPlain(w3, inChannels: cin, outChannels: cout, tile: tile,
+                                                                inputGradient: inputGradient, buffer: buffer, workspace: ws)
+                    XCTAssertEqual(fast.outChannels, rows)
+                    XCTAssertEqual(fast.inChannels, cols)
+                    for xi in 0..<tile.positions {
+                        assertClose(elements(fast.positions[xi]), elements(plain.positions[xi]), tolerance: 1e-6,
+                                    "Winograd step weights \(cin)->\(cout) \(tile) inputGradient=\(inputGradient) xi=\(xi)")
+                    }
+                }
+            }
+            let w4 = randomValues(cout * cin * 16, seed: 45)
+            // The forms live in the workspace: it must outlive them.
+            let ws = Workspace()
+            let strided = try stridedWinogradWeightsForStep(w4, inChannels: cin, outChannels: cout, workspace: ws)
+            let stridedPlain = try packStridedWinogradWeights(w4, inChannels: cin, outChannels: cout)
+            for xi in 0..<9 {
+                assertClose(elements(strided.positions[xi]), elements(stridedPlain.positions[xi]), tolerance: 1e-6,
+                            "strided step weights \(cin)->\(cout) xi=\(xi)")
+            }
+            let transposed = try transposedWinogradWeightsForStep(w4, inChannels: cin, outChannels: cout, workspace: ws)
+            let transposedPlain = try packTransposedWinogradWeights(w4, inChannels: cin, outChannels: cout)
+            for xi in 0..<36 {
+                assertClose(elements(transposed.positions[xi]), elements(transposedPlain.positions[xi]), tolerance: 1e-6,
+                            "transposed step weights \(cin)->\(cout) xi=\(xi)")
+            }
+        }
+    }
+
+    /// Every training route of the convolution layers (Winograd F(2×2) and F(4×4), the
+    /// strided and transposed Winograd forms, direct 3×3, GEMM) against the naive twins:
+    /// forward, weight and bias gradients, input gradient (= and +=).
+    func testConvolutionLayerTrainingRoutesMatchNaive() throws {
+        // (Cin, Cout, H, W, kernel, stride, padding, batch)
+        let shapes = [(8, 16, 6, 10, 3, 1, 1, 2), (16, 8, 12, 14, 3, 1, 1, 1), (3, 8, 5, 7, 3, 1, 1, 2),
+                      (8, 3, 4, 4, 3, 1, 1, 1), (8, 8, 1, 1, 3, 1, 1, 1), (8, 16, 6, 10, 4, 2, 1, 2),
+                      (16, 8, 8, 8, 4, 2, 1, 1), (3, 5, 4, 6, 4, 2, 1, 1), (8, 16, 5, 3, 1, 1, 0, 2)]
+        for (cin, cout, h, w, k, s, p, batch) in shapes {
+            let registry = ParameterRegistry()
+            let conv = try Conv2d(registry, "conv", inChannels: cin, outChannels: cout, kernel: k, stride: s, padding: p)
+            let g = conv.geometry(height: h, width: w)
+            let x = randomValues(batch * cin * h * w, seed: 46)
+            let outCount = batch * cout * g.outHeight * g.outWidth
+            var y = [Float](repeating: 0, count: outCount), yn = y
+            try conv.trainingForward(x, batch: batch, height: h, width: w, into: &y, workspace: Workspace())
+            conv2dNaive(x, batch: batch, geometry: g, weights: conv.weight.data, bias: conv.bias.data,
+                        biasBatchStride: 0, y: &yn, accumulate: false)
+            assertClose(y, yn, tolerance: 1e-5, "conv layer forward \(g)")
+            let dy = randomValues(outCount, seed: 47)
+            var grads = [Float](repeating: 0, count: registry.total)
+            var dx = [Float](repeating: 0, count: x.count)
+            try grads.withUnsafeMutableBufferPointer { buffer in
+                try conv.backward(dy, x: x, batch: batch, height: h, width: w,
+                                  gradients: GradientBuffer(base: buffer.baseAddress!), dx: &dx, workspace: Workspace())
+            }
+            var dWn = [Float](repeating: 0, count: conv.weight.count), dBn = [Float](repeating: 0, count: cout)
+            var dxn = dx
+            convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: conv.weight.data, dWeight: &dWn,
+                              dBias: &dBn, dx: &dxn)
+            assertClose(Array(grads[conv.weight.offset..<conv.weight.offset + conv.weight.count]), dWn,
+                        tolerance: 1e-5, "conv layer dW \(g)")
+            assertClose(Array(grads[conv.bias.offset..<conv.bias.offset + cout]), dBn, tolerance: 1e-5,
+                        "conv layer db \(g)")
+            assertClose(dx, dxn, tolerance: 1e-5, "conv layer dx \(g)")
+            if k != 4 {
+                var dxAcc = randomValues(x.count, seed: 48)
+                let before = dxAcc
+                try grads.withUnsafeMutableBufferPointer { buffer in
+                    try conv.backward(dy, x: x, batch: batch, height: h, width: w,
+                                      gradients: GradientBuffer(base: buffer.baseAddress!), dx: &dxAcc,
+                                      accumulateDx: true, workspace: Workspace())
+                }
+                assertClose(dxAcc, zip(before, dxn).map { $0 + $1 }, tolerance: 1e-5, "conv layer dx += \(g)")
+            }
+        }
+        for (cin, cout, h, w, batch) in [(8, 16, 3, 5, 2), (16, 8, 4, 4, 1), (3, 5, 2, 3, 1), (8, 8, 1, 1, 1)] {
+            let registry = ParameterRegistry()
+            let up = try ConvTranspose2d(registry, "up", inChannels: cin, outChannels: cout, kernel: 4, stride: 2, padding: 1)
+            let g = up.geometry(height: h, width: w)
+            let x = randomValues(batch * cin * h * w, seed: 49)
+            let outPlane = cout * g.transposedHeight * g.transposedWidth
+            // The output written into a wider batch stride (as into the decoder's concatenation).
+            let stride = outPlane + 7
+            var y = [Float](repeating: 0, count: batch * stride), yn = [Float](repeating: 0, count: batch * outPlane)
+            try up.trainingForward(x, batch: batch, height: h, width: w, into: &y, outputBatchStride: stride,
+                                   workspace: Workspace())
+            convTranspose2dNaive(x, batch: batch, geometry: g, weights: up.weight.data, bias: up.bias.data, y: &yn)
+            let dense = (0..<batch).flatMap { b in y[(b * stride)..<(b * stride + outPlane)] }
+            assertClose(Array(dense), yn, tolerance: 1e-5, "transposed layer forward \(g)")
+            let dy = randomValues(batch * stride, seed: 50)
+            var grads = [Float](repeating: 0, count: registry.total)
+            var dx = [Float](repeating: 0, count: x.count)
+            try grads.withUnsafeMutableBufferPointer { buffer in
+                try up.backward(dy, dyBatchStride: stride, x: x, batch: batch, height: h, width: w,
+                                gradients: GradientBuffer(base: buffer.baseAddress!), dx: &dx, workspace: Workspace())
+            }
+            let dyDense = Array((0..<batch).flatMap { b in dy[(b * stride)..<(b * stride + outPlane)] })
+            var dWn = [Float](repeating: 0, count: up.weight.count), dBn = [Float](repeating: 0, count: cout)
+            var dxn = dx
+            convTransposeBackwardNaive(dyDense, x: x, batch: batch, geometry: g, weight: up.weight.data, dWeight: &dWn,
+                                       dBias: &dBn, dx: &dxn)
+            assertClose(Array(grads[up.weight.offset..<up.weight.offset + up.weight.count]), dWn, tolerance: 1e-5,
+                        "transposed layer dW \(g)")
+            assertClose(Array(grads[up.bias.offset..<up.bias.offset + cout]), dBn, tolerance: 1e-5,
+                        "transposed layer db \(g)")
+            assertClose(dx, dxn, tolerance: 1e-5, "transposed layer dx \(g)")
+        }
+    }
+
+    func testOptimizerKernelsAreBitIdenticalToTheirPlainTwins() {
+        let o = AdamWOptions(lr: 0.003, beta1: 0.85, beta2: 0.995, eps: 1e-7, weightDecay: 0.05)
+        for count in [1, 15, 16, 17, 100, 40_000] {
+            let g = randomValues(count, seed: 51)
+            var w = randomValues(count, seed: 52), m = randomValues(count, seed: 53)
+            var v = randomValues(count, seed: 54).map { abs($0) }
+            var wp = w, mp = m, vp = v
+            adamWStep(weights: &w, gradients: g, m: &m, v: &v, count: count, step: 7, options: o)
+            adamWStepPlain(weights: &wp, gradients: g, m: &mp, v: &vp, count: count, step: 7, options: o)
+            XCTAssertEqual(w, wp, "AdamW weights, \(count)")
+            XCTAssertEqual(m, mp, "AdamW m, \(count)")
+            XCTAssertEqual(v, vp, "AdamW v, \(count)")
+            var ema = randomValues(count, seed: 55)
+            let ema0 = ema
+            emaUpdate(&ema, weights: w, count: count, decay: 0.99)
+            XCTAssertEqual(ema, (0..<count).map { Float(0.99) * ema0[$0] + Float(1 - 0.99) * w[$0] }, "EMA, \(count)")
+            let norms = [1, 2].map { threads in withThreads(threads) { globalNorm(g, count: count) } }
+            XCTAssertEqual(norms[0], norms[1], "norm at 1 and 2 threads, \(count)")
+            XCTAssertEqual(norms[0], globalNormPlain(g, count: count), "norm against its twin, \(count)")
+            XCTAssertEqual(norms[0], g.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot(),
+                           accuracy: 1e-9 * Double(count), "norm against its definition, \(count)")
+        }
+    }
+
     func testGroupNormBackwardMatchesNaive() throws {
         for (batch, channels, spatial, groups) in [(1, 8, 1, 8), (2, 16, 7, 8), (3, 24, 49, 8), (1, 12, 20, 4), (2, 8, 64, 2)] {
             let x = randomValues(batch * channels * spatial, seed: 20).map { $0 * 3 + 0.5 }
