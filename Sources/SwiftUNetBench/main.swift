@@ -85,7 +85,7 @@ if arguments.count > 1 && arguments[1] == "train" {
     times.sort()
     print("page faults per timed step: \(faults / max(1, steps))")
     print("train \(cfg.size)x\(cfg.size)x\(cfg.c) \(cfg.dims) b=\(batch) threads=\(ThreadPool.shared.numThreads): "
-          + "median \(fmt(times[times.count / 2] * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms")
+          + "median \(fmt(times[times.count / 2] * 1e3)) ms  min \(fmt(times[0] * 1e3)) ms  arena \(model.arenaBytes >> 20) MiB")
     exit(0)
 }
 if arguments.count > 1 && arguments[1] == "micro" {

@@ -265,6 +265,26 @@ func groupNormTrainingForward(
     }
 }
 
+/// `groupNormTrainingForward`'s y again from its saved statistics, with the same arithmetic
+/// (so the same bits): x [B, C, spatial], mean/rstd [B·groups] → y. The backward recomputes
+/// a normalised input this way instead of keeping it through the step.
+func groupNormApply(
+    _ x: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, groups: Int,
+    gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, silu: Bool,
+    mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
+) {
+    let cpg = channels / groups
+    ThreadPool.shared.parallelFor(batch * groups) { task in
+        let g = task % groups
+        let base = (task / groups * channels + g * cpg) * spatial
+        for c in 0..<cpg {
+            let ch = g * cpg + c
+            groupNormChannel(x + base + c * spatial, y + base + c * spatial, spatial: spatial, mean: mean[task],
+                             scale: rstd[task] * gamma[ch], shift: beta[ch], silu: silu)
+        }
+    }
+}
+
 /// d/da SiLU(a) = s·(1 + a·(1 - s)), s = sigmoid(a), for 16 lanes.
 @inline(__always)
 func siluDerivative16(_ a: SIMD16<Float>) -> SIMD16<Float> {

@@ -40,6 +40,21 @@ extension GroupNorm {
         return saved
     }
 
+    /// Training forward writing the statistics into `saved` (taken by the caller).
+    func trainingForward(_ x: UnsafePointer<Float>, batch: Int, spatial: Int, silu: Bool,
+                         into y: UnsafeMutablePointer<Float>, saving saved: GroupNormSaved) {
+        groupNormTrainingForward(x, batch: batch, channels: channels, spatial: spatial, groups: groups,
+                                 gamma: weight.data, beta: bias.data, eps: eps, silu: silu, y: y,
+                                 mean: saved.mean, rstd: saved.rstd)
+    }
+
+    /// The training forward's output again, from its input and saved statistics (the same bits).
+    func recompute(_ x: UnsafePointer<Float>, batch: Int, spatial: Int, silu: Bool, saved: GroupNormSaved,
+                   into y: UnsafeMutablePointer<Float>) {
+        groupNormApply(x, batch: batch, channels: channels, spatial: spatial, groups: groups, gamma: weight.data,
+                       beta: bias.data, silu: silu, mean: saved.mean, rstd: saved.rstd, y: y)
+    }
+
     /// dy, the forward's x [B, C, spatial] → dx (=), weight and bias gradients (+=).
     func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int, spatial: Int, silu: Bool,
                   saved: GroupNormSaved, gradients: GradientBuffer, dx: UnsafeMutablePointer<Float>,

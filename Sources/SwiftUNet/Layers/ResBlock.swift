@@ -69,15 +69,14 @@ final class ResBlock {
 
 // MARK: training
 
-/// What `ResBlock.backward` needs: the input of each convolution (after its GroupNorm and
-/// SiLU), conv1's output, and both GroupNorms' statistics. The block's input x and the
-/// time embedding are kept by the caller.
+/// What `ResBlock.backward` needs besides the block's input x and the time embedding (kept
+/// by the caller): conv1's output and both GroupNorms' statistics. The normalised inputs
+/// of the convolutions are recomputed from these in the backward (the same bits), so a
+/// block keeps one activation instead of three.
 struct ResBlockSaved {
     let norm1: GroupNormSaved
-    let normed1: UnsafeMutablePointer<Float>
     let hidden: UnsafeMutablePointer<Float>
     let norm2: GroupNormSaved
-    let normed2: UnsafeMutablePointer<Float>
 }
 
 extension ResBlock {
@@ -87,20 +86,25 @@ extension ResBlock {
                          temb: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
                          workspace: Workspace) throws -> ResBlockSaved {
         let spatial = height * width
+        let norm1Saved = GroupNormSaved(mean: try workspace.floats(batch * norm1.groups),
+                                        rstd: try workspace.floats(batch * norm1.groups))
+        let norm2Saved = GroupNormSaved(mean: try workspace.floats(batch * norm2.groups),
+                                        rstd: try workspace.floats(batch * norm2.groups))
+        let hidden = try workspace.floats(batch * outChannels * spatial)
+        let mark = workspace.mark()
+        defer { workspace.release(to: mark) }
         let normed1 = try workspace.floats(batch * inChannels * spatial)
-        let norm1Saved = try norm1.trainingForward(x, batch: batch, spatial: spatial, silu: true, into: normed1,
-                                                   workspace: workspace)
+        norm1.trainingForward(x, batch: batch, spatial: spatial, silu: true, into: normed1, saving: norm1Saved)
         let bias1 = try workspace.floats(batch * outChannels)
         timeProjection.forward(temb, batch: batch, into: bias1)
         for b in 0..<batch {
             for c in 0..<outChannels { bias1[b * outChannels + c] += conv1.bias.data[c] }
         }
-        let hidden = try workspace.floats(batch * outChannels * spatial)
         try conv1.trainingForward(normed1, batch: batch, height: height, width: width, into: hidden,
                                   perImageBias: bias1, workspace: workspace)
+        workspace.release(to: mark)
         let normed2 = try workspace.floats(batch * outChannels * spatial)
-        let norm2Saved = try norm2.trainingForward(hidden, batch: batch, spatial: spatial, silu: true, into: normed2,
-                                                   workspace: workspace)
+        norm2.trainingForward(hidden, batch: batch, spatial: spatial, silu: true, into: normed2, saving: norm2Saved)
         if let skip = skip {
             try skip.trainingForward(x, batch: batch, height: height, width: width, into: y, workspace: workspace)
         } else {
@@ -108,7 +112,7 @@ extension ResBlock {
         }
         try conv2.trainingForward(normed2, batch: batch, height: height, width: width, into: y, accumulate: true,
                                   workspace: workspace)
-        return ResBlockSaved(norm1: norm1Saved, normed1: normed1, hidden: hidden, norm2: norm2Saved, normed2: normed2)
+        return ResBlockSaved(norm1: norm1Saved, hidden: hidden, norm2: norm2Saved)
     }
 
     /// dy [B, Cout, H, W] → dx [B, Cin, H, W] (=), dtemb [B, T] (+=) and the block's
@@ -121,7 +125,9 @@ extension ResBlock {
         let mark = workspace.mark()
         defer { workspace.release(to: mark) }
         let dNormed2 = try workspace.floats(batch * outChannels * spatial)
-        try conv2.backward(dy, x: saved.normed2, batch: batch, height: height, width: width, gradients: gradients,
+        let normed = try workspace.floats(batch * max(inChannels, outChannels) * spatial)
+        norm2.recompute(saved.hidden, batch: batch, spatial: spatial, silu: true, saved: saved.norm2, into: normed)
+        try conv2.backward(dy, x: normed, batch: batch, height: height, width: width, gradients: gradients,
                            dx: dNormed2, workspace: workspace)
         let dHidden = try workspace.floats(batch * outChannels * spatial)
         try norm2.backward(dNormed2, x: saved.hidden, batch: batch, spatial: spatial, silu: true, saved: saved.norm2,
@@ -140,7 +146,8 @@ extension ResBlock {
         timeProjection.backward(dProjection, x: temb, batch: batch, gradients: gradients, dx: dTemb)
         for i in 0..<(batch * timeProjection.inFeatures) { dtemb[i] += dTemb[i] }
         let dNormed1 = try workspace.floats(batch * inChannels * spatial)
-        try conv1.backward(dHidden, x: saved.normed1, batch: batch, height: height, width: width, gradients: gradients,
+        norm1.recompute(x, batch: batch, spatial: spatial, silu: true, saved: saved.norm1, into: normed)
+        try conv1.backward(dHidden, x: normed, batch: batch, height: height, width: width, gradients: gradients,
                            dx: dNormed1, workspace: workspace)
         try norm1.backward(dNormed1, x: x, batch: batch, spatial: spatial, silu: true, saved: saved.norm1,
                            gradients: gradients, dx: dx, workspace: workspace)

@@ -89,12 +89,18 @@ extension DiffusionModel {
         }
         let decoderOut = h
         let spatial = height * width
-        let normed = try ws.floats(batch * d[0] * spatial)
-        let outNormSaved = try outNorm.trainingForward(decoderOut, batch: batch, spatial: spatial, silu: true,
-                                                       into: normed, workspace: ws)
+        // out_conv's input (the normalised decoder output) lives only while it is read; the
+        // backward recomputes it from the saved statistics.
+        let outNormSaved = GroupNormSaved(mean: try ws.floats(batch * outNorm.groups),
+                                          rstd: try ws.floats(batch * outNorm.groups))
         let count = batch * c * spatial
         let prediction = try ws.floats(count)
+        let normedMark = ws.mark()
+        let normed = try ws.floats(batch * d[0] * spatial)
+        outNorm.trainingForward(decoderOut, batch: batch, spatial: spatial, silu: true, into: normed,
+                                saving: outNormSaved)
         try outConv.trainingForward(normed, batch: batch, height: height, width: width, into: prediction, workspace: ws)
+        ws.release(to: normedMark)
 
         // Loss, then backward through the same layers in reverse.
         let dPrediction = try ws.floats(count)
@@ -105,8 +111,12 @@ extension DiffusionModel {
         var g = try ws.floats(batch * plane), other = try ws.floats(batch * plane)
         let dSkips = try (0..<levels).map { i in try ws.floats(batch * d[i + 1] * (height >> i) * (width >> i)) }
 
-        try outConv.backward(dPrediction, x: normed, batch: batch, height: height, width: width, gradients: gradients,
-                             dx: other, workspace: ws)
+        let backwardMark = ws.mark()
+        let normedAgain = try ws.floats(batch * d[0] * spatial)
+        outNorm.recompute(decoderOut, batch: batch, spatial: spatial, silu: true, saved: outNormSaved, into: normedAgain)
+        try outConv.backward(dPrediction, x: normedAgain, batch: batch, height: height, width: width,
+                             gradients: gradients, dx: other, workspace: ws)
+        ws.release(to: backwardMark)
         try outNorm.backward(other, x: decoderOut, batch: batch, spatial: spatial, silu: true, saved: outNormSaved,
                              gradients: gradients, dx: g, workspace: ws)
         for j in (0..<levels).reversed() {
