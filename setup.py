@@ -249,7 +249,7 @@ def _install_elf(src: Path, dst: Path, runpath: str, patchelf: str, keep_relativ
     current = _elf_dynamic(tmp)["runpath"]
     relative = all(p == "$ORIGIN" or p.startswith("$ORIGIN/") for p in current)
     if current != [runpath] and not (keep_relative and relative):
-        # --force-rpath off: DT_RUNPATH (not DT_RPATH), which LD_LIBRARY_PATH can still override.
+        # Without --force-rpath patchelf writes DT_RUNPATH (not DT_RPATH), as the linker did.
         proc = subprocess.run([patchelf, "--set-rpath", runpath, str(tmp)], capture_output=True, text=True)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -408,6 +408,21 @@ class BuildExtWithSwift(build_ext):
         # Relink every time: a few seconds, and the link flags depend on the variants built.
         self.force = True
         super().run()
+        if self._runtime:
+            # The interpreter's link flags may add an rpath of their own (e.g. its lib/ folder):
+            # only the $ORIGIN-relative entries stay.
+            try:
+                patchelf = _find_patchelf()
+                for ext in self.extensions:
+                    path = Path(self.get_ext_fullpath(ext.name))
+                    entries = _elf_dynamic(path)["runpath"]
+                    keep = [e for e in entries if e == "$ORIGIN" or e.startswith("$ORIGIN/")]
+                    if keep != entries:
+                        _log(f"{path.name}: RUNPATH {':'.join(entries)} -> {':'.join(keep)}")
+                        _install_elf(path, path, ":".join(keep), patchelf)
+            except BuildSwiftError as exc:
+                sys.stderr.write(f"\nerror: {exc}\n\n")
+                raise SystemExit(1)
         _log("done")
 
     def get_outputs(self):
