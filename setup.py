@@ -24,7 +24,7 @@ RUNPATH also names the least demanding variant's folder as a fallback.
 
 Self-contained package: the Swift runtime libraries libSwiftUNetC.so needs
 (its DT_NEEDED entries found in the toolchain's runtime directory, and theirs,
-recursively: libswiftCore.so, libswift_Concurrency.so, libdispatch.so, ...)
+recursively: libswiftCore.so, libswiftGlibc.so, libswiftSynchronization.so)
 are copied into `swiftunet/_swift_runtime/`, and every package copy of
 libSwiftUNetC.so gets the RUNPATH `$ORIGIN/_swift_runtime` (or
 `$ORIGIN/../../_swift_runtime` under `_variants/<name>/`), set with patchelf
@@ -36,7 +36,8 @@ has (libc, libm, libstdc++, libgcc_s); a wheel's platform tag is
 `manylinux_2_<N>_<arch>`, N the newest glibc symbol version any shipped file
 asks for (bdist_wheel below). In-place builds (editable installs) keep the
 toolchain's runtime: their library's RUNPATH names the toolchain's folder, as
-swiftc sets it (relinked with an explicit `-rpath` when it lacks it).
+swiftc sets it (relinked with an explicit `-rpath` when it lacks it); so do
+builds on systems other than Linux, where patchelf does not apply.
 """
 
 import json
@@ -378,8 +379,9 @@ class BuildExtWithSwift(build_ext):
                 # A portable build's variants left in place would be loaded instead of this one.
                 shutil.rmtree(pkg / "_variants", ignore_errors=True)
                 link_dir = pkg
-            if self.inplace:
-                # A development build next to the sources: the toolchain's runtime is used.
+            if self.inplace or not sys.platform.startswith("linux"):
+                # A development build next to the sources (or a non-ELF system): the
+                # toolchain's runtime is used where it is.
                 for src, dst in libraries.items():
                     _copy_if_changed(src, dst)
                 self._runtime = []
@@ -483,8 +485,8 @@ if bdist_wheel is not None:
             single = os.environ.get("SWIFTUNET_VARIANT") or ("baseline" if _portable() else "native")
             if not _requested_variants() and single == "native":
                 _log("note: this wheel's kernels are compiled for this machine's CPU "
-                     "(-target-cpu native); for a wheel that runs on any x86-64 CPU build it "
-                     "with SWIFTUNET_VARIANTS=all")
+                     "(-target-cpu native); for a wheel that runs on any CPU of the "
+                     "architecture, build it with SWIFTUNET_VARIANTS=all")
 
 
 extension = Extension(
