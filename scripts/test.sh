@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: the Swift package's tests, then installs the Python package
-# from this checkout and runs the Python suite against it.
+# Runs every test: the Swift package's tests, then builds the Python package's
+# wheel from this checkout (what `pip install .` builds and installs), installs it
+# and runs the Python suite against it (test_wheel.py also installs the same
+# wheel into a fresh venv and runs it without the Swift toolchain).
 #
 # Where the Python side runs:
 #   PYTHON=/path/to/python ./scripts/test.sh   that interpreter's environment
@@ -57,8 +59,16 @@ if [[ -n "$missing" ]]; then
 else
     say "test dependencies already in $env_dir"
 fi
-say "installing swiftunet from this checkout into $env_dir (pip builds it with setuptools in a temporary environment)"
-"$PYTHON" -m pip install --quiet --disable-pip-version-check .
+# The wheel `pip install .` would build and install, built once and kept for the suite:
+# test_wheel.py installs it into a fresh venv and runs it without the toolchain (SWIFTUNET_WHEEL).
+wheel_dir=$(mktemp -d)
+trap 'rm -rf "$wheel_dir"' EXIT
+say "building the wheel from this checkout (pip wheel: setuptools in a temporary environment)"
+"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$wheel_dir" .
+wheel=$(echo "$wheel_dir"/swiftunet-*.whl)
+say "installing $(basename "$wheel") ($(du -k "$wheel" | cut -f1) kB) into $env_dir"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+export SWIFTUNET_WHEEL="$wheel"
 # Run from outside the source tree so `import swiftunet` is the installed package.
 cd python/tests
 "$PYTHON" -m pytest -q -p no:cacheprovider .

@@ -3,9 +3,10 @@
 # this after it). Bounded: about 15 minutes on 2 cores, most of it compiling.
 #   1. `swift test` (every Swift test, the fast kernels against their plain twins over odd
 #      shapes among them) once per variant this CPU runs: avx512, avx2, baseline;
-#   2. a portable install (SWIFTUNET_VARIANTS=all: the three in one package) into $PYTHON's
-#      environment, then the dispatch tests, which also check that every variant this CPU
-#      runs gives the same bits (forwards, gradients, training steps);
+#   2. a portable wheel (SWIFTUNET_VARIANTS=all: the three in one package) installed into
+#      $PYTHON's environment, then the dispatch tests, which also check that every variant
+#      this CPU runs gives the same bits (forwards, gradients, training steps), and
+#      test_wheel.py on that wheel (a fresh venv, the toolchain out of reach);
 #   3. the forward and training parity tests once per variant, forced with SWIFTUNET_VARIANT
 #      (baseline only the dispatch tests: without FMA instructions it is ~70x slower, and
 #      step 2 has shown its bits equal to the others').
@@ -45,11 +46,15 @@ for v in "${runnable[@]}"; do
     SWIFTUNET_VARIANT="$v" swift test --disable-swift-testing --scratch-path ".build-test-$v"
 done
 
-say "portable install (SWIFTUNET_VARIANTS=$build) into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
-SWIFTUNET_VARIANTS="$build" "$PYTHON" -m pip install --quiet --disable-pip-version-check .
+wheel_dir=$(mktemp -d)
+trap 'rm -rf "$wheel_dir"' EXIT
+say "portable wheel (SWIFTUNET_VARIANTS=$build), installed into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+SWIFTUNET_VARIANTS="$build" "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$wheel_dir" .
+wheel=$(echo "$wheel_dir"/swiftunet-*.whl)
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
 cd python/tests
-say "dispatch tests, every variant against the others"
-"$PYTHON" -m pytest -q -p no:cacheprovider test_variants.py test_info.py
+say "dispatch tests, every variant against the others; the portable wheel without the toolchain"
+SWIFTUNET_WHEEL="$wheel" "$PYTHON" -m pytest -q -p no:cacheprovider test_variants.py test_info.py test_wheel.py
 for v in "${runnable[@]}"; do
     if [[ "$v" == baseline ]]; then
         tests=(test_variants.py test_info.py)

@@ -49,6 +49,7 @@ def cmd_info(args) -> int:
     print(f"threads: {d['threads']} (cpus: {d['cpus']})")
     print(f"numpy {d['numpy']}, python {d['python']}")
     print(f"package: {d['package']}")
+    print(f"swift runtime: {d['swift_runtime'] or 'unknown'}")
     return 0
 
 

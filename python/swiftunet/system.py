@@ -70,6 +70,21 @@ def cpu_features() -> List[str]:
     return [f for f in VECTOR_FEATURES if f in present]
 
 
+def swift_runtime() -> Optional[str]:
+    """The folder of the Swift runtime (libswiftCore.so) this process has loaded: the package's
+    own ``_swift_runtime`` for an installed package or wheel, the toolchain's for an in-place
+    build; None where the process's mappings cannot be read."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(None, 5)
+                if len(fields) == 6 and fields[5].endswith("/libswiftCore.so"):
+                    return str(Path(fields[5]).parent)
+    except OSError:
+        pass
+    return None
+
+
 def info() -> Dict[str, object]:
     """A dict describing this installation:
 
@@ -84,7 +99,8 @@ def info() -> Dict[str, object]:
     variants, best first; empty for a single-variant one), ``variant_choice``
     (why this variant runs), ``cpu`` (model name or None), ``cpu_features``
     (the CPU's vector features), ``threads``, ``cpus``, ``abi_version``,
-    ``python``, ``numpy`` and ``package`` (its directory).
+    ``python``, ``numpy``, ``package`` (its directory) and ``swift_runtime``
+    (the folder of the Swift runtime libraries loaded, see swift_runtime()).
     """
     import numpy as np
 
@@ -112,4 +128,5 @@ def info() -> Dict[str, object]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "package": str(Path(__file__).resolve().parent),
+        "swift_runtime": swift_runtime(),
     }
