@@ -10,15 +10,19 @@ final class Workspace {
     private var top = 0
     private var highWater = 0
     /// Side chunks of the current pass, mapped from the system so that freeing them
-    /// returns their memory (see `MappedFloats`).
-    private var overflow: [MappedFloats] = []
+    /// returns their memory (see `MappedFloats`), each with the level `top` had when it was
+    /// taken: `release(to:)` below that level frees it at once, so a first pass holds at
+    /// most its high-water mark, not the sum of all its temporaries.
+    private var overflow: [(chunk: MappedFloats, level: Int, floats: Int)] = []
     private var overflowFloats = 0
+    /// Whether this pass needed a side chunk (then `reset` grows the block).
+    private var overflowed = false
 
     init() {}
 
     deinit {
         freeFloats(block)
-        for chunk in overflow { chunk.release() }
+        for entry in overflow { entry.chunk.release() }
     }
 
     /// Bytes currently reserved by this workspace.
@@ -37,10 +41,11 @@ final class Workspace {
             return b + (newTop - n)
         }
         // Past the block: serve from a side chunk and remember the need.
-        top = newTop
         let chunk = try MappedFloats(n, "activations")
-        overflow.append(chunk)
+        overflow.append((chunk, top, n))
         overflowFloats += n
+        overflowed = true
+        top = newTop
         return chunk.base
     }
 
@@ -52,15 +57,23 @@ final class Workspace {
 
     func mark() -> Int { top }
 
-    func release(to mark: Int) { top = mark }
+    func release(to mark: Int) {
+        top = mark
+        while let last = overflow.last, last.level >= mark {
+            last.chunk.release()
+            overflowFloats -= last.floats
+            overflow.removeLast()
+        }
+    }
 
     /// Ends a pass: frees side chunks and grows the block to what the pass needed.
     func reset() throws {
         top = 0
-        if !overflow.isEmpty {
-            for chunk in overflow { chunk.release() }
+        if overflowed {
+            for entry in overflow { entry.chunk.release() }
             overflow.removeAll(keepingCapacity: true)
             overflowFloats = 0
+            overflowed = false
             freeFloats(block)
             block = nil
             capacity = 0
