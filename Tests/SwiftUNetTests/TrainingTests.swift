@@ -248,6 +248,23 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testElementwisePassesMatchTheirPlainTwins() {
+        for count in [0, 1, 15, 16, 17, 1000, 70_000, 200_001] {
+            let x = randomValues(count, seed: 56), y0 = randomValues(count, seed: 57)
+            XCTAssertEqual(laneSum(x, count: count), laneSumPlain(x, count: count), "laneSum, \(count)")
+            XCTAssertEqual(Double(laneSum(x, count: count)), x.reduce(0.0) { $0 + Double($1) },
+                           accuracy: 1e-5 * Double(max(count, 1)), "laneSum against the sum, \(count)")
+            for threads in [1, 2] {
+                var y = y0
+                withThreads(threads) { addInPlace(&y, x, count: count) }
+                XCTAssertEqual(y, zip(y0, x).map { $0 + $1 }, "addInPlace, \(count), threads=\(threads)")
+                var z = [Float](repeating: 0, count: count)
+                withThreads(threads) { copyFloats(&z, from: x, count: count) }
+                XCTAssertEqual(z, x, "copyFloats, \(count), threads=\(threads)")
+            }
+        }
+    }
+
     func testOptimizerKernelsAreBitIdenticalToTheirPlainTwins() {
         let o = AdamWOptions(lr: 0.003, beta1: 0.85, beta2: 0.995, eps: 1e-7, weightDecay: 0.05)
         for count in [1, 15, 16, 17, 100, 40_000] {

@@ -73,17 +73,15 @@ func col2imAdd(_ col: UnsafePointer<Float>, geometry g: ConvGeometry, channels: 
 @inline(__always)
 private func isPointwise(_ g: ConvGeometry) -> Bool { g.kernel == 1 && g.stride == 1 && g.padding == 0 }
 
-/// db[c] += Σ over images and positions of dy[b, c, :] (image b at dy + b·batchStride),
-/// summed in float64 in order.
+/// db[c] += Σ over images and positions of dy[b, c, :] (image b at dy + b·batchStride): each
+/// image's plane by `laneSum`, the images added in order in float64.
 func biasGradientAdd(_ dy: UnsafePointer<Float>, batch: Int, channels: Int, spatial: Int, batchStride: Int,
                      db: UnsafeMutablePointer<Float>) {
-    for c in 0..<channels {
+    // One task per channel: each channel's order of additions is the same on any thread count.
+    ThreadPool.shared.parallelFor(channels) { c in
         var sum = 0.0
         for b in 0..<batch {
-            let row = dy + b * batchStride + c * spatial
-            var partial: Float = 0
-            for i in 0..<spatial { partial += row[i] }
-            sum += Double(partial)
+            sum += Double(laneSum(dy + b * batchStride + c * spatial, count: spatial))
         }
         db[c] += Float(sum)
     }

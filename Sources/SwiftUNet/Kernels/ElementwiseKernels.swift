@@ -172,3 +172,51 @@ func mseLossAndGradient(_ pred: UnsafePointer<Float>, target: UnsafePointer<Floa
     }
     return sum / Double(count)
 }
+
+/// Floats per task of the element-wise passes below: fixed, so nothing depends on the thread count.
+let elementwiseChunkFloats = 1 << 16
+
+/// y[i] += x[i] for i in 0..<count, split over the threads (element by element: the same bits).
+func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
+    ThreadPool.shared.parallelFor((count + elementwiseChunkFloats - 1) / elementwiseChunkFloats) { c in
+        let start = c * elementwiseChunkFloats, end = min(count, start + elementwiseChunkFloats)
+        for i in start..<end { y[i] += x[i] }
+    }
+}
+
+/// y[0..<count] = x[0..<count], split over the threads.
+func copyFloats(_ y: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, count: Int) {
+    ThreadPool.shared.parallelFor((count + elementwiseChunkFloats - 1) / elementwiseChunkFloats) { c in
+        let start = c * elementwiseChunkFloats
+        (y + start).update(from: x + start, count: min(count, start + elementwiseChunkFloats) - start)
+    }
+}
+
+/// Σ x[0..<count] in float32 over 16 lanes (element i in lane i mod 16, then the lanes in
+/// order, then the tail): a fixed order, so the same bits wherever it runs.
+@inline(__always)
+func laneSum(_ x: UnsafePointer<Float>, count: Int) -> Float {
+    var lanes = Vec16()
+    var i = 0
+    while i + 16 <= count {
+        lanes += load16(x + i)
+        i += 16
+    }
+    var sum = lanes.sum()
+    while i < count {
+        sum += x[i]
+        i += 1
+    }
+    return sum
+}
+
+/// The plain twin of `laneSum`: the same additions, one at a time.
+func laneSumPlain(_ x: UnsafePointer<Float>, count: Int) -> Float {
+    var lanes = [Float](repeating: 0, count: 16)
+    let whole = count / 16 * 16
+    for i in 0..<whole { lanes[i % 16] += x[i] }
+    var sum = Vec16(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7], lanes[8],
+                    lanes[9], lanes[10], lanes[11], lanes[12], lanes[13], lanes[14], lanes[15]).sum()
+    for i in whole..<count { sum += x[i] }
+    return sum
+}

@@ -60,7 +60,7 @@ final class ResBlock {
         if let skip = skip {
             try skip.forward(x, batch: batch, height: height, width: width, into: y, workspace: workspace)
         } else {
-            y.update(from: x, count: batch * outChannels * spatial)
+            copyFloats(y, from: x, count: batch * outChannels * spatial)
         }
         try conv2.forward(h, batch: batch, height: height, width: width, into: y,
                           accumulate: true, normalizedBy: norm2, workspace: workspace)
@@ -108,7 +108,7 @@ extension ResBlock {
         if let skip = skip {
             try skip.trainingForward(x, batch: batch, height: height, width: width, into: y, workspace: workspace)
         } else {
-            y.update(from: x, count: batch * outChannels * spatial)
+            copyFloats(y, from: x, count: batch * outChannels * spatial)
         }
         try conv2.trainingForward(normed2, batch: batch, height: height, width: width, into: y, accumulate: true,
                                   workspace: workspace)
@@ -134,13 +134,8 @@ extension ResBlock {
                            gradients: gradients, dx: dHidden, workspace: workspace)
         // The time projection's output is a per-image bias of conv1: its gradient is dHidden summed over pixels.
         let dProjection = try workspace.floats(batch * outChannels)
-        for b in 0..<batch {
-            for c in 0..<outChannels {
-                let row = dHidden + (b * outChannels + c) * spatial
-                var s: Float = 0
-                for i in 0..<spatial { s += row[i] }
-                dProjection[b * outChannels + c] = s
-            }
+        ThreadPool.shared.parallelFor(batch * outChannels) { bc in
+            dProjection[bc] = laneSum(dHidden + bc * spatial, count: spatial)
         }
         let dTemb = try workspace.floats(batch * timeProjection.inFeatures)
         timeProjection.backward(dProjection, x: temb, batch: batch, gradients: gradients, dx: dTemb)
@@ -155,7 +150,7 @@ extension ResBlock {
             try skip.backward(dy, x: x, batch: batch, height: height, width: width, gradients: gradients, dx: dx,
                               accumulateDx: true, workspace: workspace)
         } else {
-            for i in 0..<(batch * inChannels * spatial) { dx[i] += dy[i] }
+            addInPlace(dx, dy, count: batch * inChannels * spatial)
         }
     }
 }

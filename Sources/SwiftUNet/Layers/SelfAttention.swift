@@ -92,6 +92,6 @@ extension SelfAttention {
                          dx: dNormed, workspace: workspace)
         try norm.backward(dNormed, x: x, batch: batch, spatial: n, silu: false, saved: saved.norm,
                           gradients: gradients, dx: dx, workspace: workspace)
-        for i in 0..<(batch * channels * n) { dx[i] += dy[i] }
+        addInPlace(dx, dy, count: batch * channels * n)
     }
 }
