@@ -332,11 +332,27 @@ func conv3x3WeightGradient(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, 
                 }
             }
         }
-        let first: [Float] = [a00.sum(), a01.sum(), a02.sum(), a03.sum(), a04.sum(), a05.sum(), a06.sum(), a07.sum(), a08.sum()]
-        for t in 0..<9 { dWeight[(co * inChannels + ci) * 9 + t] += first[t] }
+        let row0 = dWeight + (co * inChannels + ci) * 9
+        row0[0] += horizontalSum(a00)
+        row0[1] += horizontalSum(a01)
+        row0[2] += horizontalSum(a02)
+        row0[3] += horizontalSum(a03)
+        row0[4] += horizontalSum(a04)
+        row0[5] += horizontalSum(a05)
+        row0[6] += horizontalSum(a06)
+        row0[7] += horizontalSum(a07)
+        row0[8] += horizontalSum(a08)
         if second {
-            let next: [Float] = [a10.sum(), a11.sum(), a12.sum(), a13.sum(), a14.sum(), a15.sum(), a16.sum(), a17.sum(), a18.sum()]
-            for t in 0..<9 { dWeight[((co + 1) * inChannels + ci) * 9 + t] += next[t] }
+            let row1 = dWeight + ((co + 1) * inChannels + ci) * 9
+            row1[0] += horizontalSum(a10)
+            row1[1] += horizontalSum(a11)
+            row1[2] += horizontalSum(a12)
+            row1[3] += horizontalSum(a13)
+            row1[4] += horizontalSum(a14)
+            row1[5] += horizontalSum(a15)
+            row1[6] += horizontalSum(a16)
+            row1[7] += horizontalSum(a17)
+            row1[8] += horizontalSum(a18)
         }
     }
 }

@@ -192,6 +192,26 @@ func copyFloats(_ y: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, 
     }
 }
 
+/// The sum of a vector's 16 lanes as a tree: halves added lane by lane down to two, then
+/// those two (a fixed order, a few instructions).
+@inline(__always)
+func horizontalSum(_ v: Vec16) -> Float {
+    let eight = v.lowHalf + v.highHalf
+    let four = eight.lowHalf + eight.highHalf
+    let two = four.lowHalf + four.highHalf
+    return two[0] + two[1]
+}
+
+/// The plain twin of `horizontalSum`: the same additions on 16 scalars.
+func horizontalSumPlain(_ lanes: [Float]) -> Float {
+    var width = 16, values = lanes
+    while width > 2 {
+        width /= 2
+        for i in 0..<width { values[i] = values[i] + values[i + width] }
+    }
+    return values[0] + values[1]
+}
+
 /// Σ x[0..<count] in float32 over 16 lanes (element i in lane i mod 16, then the lanes in
 /// order, then the tail): a fixed order, so the same bits wherever it runs.
 @inline(__always)
@@ -202,7 +222,7 @@ func laneSum(_ x: UnsafePointer<Float>, count: Int) -> Float {
         lanes += load16(x + i)
         i += 16
     }
-    var sum = lanes.sum()
+    var sum = horizontalSum(lanes)
     while i < count {
         sum += x[i]
         i += 1
@@ -215,8 +235,7 @@ func laneSumPlain(_ x: UnsafePointer<Float>, count: Int) -> Float {
     var lanes = [Float](repeating: 0, count: 16)
     let whole = count / 16 * 16
     for i in 0..<whole { lanes[i % 16] += x[i] }
-    var sum = Vec16(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7], lanes[8],
-                    lanes[9], lanes[10], lanes[11], lanes[12], lanes[13], lanes[14], lanes[15]).sum()
+    var sum = horizontalSumPlain(lanes)
     for i in whole..<count { sum += x[i] }
     return sum
 }
