@@ -103,9 +103,11 @@ final class TrainingTests: XCTestCase {
 
     func testConv3x3WeightGradientMatchesNaive() throws {
         // (Cin, Cout, H, W, batch): odd channel counts, widths that are not multiples of 16,
-        // odd heights (a row pair's second row missing), 1×1 images, batch 1.
+        // odd heights (a row pair's second row missing), 1×1 images, batch 1; widths up to 8
+        // take the row-major kernel (`conv3x3WeightGradientNarrow`), wider ones the row kernel.
         for (cin, cout, h, w, batch) in [(3, 5, 7, 9, 2), (1, 1, 1, 1, 1), (8, 3, 5, 17, 1), (4, 6, 2, 33, 3),
-                                         (2, 8, 16, 16, 2), (5, 2, 1, 7, 1)] {
+                                         (2, 8, 16, 16, 2), (5, 2, 1, 7, 1), (3, 4, 5, 8, 2), (6, 5, 8, 3, 1),
+                                         (4, 2, 7, 7, 3)] {
             let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 3, stride: 1, padding: 1)
             let x = randomValues(batch * cin * h * w, seed: 40), wts = randomValues(cout * cin * 9, seed: 41)
             let dy = randomValues(batch * cout * h * w, seed: 42)

@@ -260,6 +260,11 @@ func conv3x3WeightGradient(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, 
                            outChannels: Int, height: Int, width: Int, dWeight: UnsafeMutablePointer<Float>,
                            workspace: Workspace) throws {
     if batch == 0 || height == 0 || width == 0 { return }
+    if width <= 8 {
+        try conv3x3WeightGradientNarrow(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                        height: height, width: width, dWeight: dWeight, workspace: workspace)
+        return
+    }
     let pitch = width + 2, plane = (height + 2) * pitch, spatial = height * width
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
@@ -330,6 +335,100 @@ func conv3x3WeightGradient(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, 
                     xv = load16(r3 + o + 1); a07.addProduct(d01, xv); a17.addProduct(d11, xv)
                     xv = load16(r3 + o + 2); a08.addProduct(d01, xv); a18.addProduct(d11, xv)
                 }
+            }
+        }
+        let row0 = dWeight + (co * inChannels + ci) * 9
+        row0[0] += horizontalSum(a00)
+        row0[1] += horizontalSum(a01)
+        row0[2] += horizontalSum(a02)
+        row0[3] += horizontalSum(a03)
+        row0[4] += horizontalSum(a04)
+        row0[5] += horizontalSum(a05)
+        row0[6] += horizontalSum(a06)
+        row0[7] += horizontalSum(a07)
+        row0[8] += horizontalSum(a08)
+        if second {
+            let row1 = dWeight + ((co + 1) * inChannels + ci) * 9
+            row1[0] += horizontalSum(a10)
+            row1[1] += horizontalSum(a11)
+            row1[2] += horizontalSum(a12)
+            row1[3] += horizontalSum(a13)
+            row1[4] += horizontalSum(a14)
+            row1[5] += horizontalSum(a15)
+            row1[6] += horizontalSum(a16)
+            row1[7] += horizontalSum(a17)
+            row1[8] += horizontalSum(a18)
+        }
+    }
+}
+
+/// `conv3x3WeightGradient` for images at most 8 pixels wide, where a vector along one row
+/// would leave half its lanes or more empty: a plane's positions are taken 16 at a time in
+/// row-major order (two rows or more per vector). x is read through a copy with
+/// zeros above and below each plane, at offsets (ky - 1)·W + (kx - 1) from the output
+/// position; the taps that would cross the left or right edge read the neighbouring row,
+/// so dy is masked to zero at those lanes (column 0 for kx = 0, column W - 1 for kx = 2).
+/// As in the wide kernel, each task's sums cover every image and no sum is split.
+private func conv3x3WeightGradientNarrow(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, batch: Int,
+                                         inChannels: Int, outChannels: Int, height: Int, width: Int,
+                                         dWeight: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+    let spatial = height * width
+    let vectors = (spatial + 15) / 16, dyPitch = vectors * 16
+    // Zeros before a plane: the row above it and one more (kx = 0 at the first pixel); after
+    // it: the rest of the last vector, the row below and one more.
+    let lead = width + 1, xPitch = lead + dyPitch + width + 1
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    let xPadded = try workspace.floats(batch * inChannels * xPitch)
+    ThreadPool.shared.parallelFor(batch * inChannels) { i in
+        let dst = xPadded + i * xPitch
+        dst.update(repeating: 0, count: lead)
+        (dst + lead).update(from: x + i * spatial, count: spatial)
+        (dst + lead + spatial).update(repeating: 0, count: xPitch - lead - spatial)
+    }
+    let dyPadded = try workspace.floats(batch * outChannels * dyPitch + dyPitch)
+    ThreadPool.shared.parallelFor(batch * outChannels) { i in
+        let dst = dyPadded + i * dyPitch
+        dst.update(from: dy + i * spatial, count: spatial)
+        (dst + spatial).update(repeating: 0, count: dyPitch - spatial)
+    }
+    // The missing second channel of an odd last pair reads zeros.
+    let zeroPlane = dyPadded + batch * outChannels * dyPitch
+    zeroPlane.update(repeating: 0, count: dyPitch)
+    // Lanes at column 0 and at column W - 1, per vector of a plane.
+    var leftEdge: [SIMDMask<SIMD16<Int32>>] = [], rightEdge: [SIMDMask<SIMD16<Int32>>] = []
+    for v in 0..<vectors {
+        let column = (SIMD16<Int32>(repeating: Int32(v * 16)) &+ laneIndices16) % Int32(width)
+        leftEdge.append(column .== 0)
+        rightEdge.append(column .== Int32(width - 1))
+    }
+    ThreadPool.shared.parallelFor(((outChannels + 1) / 2) * inChannels) { task in
+        let co = (task / inChannels) * 2, ci = task % inChannels
+        let second = co + 1 < outChannels
+        var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16(), a04 = Vec16(), a05 = Vec16(), a06 = Vec16(), a07 = Vec16(), a08 = Vec16()
+        var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16(), a14 = Vec16(), a15 = Vec16(), a16 = Vec16(), a17 = Vec16(), a18 = Vec16()
+        for b in 0..<batch {
+            let dy0 = UnsafePointer(dyPadded + (b * outChannels + co) * dyPitch)
+            let dy1 = second ? dy0 + dyPitch : UnsafePointer(zeroPlane)
+            let xp = UnsafePointer(xPadded + (b * inChannels + ci) * xPitch + lead)
+            for v in 0..<vectors {
+                let p = v * 16
+                let d0 = load16(dy0 + p), d1 = load16(dy1 + p)
+                let d0L = d0.replacing(with: 0, where: leftEdge[v]), d1L = d1.replacing(with: 0, where: leftEdge[v])
+                let d0R = d0.replacing(with: 0, where: rightEdge[v]), d1R = d1.replacing(with: 0, where: rightEdge[v])
+                var xv: Vec16
+                let x0 = xp + p + -1 * width
+                xv = load16(x0 - 1); a00.addProduct(d0L, xv); a10.addProduct(d1L, xv)
+                xv = load16(x0); a01.addProduct(d0, xv); a11.addProduct(d1, xv)
+                xv = load16(x0 + 1); a02.addProduct(d0R, xv); a12.addProduct(d1R, xv)
+                let x1 = xp + p + 0 * width
+                xv = load16(x1 - 1); a03.addProduct(d0L, xv); a13.addProduct(d1L, xv)
+                xv = load16(x1); a04.addProduct(d0, xv); a14.addProduct(d1, xv)
+                xv = load16(x1 + 1); a05.addProduct(d0R, xv); a15.addProduct(d1R, xv)
+                let x2 = xp + p + 1 * width
+                xv = load16(x2 - 1); a06.addProduct(d0L, xv); a16.addProduct(d1L, xv)
+                xv = load16(x2); a07.addProduct(d0, xv); a17.addProduct(d1, xv)
+                xv = load16(x2 + 1); a08.addProduct(d0R, xv); a18.addProduct(d1R, xv)
             }
         }
         let row0 = dWeight + (co * inChannels + ci) * 9
