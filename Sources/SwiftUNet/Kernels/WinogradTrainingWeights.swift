@@ -127,6 +127,31 @@ func stridedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, o
     let count = max(1, outChannels * cols)
     let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: cols)
     let packed = try workspace.floats(9 * matrixFloats)
+    if outChannels % gemmRowBlock == 0 && gemmRowBlock == 8 {
+        // Straight into the packed layout: lane l of a vector is row 8p + l of a panel, and
+        // the 8 rows of column k sit together, so each of the nine values is one store.
+        ThreadPool.shared.parallelFor(outChannels / 8) { p in
+            for ci in 0..<inChannels {
+                let k = w + (p * 8 * inChannels + ci) * 16
+                @inline(__always) func tap(_ i: Int) -> SIMD8<Float> {
+                    var v = SIMD8<Float>()
+                    for l in 0..<8 { v[l] = k[l * inChannels * 16 + i] }
+                    return v
+                }
+                for py in 0..<2 {
+                    for px in 0..<2 {
+                        let column = ci * 4 + py * 2 + px
+                        store2x2Transform(tap(py * 4 + px), tap(py * 4 + 2 + px), tap((2 + py) * 4 + px),
+                                          tap((2 + py) * 4 + 2 + px), packed + p * 8 * cols + column * 8,
+                                          stride: matrixFloats)
+                    }
+                }
+            }
+        }
+        return StridedWinogradWeights(positions: (0..<9).map {
+            PackedMatrix(rows: outChannels, cols: cols, packed: packed + $0 * matrixFloats)
+        })
+    }
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let u = try workspace.floats(9 * count)
@@ -156,6 +181,33 @@ func transposedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int
     let count = max(1, outChannels * inChannels)
     let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: inChannels)
     let packed = try workspace.floats(36 * matrixFloats)
+    if outChannels % gemmRowBlock == 0 && gemmRowBlock == 8 {
+        // Straight into the packed layout, 8 output channels (a panel's rows) per vector.
+        ThreadPool.shared.parallelFor(outChannels / 8) { p in
+            for ry in 0..<2 {
+                for rx in 0..<2 {
+                    let parity = 2 * ry + rx
+                    let ty0 = subPixelTap(ry, 0), ty1 = subPixelTap(ry, 1)
+                    let tx0 = subPixelTap(rx, 0), tx1 = subPixelTap(rx, 1)
+                    for ci in 0..<inChannels {
+                        let k = w + (ci * outChannels + p * 8) * 16
+                        @inline(__always) func tap(_ i: Int) -> SIMD8<Float> {
+                            var v = SIMD8<Float>()
+                            for l in 0..<8 { v[l] = k[l * 16 + i] }
+                            return v
+                        }
+                        store2x2Transform(tap(ty0 * 4 + tx0), tap(ty0 * 4 + tx1), tap(ty1 * 4 + tx0),
+                                          tap(ty1 * 4 + tx1),
+                                          packed + 9 * parity * matrixFloats + p * 8 * inChannels + ci * 8,
+                                          stride: matrixFloats)
+                    }
+                }
+            }
+        }
+        return TransposedWinogradWeights(positions: (0..<36).map {
+            PackedMatrix(rows: outChannels, cols: inChannels, packed: packed + $0 * matrixFloats)
+        })
+    }
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     let u = try workspace.floats(36 * count)
@@ -190,6 +242,26 @@ private func writeStrided2x2(_ a: Float, _ b: Float, _ c: Float, _ d: Float, _ d
     dst[6 * stride] = c
     dst[7 * stride] = cd
     dst[8 * stride] = d
+}
+
+/// `writeStrided2x2` for 8 lanes at once (the same additions per lane), one 8-float store
+/// per value at dst + ξ·stride.
+@inline(__always)
+private func store2x2Transform(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ d: SIMD8<Float>,
+                               _ dst: UnsafeMutablePointer<Float>, stride: Int) {
+    @inline(__always) func put(_ v: SIMD8<Float>, _ xi: Int) {
+        UnsafeMutableRawPointer(dst + xi * stride).storeBytes(of: v, as: SIMD8<Float>.self)
+    }
+    let ab = a + b, cd = c + d
+    put(a, 0)
+    put(ab, 1)
+    put(b, 2)
+    put(a + c, 3)
+    put(ab + cd, 4)
+    put(b + d, 5)
+    put(c, 6)
+    put(cd, 7)
+    put(d, 8)
 }
 
 /// Packs `positions` row-major [rows, cols] matrices (u + ξ·count) into `packed`
