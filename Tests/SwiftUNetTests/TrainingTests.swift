@@ -128,6 +128,29 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testPointwiseWeightGradientMatchesNaive() throws {
+        // (Cin, Cout, H, W, batch): blocks of 4 with channels left over, planes with a tail.
+        for (cin, cout, h, w, batch) in [(1, 1, 1, 1, 1), (5, 7, 3, 7, 2), (8, 4, 4, 4, 1), (3, 9, 5, 5, 3),
+                                         (16, 6, 2, 17, 2)] {
+            let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 1, stride: 1, padding: 0)
+            let x = randomValues(batch * cin * h * w, seed: 60), wts = randomValues(cout * cin, seed: 61)
+            let dy = randomValues(batch * cout * h * w, seed: 62), start = randomValues(cout * cin, seed: 63)
+            var dWn = start, dBn = [Float](repeating: 0, count: cout), dxn = [Float](repeating: 0, count: x.count)
+            convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: wts, dWeight: &dWn, dBias: &dBn, dx: &dxn)
+            var results: [[Float]] = []
+            for threads in [1, 2] {
+                var dW = start
+                try withThreads(threads) {
+                    try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout,
+                                                spatial: h * w, dWeight: &dW, workspace: Workspace())
+                }
+                assertClose(dW, dWn, tolerance: 1e-5, "1x1 dW \(g) threads=\(threads)")
+                results.append(dW)
+            }
+            XCTAssertEqual(results[0], results[1], "1x1 dW differs between 1 and 2 threads \(g)")
+        }
+    }
+
     /// The per-step Winograd weights against the inference's float64 transforms, element by element.
     func testWinogradWeightsForStepMatchTheirPlainTwins() throws {
         func elements(_ m: PackedMatrix) -> [Float] {

@@ -114,11 +114,11 @@ private func zeroBias(_ count: Int, _ workspace: Workspace) throws -> UnsafeMuta
 }
 
 /// The gradients of `convForwardTraining`: dy [B, Cout, Ho, Wo] (image b at dy + b·dyBatchStride),
-/// x [B, Cin, H, W] → dWeight [Cout, Cin, k, k] +=, dBias [Cout] +=, and when `dx` is given
+/// x [B, Cin, H, W] → dWeight [Cout, Cin, k, k] += (when given), dBias [Cout] +=, and when `dx` is given
 /// dx [B, Cin, H, W] = (or += with `accumulateDx`) the input gradient.
 func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>,
                           batch: Int, geometry g: ConvGeometry, weight: UnsafePointer<Float>,
-                          dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?,
+                          dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
                           dx: UnsafeMutablePointer<Float>?, accumulateDx: Bool = false, workspace: Workspace) throws {
     let kk = g.inChannels * g.kernel * g.kernel, n = g.outHeight * g.outWidth
     let inPlane = g.inChannels * g.height * g.width
@@ -132,6 +132,7 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
     let col = try workspace.floats(kk * n)
     let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
     for b in 0..<batch {
+        guard let dWeight = dWeight else { break }
         // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
         let xb = x + b * inPlane
         let source: UnsafePointer<Float>
@@ -396,11 +397,17 @@ private func conv3x3WeightGradientNarrow(_ dy: UnsafePointer<Float>, x: UnsafePo
     let zeroPlane = dyPadded + batch * outChannels * dyPitch
     zeroPlane.update(repeating: 0, count: dyPitch)
     // Lanes at column 0 and at column W - 1, per vector of a plane.
-    var leftEdge: [SIMDMask<SIMD16<Int32>>] = [], rightEdge: [SIMDMask<SIMD16<Int32>>] = []
+    // (Raw buffers: reading Swift arrays inside the tasks retains and releases them per read.)
+    let leftEdge = UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>.allocate(capacity: vectors)
+    let rightEdge = UnsafeMutablePointer<SIMDMask<SIMD16<Int32>>>.allocate(capacity: vectors)
+    defer {
+        leftEdge.deallocate()
+        rightEdge.deallocate()
+    }
     for v in 0..<vectors {
         let column = (SIMD16<Int32>(repeating: Int32(v * 16)) &+ laneIndices16) % Int32(width)
-        leftEdge.append(column .== 0)
-        rightEdge.append(column .== Int32(width - 1))
+        (leftEdge + v).initialize(to: column .== 0)
+        (rightEdge + v).initialize(to: column .== Int32(width - 1))
     }
     ThreadPool.shared.parallelFor(((outChannels + 1) / 2) * inChannels) { task in
         let co = (task / inChannels) * 2, ci = task % inChannels
@@ -452,6 +459,85 @@ private func conv3x3WeightGradientNarrow(_ dy: UnsafePointer<Float>, x: UnsafePo
             row1[6] += horizontalSum(a16)
             row1[7] += horizontalSum(a17)
             row1[8] += horizontalSum(a18)
+        }
+    }
+}
+
+/// The weight gradient of a 1×1 convolution, directly: dy [B, Cout, n] (image b at
+/// dy + b·dyBatchStride), x [B, Cin, n] → dWeight [Cout, Cin] += Σ_b dy_b · x_bᵀ.
+/// A task holds a 4 × 4 block of dWeight in 16 SIMD16 sums over every image and position
+/// (16 positions per vector, the last vector of a plane zero-filled past its end), then adds
+/// each sum's lanes as a tree: no sum is split, so the same bits on any thread count.
+/// Plain twin: `convBackwardNaive`.
+func pointwiseWeightGradient(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil, x: UnsafePointer<Float>,
+                             batch: Int, inChannels: Int, outChannels: Int, spatial: Int,
+                             dWeight: UnsafeMutablePointer<Float>, workspace: Workspace) throws {
+    if batch == 0 || spatial == 0 { return }
+    let dyStride = dyBatchStride ?? outChannels * spatial
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // Rows past the last channel of a block read zeros.
+    let zeros = try workspace.floats(spatial)
+    zeros.update(repeating: 0, count: spatial)
+    let whole = spatial / 16 * 16, tail = spatial - whole
+    let ciBlocks = (inChannels + 3) / 4
+    ThreadPool.shared.parallelFor(((outChannels + 3) / 4) * ciBlocks) { task in
+        let co0 = (task / ciBlocks) * 4, ci0 = (task % ciBlocks) * 4
+        var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16()
+        var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16()
+        var a20 = Vec16(), a21 = Vec16(), a22 = Vec16(), a23 = Vec16()
+        var a30 = Vec16(), a31 = Vec16(), a32 = Vec16(), a33 = Vec16()
+        for b in 0..<batch {
+            let dy0 = co0 + 0 < outChannels ? dy + b * dyStride + (co0 + 0) * spatial : UnsafePointer(zeros)
+            let dy1 = co0 + 1 < outChannels ? dy + b * dyStride + (co0 + 1) * spatial : UnsafePointer(zeros)
+            let dy2 = co0 + 2 < outChannels ? dy + b * dyStride + (co0 + 2) * spatial : UnsafePointer(zeros)
+            let dy3 = co0 + 3 < outChannels ? dy + b * dyStride + (co0 + 3) * spatial : UnsafePointer(zeros)
+            let x0 = ci0 + 0 < inChannels ? x + (b * inChannels + ci0 + 0) * spatial : UnsafePointer(zeros)
+            let x1 = ci0 + 1 < inChannels ? x + (b * inChannels + ci0 + 1) * spatial : UnsafePointer(zeros)
+            let x2 = ci0 + 2 < inChannels ? x + (b * inChannels + ci0 + 2) * spatial : UnsafePointer(zeros)
+            let x3 = ci0 + 3 < inChannels ? x + (b * inChannels + ci0 + 3) * spatial : UnsafePointer(zeros)
+            @inline(__always) func step(_ p: Int, _ load: (UnsafePointer<Float>) -> Vec16) {
+                let d0 = load(dy0 + p), d1 = load(dy1 + p), d2 = load(dy2 + p), d3 = load(dy3 + p)
+                    let x0 = load(x0 + p), x1 = load(x1 + p), x2 = load(x2 + p), x3 = load(x3 + p)
+                    a00.addProduct(d0, x0); a01.addProduct(d0, x1); a02.addProduct(d0, x2); a03.addProduct(d0, x3)
+                    a10.addProduct(d1, x0); a11.addProduct(d1, x1); a12.addProduct(d1, x2); a13.addProduct(d1, x3)
+                    a20.addProduct(d2, x0); a21.addProduct(d2, x1); a22.addProduct(d2, x2); a23.addProduct(d2, x3)
+                    a30.addProduct(d3, x0); a31.addProduct(d3, x1); a32.addProduct(d3, x2); a33.addProduct(d3, x3)
+            }
+            var p = 0
+            while p < whole {
+                step(p) { load16($0) }
+                p += 16
+            }
+            if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
+        }
+        if co0 + 0 < outChannels {
+            let row = dWeight + (co0 + 0) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a00) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a01) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a02) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a03) }
+        }
+        if co0 + 1 < outChannels {
+            let row = dWeight + (co0 + 1) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a10) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a11) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a12) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a13) }
+        }
+        if co0 + 2 < outChannels {
+            let row = dWeight + (co0 + 2) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a20) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a21) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a22) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a23) }
+        }
+        if co0 + 3 < outChannels {
+            let row = dWeight + (co0 + 3) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a30) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a31) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a32) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a33) }
         }
     }
 }

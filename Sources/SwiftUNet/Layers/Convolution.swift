@@ -336,6 +336,16 @@ extension Conv2d {
             try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
                                       height: height, width: width, dWeight: gradients.of(weight),
                                       workspace: workspace)
+        } else if kernel == 1 && stride == 1 && padding == 0 && Conv2d.directWeightGradient {
+            biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
+                            batchStride: outChannels * height * width, db: gradients.of(bias))
+            try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                        spatial: height * width, dWeight: gradients.of(weight), workspace: workspace)
+            if let dx = dx {
+                try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data, dWeight: nil,
+                                         dBias: nil, dx: dx, accumulateDx: accumulateDx, workspace: workspace)
+            }
+            return
         } else {
             try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
                                      dWeight: gradients.of(weight), dBias: gradients.of(bias),
