@@ -307,13 +307,12 @@ extension Conv2d {
                                 workspace: workspace)
     }
 
-    /// Whether 3×3 weight gradients run `conv3x3WeightGradient` (18 SIMD16 accumulators: a
-    /// block for 32 vector registers) rather than the im2col GEMM.
-    #if SWIFTUNET_ISA_AVX512
+    /// Whether the 3×3 and 1×1 weight gradients run the direct kernels (`conv3x3WeightGradient`,
+    /// `pointwiseWeightGradient`) rather than the im2col GEMM. On every kernel variant: each
+    /// lane does the same fused multiply-adds in the same order whatever the vector width,
+    /// so every variant gives the same gradient bits (on 16-register CPUs the 18 sums of the
+    /// 3×3 kernel do not all stay in registers, which costs speed there, not bits).
     static let directWeightGradient = true
-    #else
-    static let directWeightGradient = false
-    #endif
 
     /// The Winograd tile of a training call at height × width (F(4×4) from 12×12 up, as inference).
     static func trainingTile(height: Int, width: Int) -> WinogradTile {
