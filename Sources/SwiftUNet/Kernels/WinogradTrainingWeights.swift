@@ -30,8 +30,12 @@ func winogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChann
                                                inputGradient: inputGradient, buffer: buffer, workspace: workspace)
     }
     let alpha = tile.alpha
-    let g = winogradGFloat(tile)
-    // Tap t of the kernel of result row r, column c.
+    // G in a raw buffer: a Swift array read inside the tasks is retained and released per read.
+    let gValues = winogradGFloat(tile)
+    let g = UnsafeMutablePointer<Float>.allocate(capacity: gValues.count)
+    g.initialize(from: gValues, count: gValues.count)
+    defer { g.deallocate() }
+    // Where the nine taps of result row r, column c start in w.
     @inline(__always) func offset(_ r: Int, _ c: Int) -> Int {
         inputGradient ? (c * inChannels + r) * 9 : (r * inChannels + c) * 9
     }
