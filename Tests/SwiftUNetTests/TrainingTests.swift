@@ -101,6 +101,26 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    /// A direct weight-gradient kernel (`run(dy, x, batch, dW)`, adding into dW) against
+    /// `convBackwardNaive`'s dW, at 1 and 2 threads, and the same bits at both.
+    private func checkWeightGradient(_ g: ConvGeometry, batch: Int, seed: UInt64, _ name: String,
+                                     _ run: ([Float], [Float], Int, inout [Float]) throws -> Void) throws {
+        let x = randomValues(batch * g.inChannels * g.height * g.width, seed: seed)
+        let wts = randomValues(g.outChannels * g.inChannels * g.kernel * g.kernel, seed: seed + 1)
+        let dy = randomValues(batch * g.outChannels * g.outHeight * g.outWidth, seed: seed + 2)
+        let start = randomValues(wts.count, seed: seed + 3)
+        var dWn = start, dBn = [Float](repeating: 0, count: g.outChannels), dxn = [Float](repeating: 0, count: x.count)
+        convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: wts, dWeight: &dWn, dBias: &dBn, dx: &dxn)
+        var results: [[Float]] = []
+        for threads in [1, 2] {
+            var dW = start
+            try withThreads(threads) { try run(dy, x, batch, &dW) }
+            assertClose(dW, dWn, tolerance: 1e-5, "\(name) \(g) threads=\(threads)")
+            results.append(dW)
+        }
+        XCTAssertEqual(results[0], results[1], "\(name) differs between 1 and 2 threads \(g)")
+    }
+
     func testConv3x3WeightGradientMatchesNaive() throws {
         // (Cin, Cout, H, W, batch): odd channel counts, widths that are not multiples of 16,
         // odd heights (a row pair's second row missing), 1×1 images, batch 1; widths up to 8
@@ -109,22 +129,10 @@ final class TrainingTests: XCTestCase {
                                          (2, 8, 16, 16, 2), (5, 2, 1, 7, 1), (3, 4, 5, 8, 2), (6, 5, 8, 3, 1),
                                          (4, 2, 7, 7, 3)] {
             let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 3, stride: 1, padding: 1)
-            let x = randomValues(batch * cin * h * w, seed: 40), wts = randomValues(cout * cin * 9, seed: 41)
-            let dy = randomValues(batch * cout * h * w, seed: 42)
-            let start = randomValues(cout * cin * 9, seed: 43)
-            var dWn = start, dBn = [Float](repeating: 0, count: cout), dxn = [Float](repeating: 0, count: x.count)
-            convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: wts, dWeight: &dWn, dBias: &dBn, dx: &dxn)
-            var results: [[Float]] = []
-            for threads in [1, 2] {
-                var dW = start
-                try withThreads(threads) {
-                    try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout, height: h,
-                                              width: w, dWeight: &dW, workspace: Workspace())
-                }
-                assertClose(dW, dWn, tolerance: 1e-5, "direct 3x3 dW \(g) threads=\(threads)")
-                results.append(dW)
+            try checkWeightGradient(g, batch: batch, seed: 40, "direct 3x3 dW") { dy, x, batch, dW in
+                try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout, height: h,
+                                          width: w, dWeight: &dW, workspace: Workspace())
             }
-            XCTAssertEqual(results[0], results[1], "direct 3x3 dW differs between 1 and 2 threads \(g)")
         }
     }
 
@@ -133,21 +141,10 @@ final class TrainingTests: XCTestCase {
         for (cin, cout, h, w, batch) in [(1, 1, 1, 1, 1), (5, 7, 3, 7, 2), (8, 4, 4, 4, 1), (3, 9, 5, 5, 3),
                                          (16, 6, 2, 17, 2)] {
             let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 1, stride: 1, padding: 0)
-            let x = randomValues(batch * cin * h * w, seed: 60), wts = randomValues(cout * cin, seed: 61)
-            let dy = randomValues(batch * cout * h * w, seed: 62), start = randomValues(cout * cin, seed: 63)
-            var dWn = start, dBn = [Float](repeating: 0, count: cout), dxn = [Float](repeating: 0, count: x.count)
-            convBackwardNaive(dy, x: x, batch: batch, geometry: g, weight: wts, dWeight: &dWn, dBias: &dBn, dx: &dxn)
-            var results: [[Float]] = []
-            for threads in [1, 2] {
-                var dW = start
-                try withThreads(threads) {
-                    try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout,
-                                                spatial: h * w, dWeight: &dW, workspace: Workspace())
-                }
-                assertClose(dW, dWn, tolerance: 1e-5, "1x1 dW \(g) threads=\(threads)")
-                results.append(dW)
+            try checkWeightGradient(g, batch: batch, seed: 60, "1x1 dW") { dy, x, batch, dW in
+                try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout,
+                                            spatial: h * w, dWeight: &dW, workspace: Workspace())
             }
-            XCTAssertEqual(results[0], results[1], "1x1 dW differs between 1 and 2 threads \(g)")
         }
     }
 

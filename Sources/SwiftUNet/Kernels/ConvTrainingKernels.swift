@@ -113,6 +113,18 @@ private func zeroBias(_ count: Int, _ workspace: Workspace) throws -> UnsafeMuta
     return z
 }
 
+/// The kernel of a stride-1 convolution's input gradient: w [Cout, Cin, k, k] (taps = k·k)
+/// rotated 180° with its channels swapped, wf[ci, co, t] = w[co, ci, taps - 1 - t].
+func flippedKernel(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int, taps: Int,
+                   into wf: UnsafeMutablePointer<Float>) {
+    for co in 0..<outChannels {
+        for ci in 0..<inChannels {
+            let src = w + (co * inChannels + ci) * taps, dst = wf + (ci * outChannels + co) * taps
+            for t in 0..<taps { dst[t] = src[taps - 1 - t] }
+        }
+    }
+}
+
 /// The gradients of `convForwardTraining`: dy [B, Cout, Ho, Wo] (image b at dy + b·dyBatchStride),
 /// x [B, Cin, H, W] → dWeight [Cout, Cin, k, k] += (when given), dBias [Cout] +=, and when `dx` is given
 /// dx [B, Cin, H, W] = (or += with `accumulateDx`) the input gradient.
@@ -128,19 +140,20 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
     if let dBias = dBias {
         biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: n, batchStride: dyStride, db: dBias)
     }
-    let pointwise = isPointwise(g)
-    let col = try workspace.floats(kk * n)
-    let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
-    for b in 0..<batch {
-        guard let dWeight = dWeight else { break }
-        // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
-        let xb = x + b * inPlane
-        let source: UnsafePointer<Float>
-        if pointwise { source = xb } else { im2col(xb, geometry: g, channels: g.inChannels, col: col); source = UnsafePointer(col) }
-        let a = PackedMatrix(rows: g.outChannels, cols: n, source: dy + b * dyStride, rowStride: n, colStride: 1,
-                             buffer: dyPanel)
-        try matmul(a, StridedSource(b: source, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
-                   accumulate: true, workspace: workspace)
+    if let dWeight = dWeight {
+        let pointwise = isPointwise(g)
+        let col = try workspace.floats(pointwise ? 1 : kk * n)
+        let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
+        for b in 0..<batch {
+            // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
+            let xb = x + b * inPlane
+            let source: UnsafePointer<Float>
+            if pointwise { source = xb } else { im2col(xb, geometry: g, channels: g.inChannels, col: col); source = UnsafePointer(col) }
+            let a = PackedMatrix(rows: g.outChannels, cols: n, source: dy + b * dyStride, rowStride: n, colStride: 1,
+                                 buffer: dyPanel)
+            try matmul(a, StridedSource(b: source, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
+                       accumulate: true, workspace: workspace)
+        }
     }
     guard let dx = dx else { return }
     let kkOut = g.outChannels * g.kernel * g.kernel
@@ -148,14 +161,9 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
     if keepsSize && dyStride == g.outChannels * n {
         // A stride-1 convolution that keeps the image size has as input gradient the convolution of
         // dy with the flipped kernel, its channels swapped: wf[ci, co, ky, kx] = W[co, ci, k-1-ky, k-1-kx].
-        let k2 = g.kernel * g.kernel
         let wf = try workspace.floats(g.inChannels * kkOut)
-        for co in 0..<g.outChannels {
-            for ci in 0..<g.inChannels {
-                let src = weight + (co * g.inChannels + ci) * k2, dst = wf + (ci * g.outChannels + co) * k2
-                for j in 0..<k2 { dst[j] = src[k2 - 1 - j] }
-            }
-        }
+        flippedKernel(weight, inChannels: g.inChannels, outChannels: g.outChannels, taps: g.kernel * g.kernel,
+                      into: wf)
         let packed = PackedMatrix(rows: g.inChannels, cols: kkOut, source: wf, rowStride: kkOut, colStride: 1,
                                   buffer: try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: kkOut)))
         let dyGeometry = ConvGeometry(inChannels: g.outChannels, outChannels: g.inChannels, height: g.height,
@@ -166,6 +174,7 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
         return
     }
     // Otherwise: dcol = Wᵀ · dy_b, scattered back onto the image (col2im).
+    let col = try workspace.floats(kk * n)
     let wt = PackedMatrix(rows: kk, cols: g.outChannels, source: weight, rowStride: 1, colStride: kk,
                           buffer: try workspace.floats(PackedMatrix.floatCount(rows: kk, cols: g.outChannels)))
     for b in 0..<batch {
@@ -338,29 +347,26 @@ func conv3x3WeightGradient(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, 
                 }
             }
         }
-        let row0 = dWeight + (co * inChannels + ci) * 9
-        row0[0] += horizontalSum(a00)
-        row0[1] += horizontalSum(a01)
-        row0[2] += horizontalSum(a02)
-        row0[3] += horizontalSum(a03)
-        row0[4] += horizontalSum(a04)
-        row0[5] += horizontalSum(a05)
-        row0[6] += horizontalSum(a06)
-        row0[7] += horizontalSum(a07)
-        row0[8] += horizontalSum(a08)
+        addTapSums(dWeight + (co * inChannels + ci) * 9, a00, a01, a02, a03, a04, a05, a06, a07, a08)
         if second {
-            let row1 = dWeight + ((co + 1) * inChannels + ci) * 9
-            row1[0] += horizontalSum(a10)
-            row1[1] += horizontalSum(a11)
-            row1[2] += horizontalSum(a12)
-            row1[3] += horizontalSum(a13)
-            row1[4] += horizontalSum(a14)
-            row1[5] += horizontalSum(a15)
-            row1[6] += horizontalSum(a16)
-            row1[7] += horizontalSum(a17)
-            row1[8] += horizontalSum(a18)
+            addTapSums(dWeight + ((co + 1) * inChannels + ci) * 9, a10, a11, a12, a13, a14, a15, a16, a17, a18)
         }
     }
+}
+
+/// row[t] += the lanes of the t-th sum added as a tree, for the nine taps of one kernel.
+@inline(__always)
+private func addTapSums(_ row: UnsafeMutablePointer<Float>, _ s0: Vec16, _ s1: Vec16, _ s2: Vec16, _ s3: Vec16,
+                        _ s4: Vec16, _ s5: Vec16, _ s6: Vec16, _ s7: Vec16, _ s8: Vec16) {
+    row[0] += horizontalSum(s0)
+    row[1] += horizontalSum(s1)
+    row[2] += horizontalSum(s2)
+    row[3] += horizontalSum(s3)
+    row[4] += horizontalSum(s4)
+    row[5] += horizontalSum(s5)
+    row[6] += horizontalSum(s6)
+    row[7] += horizontalSum(s7)
+    row[8] += horizontalSum(s8)
 }
 
 /// `conv3x3WeightGradient` for images at most 8 pixels wide, where a vector along one row
@@ -438,27 +444,9 @@ private func conv3x3WeightGradientNarrow(_ dy: UnsafePointer<Float>, x: UnsafePo
                 xv = load16(x2 + 1); a08.addProduct(d0R, xv); a18.addProduct(d1R, xv)
             }
         }
-        let row0 = dWeight + (co * inChannels + ci) * 9
-        row0[0] += horizontalSum(a00)
-        row0[1] += horizontalSum(a01)
-        row0[2] += horizontalSum(a02)
-        row0[3] += horizontalSum(a03)
-        row0[4] += horizontalSum(a04)
-        row0[5] += horizontalSum(a05)
-        row0[6] += horizontalSum(a06)
-        row0[7] += horizontalSum(a07)
-        row0[8] += horizontalSum(a08)
+        addTapSums(dWeight + (co * inChannels + ci) * 9, a00, a01, a02, a03, a04, a05, a06, a07, a08)
         if second {
-            let row1 = dWeight + ((co + 1) * inChannels + ci) * 9
-            row1[0] += horizontalSum(a10)
-            row1[1] += horizontalSum(a11)
-            row1[2] += horizontalSum(a12)
-            row1[3] += horizontalSum(a13)
-            row1[4] += horizontalSum(a14)
-            row1[5] += horizontalSum(a15)
-            row1[6] += horizontalSum(a16)
-            row1[7] += horizontalSum(a17)
-            row1[8] += horizontalSum(a18)
+            addTapSums(dWeight + ((co + 1) * inChannels + ci) * 9, a10, a11, a12, a13, a14, a15, a16, a17, a18)
         }
     }
 }

@@ -93,11 +93,7 @@ func winogradWeightsForStepPlain(_ w: UnsafePointer<Float>, inChannels: Int, out
     var kernel = w
     if inputGradient {
         let flipped = try workspace.floats(rows * cols * 9)
-        for r in 0..<rows {
-            for c in 0..<cols {
-                for tap in 0..<9 { flipped[(r * cols + c) * 9 + tap] = w[(c * inChannels + r) * 9 + 8 - tap] }
-            }
-        }
+        flippedKernel(w, inChannels: inChannels, outChannels: outChannels, taps: 9, into: flipped)
         kernel = UnsafePointer(flipped)
     }
     let count = max(1, rows * cols)
@@ -128,53 +124,28 @@ private func winogradGFloat(_ tile: WinogradTile) -> [Float] {
 func stridedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
                                    workspace: Workspace) throws -> StridedWinogradWeights {
     let cols = 4 * inChannels
-    let count = max(1, outChannels * cols)
     let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: cols)
     let packed = try workspace.floats(9 * matrixFloats)
-    if outChannels % gemmRowBlock == 0 && gemmRowBlock == 8 {
-        // Straight into the packed layout: lane l of a vector is row 8p + l of a panel, and
-        // the 8 rows of column k sit together, so each of the nine values is one store.
-        ThreadPool.shared.parallelFor(outChannels / 8) { p in
-            for ci in 0..<inChannels {
-                let k = w + (p * 8 * inChannels + ci) * 16
-                @inline(__always) func tap(_ i: Int) -> SIMD8<Float> {
-                    var v = SIMD8<Float>()
-                    for l in 0..<8 { v[l] = k[l * inChannels * 16 + i] }
-                    return v
-                }
-                for py in 0..<2 {
-                    for px in 0..<2 {
-                        let column = ci * 4 + py * 2 + px
-                        store2x2Transform(tap(py * 4 + px), tap(py * 4 + 2 + px), tap((2 + py) * 4 + px),
-                                          tap((2 + py) * 4 + 2 + px), packed + p * 8 * cols + column * 8,
-                                          stride: matrixFloats)
-                    }
-                }
-            }
-        }
-        return StridedWinogradWeights(positions: (0..<9).map {
-            PackedMatrix(rows: outChannels, cols: cols, packed: packed + $0 * matrixFloats)
-        })
-    }
-    let mark = workspace.mark()
-    defer { workspace.release(to: mark) }
-    let u = try workspace.floats(9 * count)
-    // U = G · taps · Gᵀ with G = [1 0; 1 1; 0 1]: for taps [[a, b], [c, d]],
-    // U = [[a, a+b, b], [a+c, (a+b)+(c+d), b+d], [c, c+d, d]].
-    ThreadPool.shared.parallelFor(outChannels) { co in
+    ThreadPool.shared.parallelFor(panelCount(outChannels)) { p in
         for ci in 0..<inChannels {
-            let k = w + (co * inChannels + ci) * 16
+            // Row co's kernel for input channel ci: w + (co·Cin + ci)·16.
+            let k = w + (p * 8 * inChannels + ci) * 16
+            let rows = min(8, outChannels - p * 8)
             for py in 0..<2 {
                 for px in 0..<2 {
-                    let a = k[py * 4 + px], b = k[py * 4 + 2 + px], c = k[(2 + py) * 4 + px], d = k[(2 + py) * 4 + 2 + px]
-                    let dst = u + co * cols + ci * 4 + py * 2 + px
-                    writeStrided2x2(a, b, c, d, dst, stride: count)
+                    @inline(__always) func tap(_ ty: Int, _ tx: Int) -> SIMD8<Float> {
+                        panelLanes(k, rowStride: inChannels * 16, rows: rows, at: (2 * ty + py) * 4 + 2 * tx + px)
+                    }
+                    let column = ci * 4 + py * 2 + px
+                    store2x2Transform(tap(0, 0), tap(0, 1), tap(1, 0), tap(1, 1), packed + p * 8 * cols + column * 8,
+                                      stride: matrixFloats)
                 }
             }
         }
     }
-    return StridedWinogradWeights(positions: packPositions(u, positions: 9, count: count, rows: outChannels,
-                                                           cols: cols, into: packed))
+    return StridedWinogradWeights(positions: (0..<9).map {
+        PackedMatrix(rows: outChannels, cols: cols, packed: packed + $0 * matrixFloats)
+    })
 }
 
 /// ConvTranspose2d weights [Cin, Cout, 4, 4] (or, read as such, Conv2d weights
@@ -182,74 +153,54 @@ func stridedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, o
 /// in the workspace.
 func transposedWinogradWeightsForStep(_ w: UnsafePointer<Float>, inChannels: Int, outChannels: Int,
                                       workspace: Workspace) throws -> TransposedWinogradWeights {
-    let count = max(1, outChannels * inChannels)
     let matrixFloats = PackedMatrix.floatCount(rows: outChannels, cols: inChannels)
     let packed = try workspace.floats(36 * matrixFloats)
-    if outChannels % gemmRowBlock == 0 && gemmRowBlock == 8 {
-        // Straight into the packed layout, 8 output channels (a panel's rows) per vector.
-        ThreadPool.shared.parallelFor(outChannels / 8) { p in
-            for ry in 0..<2 {
-                for rx in 0..<2 {
-                    let parity = 2 * ry + rx
-                    let ty0 = subPixelTap(ry, 0), ty1 = subPixelTap(ry, 1)
-                    let tx0 = subPixelTap(rx, 0), tx1 = subPixelTap(rx, 1)
-                    for ci in 0..<inChannels {
-                        let k = w + (ci * outChannels + p * 8) * 16
-                        @inline(__always) func tap(_ i: Int) -> SIMD8<Float> {
-                            var v = SIMD8<Float>()
-                            for l in 0..<8 { v[l] = k[l * 16 + i] }
-                            return v
-                        }
-                        store2x2Transform(tap(ty0 * 4 + tx0), tap(ty0 * 4 + tx1), tap(ty1 * 4 + tx0),
-                                          tap(ty1 * 4 + tx1),
-                                          packed + 9 * parity * matrixFloats + p * 8 * inChannels + ci * 8,
-                                          stride: matrixFloats)
-                    }
-                }
-            }
-        }
-        return TransposedWinogradWeights(positions: (0..<36).map {
-            PackedMatrix(rows: outChannels, cols: inChannels, packed: packed + $0 * matrixFloats)
-        })
-    }
-    let mark = workspace.mark()
-    defer { workspace.release(to: mark) }
-    let u = try workspace.floats(36 * count)
-    ThreadPool.shared.parallelFor(outChannels) { co in
+    ThreadPool.shared.parallelFor(panelCount(outChannels)) { p in
+        let rows = min(8, outChannels - p * 8)
         for ry in 0..<2 {
             for rx in 0..<2 {
                 let parity = 2 * ry + rx
-                let ty0 = subPixelTap(ry, 0), ty1 = subPixelTap(ry, 1), tx0 = subPixelTap(rx, 0), tx1 = subPixelTap(rx, 1)
+                let ty0 = subPixelTap(ry, 0), ty1 = subPixelTap(ry, 1)
+                let tx0 = subPixelTap(rx, 0), tx1 = subPixelTap(rx, 1)
                 for ci in 0..<inChannels {
-                    let k = w + (ci * outChannels + co) * 16
-                    let a = k[ty0 * 4 + tx0], b = k[ty0 * 4 + tx1], c = k[ty1 * 4 + tx0], d = k[ty1 * 4 + tx1]
-                    writeStrided2x2(a, b, c, d, u + 9 * parity * count + co * inChannels + ci, stride: count)
+                    // Output channel co's kernel for input channel ci: w + (ci·Cout + co)·16.
+                    let k = w + (ci * outChannels + p * 8) * 16
+                    @inline(__always) func tap(_ ty: Int, _ tx: Int) -> SIMD8<Float> {
+                        panelLanes(k, rowStride: 16, rows: rows, at: ty * 4 + tx)
+                    }
+                    store2x2Transform(tap(ty0, tx0), tap(ty0, tx1), tap(ty1, tx0), tap(ty1, tx1),
+                                      packed + 9 * parity * matrixFloats + p * 8 * inChannels + ci * 8,
+                                      stride: matrixFloats)
                 }
             }
         }
     }
-    return TransposedWinogradWeights(positions: packPositions(u, positions: 36, count: count, rows: outChannels,
-                                                              cols: inChannels, into: packed))
+    return TransposedWinogradWeights(positions: (0..<36).map {
+        PackedMatrix(rows: outChannels, cols: inChannels, packed: packed + $0 * matrixFloats)
+    })
 }
 
-/// The nine values of G · [[a, b], [c, d]] · Gᵀ (G = [1 0; 1 1; 0 1]) at dst + ξ·stride.
+/// The 8-row panels of a packed matrix of `rows` rows. The F(2×2, 2×2) forms are written
+/// straight into the packed layout, lane l of a vector being row 8p + l of panel p: the
+/// panel's 8 rows of one column sit together, so each value is one 8-float store.
 @inline(__always)
-private func writeStrided2x2(_ a: Float, _ b: Float, _ c: Float, _ d: Float, _ dst: UnsafeMutablePointer<Float>,
-                             stride: Int) {
-    let ab = a + b, cd = c + d
-    dst[0] = a
-    dst[stride] = ab
-    dst[2 * stride] = b
-    dst[3 * stride] = a + c
-    dst[4 * stride] = ab + cd
-    dst[5 * stride] = b + d
-    dst[6 * stride] = c
-    dst[7 * stride] = cd
-    dst[8 * stride] = d
+private func panelCount(_ rows: Int) -> Int {
+    precondition(gemmRowBlock == 8, "the F(2×2, 2×2) step forms are written in panels of 8 rows")
+    return (rows + 7) / 8
 }
 
-/// `writeStrided2x2` for 8 lanes at once (the same additions per lane), one 8-float store
-/// per value at dst + ξ·stride.
+/// One tap of a panel's rows: lane l = k[l·rowStride + tap] for the panel's first `rows`
+/// rows, zero past them (the packed layout's rows past the last are zero).
+@inline(__always)
+private func panelLanes(_ k: UnsafePointer<Float>, rowStride: Int, rows: Int, at tap: Int) -> SIMD8<Float> {
+    var v = SIMD8<Float>()
+    for l in 0..<rows { v[l] = k[l * rowStride + tap] }
+    return v
+}
+
+/// The nine values of G · [[a, b], [c, d]] · Gᵀ (G = [1 0; 1 1; 0 1]), 8 lanes at a time,
+/// one 8-float store per value at dst + ξ·stride:
+/// U = [[a, a+b, b], [a+c, (a+b)+(c+d), b+d], [c, c+d, d]].
 @inline(__always)
 private func store2x2Transform(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ d: SIMD8<Float>,
                                _ dst: UnsafeMutablePointer<Float>, stride: Int) {
@@ -266,17 +217,4 @@ private func store2x2Transform(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<
     put(c, 6)
     put(cd, 7)
     put(d, 8)
-}
-
-/// Packs `positions` row-major [rows, cols] matrices (u + ξ·count) into `packed`
-/// (`positions · PackedMatrix.floatCount(rows:cols:)` floats), one matrix per task.
-private func packPositions(_ u: UnsafeMutablePointer<Float>, positions: Int, count: Int, rows: Int, cols: Int,
-                           into packed: UnsafeMutablePointer<Float>) -> [PackedMatrix] {
-    let matrixFloats = PackedMatrix.floatCount(rows: rows, cols: cols)
-    // Packing inside a task runs inline (nested regions do), so each matrix is one task.
-    ThreadPool.shared.parallelFor(positions) { xi in
-        _ = PackedMatrix(rows: rows, cols: cols, source: u + xi * count, rowStride: cols, colStride: 1,
-                         buffer: packed + xi * matrixFloats)
-    }
-    return (0..<positions).map { PackedMatrix(rows: rows, cols: cols, packed: packed + $0 * matrixFloats) }
 }

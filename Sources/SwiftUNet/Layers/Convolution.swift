@@ -307,13 +307,6 @@ extension Conv2d {
                                 workspace: workspace)
     }
 
-    /// Whether the 3×3 and 1×1 weight gradients run the direct kernels (`conv3x3WeightGradient`,
-    /// `pointwiseWeightGradient`) rather than the im2col GEMM. On every kernel variant: each
-    /// lane does the same fused multiply-adds in the same order whatever the vector width,
-    /// so every variant gives the same gradient bits (on 16-register CPUs the 18 sums of the
-    /// 3×3 kernel do not all stay in registers, which costs speed there, not bits).
-    static let directWeightGradient = true
-
     /// The Winograd tile of a training call at height × width (F(4×4) from 12×12 up, as inference).
     static func trainingTile(height: Int, width: Int) -> WinogradTile {
         prefersLargeTiles(height: height, width: width) ? .four : .two
@@ -329,25 +322,29 @@ extension Conv2d {
         let byTransposedWinograd = usesStridedWinograd && !accumulateDx && height % 2 == 0 && width % 2 == 0
         let byDirect = kernel == 3 && stride == 1 && padding == 1
         let gemmInputGradient = !(byWinograd || byTransposedWinograd || byDirect)
-        if byDirect && Conv2d.directWeightGradient {
+        // 3×3 and 1×1 weight gradients by the direct kernels, on every kernel variant: each
+        // lane does the same fused multiply-adds in the same order whatever the vector width,
+        // so every variant gives the same bits (on 16-register CPUs the 3×3 kernel's 18 sums
+        // do not all stay in registers, which costs speed there, not bits).
+        let pointwise = kernel == 1 && stride == 1 && padding == 0
+        let directWeightGradient = byDirect || pointwise
+        if directWeightGradient {
             biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
                             batchStride: outChannels * height * width, db: gradients.of(bias))
-            try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
-                                      height: height, width: width, dWeight: gradients.of(weight),
-                                      workspace: workspace)
-        } else if kernel == 1 && stride == 1 && padding == 0 && Conv2d.directWeightGradient {
-            biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
-                            batchStride: outChannels * height * width, db: gradients.of(bias))
-            try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
-                                        spatial: height * width, dWeight: gradients.of(weight), workspace: workspace)
-            if let dx = dx {
-                try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data, dWeight: nil,
-                                         dBias: nil, dx: dx, accumulateDx: accumulateDx, workspace: workspace)
+            if byDirect {
+                try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                          height: height, width: width, dWeight: gradients.of(weight),
+                                          workspace: workspace)
+            } else {
+                try pointwiseWeightGradient(dy, x: x, batch: batch, inChannels: inChannels,
+                                            outChannels: outChannels, spatial: height * width,
+                                            dWeight: gradients.of(weight), workspace: workspace)
             }
-            return
-        } else {
+        }
+        if !directWeightGradient || (gemmInputGradient && dx != nil) {
             try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
-                                     dWeight: gradients.of(weight), dBias: gradients.of(bias),
+                                     dWeight: directWeightGradient ? nil : gradients.of(weight),
+                                     dBias: directWeightGradient ? nil : gradients.of(bias),
                                      dx: gemmInputGradient ? dx : nil, accumulateDx: accumulateDx,
                                      workspace: workspace)
         }
@@ -373,11 +370,7 @@ extension Conv2d {
                                                 workspace: workspace)
         } else {
             let flipped = try workspace.floats(inChannels * outChannels * 9)
-            for ci in 0..<inChannels {
-                for co in 0..<outChannels {
-                    for tap in 0..<9 { flipped[(ci * outChannels + co) * 9 + tap] = weight.data[(co * inChannels + ci) * 9 + 8 - tap] }
-                }
-            }
+            flippedKernel(weight.data, inChannels: inChannels, outChannels: outChannels, taps: 9, into: flipped)
             try conv3x3DirectForward(dy, batch: batch, inChannels: outChannels, outChannels: inChannels,
                                      height: height, width: width, weights: flipped, bias: zeros,
                                      biasBatchStride: 0, y: dx, accumulate: accumulateDx, workspace: workspace)
