@@ -59,6 +59,23 @@ if arguments.count > 1 && arguments[1] == "pool" {
     }
     exit(0)
 }
+// 3×3 weight-gradient kernels: SwiftUNetBench dw <cin> <cout> <h> <w> <batch> <threads> [routes]
+// (milliseconds of the direct kernel (route 0) and of Winograd F(2×2) and F(4×4) (2, 4))
+if arguments.count > 1 && arguments[1] == "dw" {
+    let v = arguments.dropFirst(2).compactMap { Int($0) }
+    ThreadPool.shared.numThreads = v[5]
+    var line = "dw cin=\(v[0]) cout=\(v[1]) \(v[2])x\(v[3]) b=\(v[4]) threads=\(v[5]):"
+    let routes = arguments.count > 8 ? arguments[8].split(separator: ",").compactMap { Int($0) } : [0, 2, 4]
+    for route in routes {
+        let s = try KernelBenchmarks.weightGradientSeconds(inChannels: v[0], outChannels: v[1], height: v[2],
+                                                           width: v[3], batch: v[4], route: route,
+                                                           repeats: routes.count == 1 ? 60 : 15)
+        line += "  \(route == 0 ? "direct" : route == 5 ? "F4-one-chain" : "F\(route)") \(fmt(s * 1e3)) ms"
+    }
+    print(line)
+    exit(0)
+}
+
 // Training steps: SwiftUNetBench train <case 0-2> <batch> <threads> <steps>
 // (Trainer.step on random images in [-1, 1]; the first step, which grows the arena, is not timed).
 if arguments.count > 1 && arguments[1] == "train" {

@@ -136,6 +136,25 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testWinogradWeightGradientMatchesNaive() throws {
+        // (Cin, Cout, H, W, batch): channel counts off the vectors and panels, sizes that are
+        // not multiples of the tile (tiles overhanging the image), tile counts off whole
+        // chunks, 1×1 images, batch 1, non-square images; the last two have tiles enough for
+        // several groups and for the two halves (F(4×4): 4 × 64 tiles, F(2×2): 289).
+        for tile in [WinogradTile.two, .four] {
+            for (cin, cout, h, w, batch) in [(3, 5, 7, 9, 2), (1, 1, 1, 1, 1), (8, 3, 5, 17, 1), (4, 6, 2, 33, 3),
+                                             (2, 8, 16, 16, 2), (5, 2, 1, 7, 1), (6, 5, 8, 3, 1), (4, 2, 7, 7, 3),
+                                             (9, 7, 12, 10, 2), (17, 9, 32, 32, 4), (33, 16, 34, 34, 1)] {
+                let g = ConvGeometry(inChannels: cin, outChannels: cout, height: h, width: w, kernel: 3, stride: 1,
+                                     padding: 1)
+                try checkWeightGradient(g, batch: batch, seed: 50, "Winograd F(\(tile.rawValue)) 3x3 dW") { dy, x, batch, dW in
+                    try winogradWeightGradient3x3(dy, x: x, batch: batch, inChannels: cin, outChannels: cout,
+                                                  height: h, width: w, tile: tile, dWeight: &dW, workspace: Workspace())
+                }
+            }
+        }
+    }
+
     func testPointwiseWeightGradientMatchesNaive() throws {
         // (Cin, Cout, H, W, batch): blocks of 4 with channels left over, planes with a tail.
         for (cin, cout, h, w, batch) in [(1, 1, 1, 1, 1), (5, 7, 3, 7, 2), (8, 4, 4, 4, 1), (3, 9, 5, 5, 3),

@@ -467,67 +467,57 @@ func pointwiseWeightGradient(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = n
     // Rows past the last channel of a block read zeros.
     let zeros = try workspace.floats(spatial)
     zeros.update(repeating: 0, count: spatial)
-    let whole = spatial / 16 * 16, tail = spatial - whole
     let ciBlocks = (inChannels + 3) / 4
     ThreadPool.shared.parallelFor(((outChannels + 3) / 4) * ciBlocks) { task in
         let co0 = (task / ciBlocks) * 4, ci0 = (task % ciBlocks) * 4
-        var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16()
-        var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16()
-        var a20 = Vec16(), a21 = Vec16(), a22 = Vec16(), a23 = Vec16()
-        var a30 = Vec16(), a31 = Vec16(), a32 = Vec16(), a33 = Vec16()
-        for b in 0..<batch {
-            let dy0 = co0 + 0 < outChannels ? dy + b * dyStride + (co0 + 0) * spatial : UnsafePointer(zeros)
-            let dy1 = co0 + 1 < outChannels ? dy + b * dyStride + (co0 + 1) * spatial : UnsafePointer(zeros)
-            let dy2 = co0 + 2 < outChannels ? dy + b * dyStride + (co0 + 2) * spatial : UnsafePointer(zeros)
-            let dy3 = co0 + 3 < outChannels ? dy + b * dyStride + (co0 + 3) * spatial : UnsafePointer(zeros)
-            let x0 = ci0 + 0 < inChannels ? x + (b * inChannels + ci0 + 0) * spatial : UnsafePointer(zeros)
-            let x1 = ci0 + 1 < inChannels ? x + (b * inChannels + ci0 + 1) * spatial : UnsafePointer(zeros)
-            let x2 = ci0 + 2 < inChannels ? x + (b * inChannels + ci0 + 2) * spatial : UnsafePointer(zeros)
-            let x3 = ci0 + 3 < inChannels ? x + (b * inChannels + ci0 + 3) * spatial : UnsafePointer(zeros)
-            @inline(__always) func step(_ p: Int, _ load: (UnsafePointer<Float>) -> Vec16) {
-                let d0 = load(dy0 + p), d1 = load(dy1 + p), d2 = load(dy2 + p), d3 = load(dy3 + p)
-                    let x0 = load(x0 + p), x1 = load(x1 + p), x2 = load(x2 + p), x3 = load(x3 + p)
-                    a00.addProduct(d0, x0); a01.addProduct(d0, x1); a02.addProduct(d0, x2); a03.addProduct(d0, x3)
-                    a10.addProduct(d1, x0); a11.addProduct(d1, x1); a12.addProduct(d1, x2); a13.addProduct(d1, x3)
-                    a20.addProduct(d2, x0); a21.addProduct(d2, x1); a22.addProduct(d2, x2); a23.addProduct(d2, x3)
-                    a30.addProduct(d3, x0); a31.addProduct(d3, x1); a32.addProduct(d3, x2); a33.addProduct(d3, x3)
-            }
-            var p = 0
-            while p < whole {
-                step(p) { load16($0) }
-                p += 16
-            }
-            if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
-        }
-        if co0 + 0 < outChannels {
-            let row = dWeight + (co0 + 0) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a00) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a01) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a02) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a03) }
-        }
-        if co0 + 1 < outChannels {
-            let row = dWeight + (co0 + 1) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a10) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a11) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a12) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a13) }
-        }
-        if co0 + 2 < outChannels {
-            let row = dWeight + (co0 + 2) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a20) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a21) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a22) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a23) }
-        }
-        if co0 + 3 < outChannels {
-            let row = dWeight + (co0 + 3) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a30) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a31) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a32) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a33) }
-        }
+        blockProductSums4x4(segments: batch, count: spatial, a: { b, r in
+            co0 + r < outChannels ? dy + b * dyStride + (co0 + r) * spatial : UnsafePointer(zeros)
+        }, b: { b, c in
+            ci0 + c < inChannels ? x + (b * inChannels + ci0 + c) * spatial : UnsafePointer(zeros)
+        }, emit: { r, c, sum in
+            if co0 + r < outChannels && ci0 + c < inChannels { dWeight[(co0 + r) * inChannels + ci0 + c] += sum }
+        })
     }
+}
+
+/// The 16 dot products of four rows of A with four rows of B, each over `segments`
+/// segments of `count` floats: sum(r, c) = Σ_s Σ_p a(s, r)[p] · b(s, c)[p], passed to
+/// `emit(r, c, sum)`. Each sum keeps 16 lanes (element p in lane p mod 16, the last
+/// partial vector of a segment read as a prefix), segments and vectors in order, then
+/// adds its lanes as a tree (`horizontalSum`): a fixed order, the same bits on every
+/// kernel variant and whichever thread runs it. The weight gradients of the 1×1 and the
+/// Winograd routes are made of these blocks.
+@inline(__always)
+func blockProductSums4x4(segments: Int, count: Int, a: (_ segment: Int, _ row: Int) -> UnsafePointer<Float>,
+                         b: (_ segment: Int, _ row: Int) -> UnsafePointer<Float>,
+                         emit: (_ r: Int, _ c: Int, _ sum: Float) -> Void) {
+    let whole = count / 16 * 16, tail = count - whole
+    var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16()
+    var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16()
+    var a20 = Vec16(), a21 = Vec16(), a22 = Vec16(), a23 = Vec16()
+    var a30 = Vec16(), a31 = Vec16(), a32 = Vec16(), a33 = Vec16()
+    for s in 0..<segments {
+        let r0 = a(s, 0), r1 = a(s, 1), r2 = a(s, 2), r3 = a(s, 3)
+        let c0 = b(s, 0), c1 = b(s, 1), c2 = b(s, 2), c3 = b(s, 3)
+        @inline(__always) func step(_ p: Int, _ load: (UnsafePointer<Float>) -> Vec16) {
+            let d0 = load(r0 + p), d1 = load(r1 + p), d2 = load(r2 + p), d3 = load(r3 + p)
+            let x0 = load(c0 + p), x1 = load(c1 + p), x2 = load(c2 + p), x3 = load(c3 + p)
+            a00.addProduct(d0, x0); a01.addProduct(d0, x1); a02.addProduct(d0, x2); a03.addProduct(d0, x3)
+            a10.addProduct(d1, x0); a11.addProduct(d1, x1); a12.addProduct(d1, x2); a13.addProduct(d1, x3)
+            a20.addProduct(d2, x0); a21.addProduct(d2, x1); a22.addProduct(d2, x2); a23.addProduct(d2, x3)
+            a30.addProduct(d3, x0); a31.addProduct(d3, x1); a32.addProduct(d3, x2); a33.addProduct(d3, x3)
+        }
+        var p = 0
+        while p < whole {
+            step(p) { load16($0) }
+            p += 16
+        }
+        if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
+    }
+    emit(0, 0, horizontalSum(a00)); emit(0, 1, horizontalSum(a01)); emit(0, 2, horizontalSum(a02)); emit(0, 3, horizontalSum(a03))
+    emit(1, 0, horizontalSum(a10)); emit(1, 1, horizontalSum(a11)); emit(1, 2, horizontalSum(a12)); emit(1, 3, horizontalSum(a13))
+    emit(2, 0, horizontalSum(a20)); emit(2, 1, horizontalSum(a21)); emit(2, 2, horizontalSum(a22)); emit(2, 3, horizontalSum(a23))
+    emit(3, 0, horizontalSum(a30)); emit(3, 1, horizontalSum(a31)); emit(3, 2, horizontalSum(a32)); emit(3, 3, horizontalSum(a33))
 }
 
 /// The plain twin of `convBackwardTraining` (direct loops over every tap): dWeight +=,

@@ -87,3 +87,37 @@ extension KernelBenchmarks {
         return (wide, narrow, tall)
     }
 }
+
+extension KernelBenchmarks {
+    /// Fastest of `repeats` 3×3 weight gradients of dy [batch, cout, h, w] and x [batch, cin,
+    /// h, w]: `route` 0 the direct kernel, 2 and 4 Winograd F(2×2) and F(4×4), 5 F(4×4) with
+    /// the tiles in one chain.
+    public static func weightGradientSeconds(inChannels cin: Int, outChannels cout: Int, height h: Int, width w: Int,
+                                             batch: Int, route: Int, repeats: Int) throws -> Double {
+        var rng = SplitMix64(seed: 2)
+        let x = try allocateFloatsOrThrow(batch * cin * h * w, "bench x")
+        let dy = try allocateFloatsOrThrow(batch * cout * h * w, "bench dy")
+        let dW = try allocateFloatsOrThrow(cout * cin * 9, "bench dW")
+        defer { freeFloats(x); freeFloats(dy); freeFloats(dW) }
+        for i in 0..<(batch * cin * h * w) { x[i] = rng.nextUnitFloat() - 0.5 }
+        for i in 0..<(batch * cout * h * w) { dy[i] = rng.nextUnitFloat() - 0.5 }
+        dW.update(repeating: 0, count: cout * cin * 9)
+        let ws = Workspace()
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let t0 = monotonicSeconds()
+            if route == 0 {
+                try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: cin, outChannels: cout, height: h,
+                                          width: w, dWeight: dW, workspace: ws)
+            } else {
+                try winogradWeightGradient3x3(dy, x: x, batch: batch, inChannels: cin, outChannels: cout, height: h,
+                                              width: w, tile: route == 2 ? .two : .four, dWeight: dW,
+                                              splitTiles: route != 5, workspace: ws)
+            }
+            times.append(monotonicSeconds() - t0)
+            try ws.reset()
+        }
+        // The fastest run: on a shared machine the others mostly measure the neighbours.
+        return times.min()!
+    }
+}

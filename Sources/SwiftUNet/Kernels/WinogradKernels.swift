@@ -38,7 +38,7 @@ struct WinogradWeights {
 }
 
 /// G of F(m×m, 3×3) [α, 3] (Lavin & Gray 2016).
-private func winogradG(_ tile: WinogradTile) -> [[Double]] {
+func winogradG(_ tile: WinogradTile) -> [[Double]] {
     switch tile {
     case .two:
         return [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]

@@ -331,7 +331,15 @@ extension Conv2d {
         if directWeightGradient {
             biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
                             batchStride: outChannels * height * width, db: gradients.of(bias))
-            if byDirect {
+            if byDirect && inChannels >= 16 && outChannels >= 8 {
+                // F(4×4) for every image size: it does a quarter of the multiplies of the direct
+                // kernel, and its products run on the GEMM micro-kernels (docs/KERNELS.md).
+                try winogradWeightGradient3x3(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
+                                              height: height, width: width, tile: .four,
+                                              dWeight: gradients.of(weight), workspace: workspace)
+            } else if byDirect {
+                // The RGB-in and RGB-out layers: too few channels to fill the Winograd route's
+                // vectors and panels.
                 try conv3x3WeightGradient(dy, x: x, batch: batch, inChannels: inChannels, outChannels: outChannels,
                                           height: height, width: width, dWeight: gradients.of(weight),
                                           workspace: workspace)
