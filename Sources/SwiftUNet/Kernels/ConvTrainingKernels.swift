@@ -140,20 +140,18 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
     if let dBias = dBias {
         biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: n, batchStride: dyStride, db: dBias)
     }
-    if let dWeight = dWeight {
-        let pointwise = isPointwise(g)
-        let col = try workspace.floats(pointwise ? 1 : kk * n)
+    if let dWeight = dWeight, isPointwise(g) {
         let dyPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.outChannels, cols: n))
         for b in 0..<batch {
-            // dW [Cout, Cin·k·k] += dy_b [Cout, n] · col_bᵀ [n, Cin·k·k]
-            let xb = x + b * inPlane
-            let source: UnsafePointer<Float>
-            if pointwise { source = xb } else { im2col(xb, geometry: g, channels: g.inChannels, col: col); source = UnsafePointer(col) }
+            // dW [Cout, Cin] += dy_b [Cout, n] · x_bᵀ [n, Cin] (the image is its own im2col matrix)
             let a = PackedMatrix(rows: g.outChannels, cols: n, source: dy + b * dyStride, rowStride: n, colStride: 1,
                                  buffer: dyPanel)
-            try matmul(a, StridedSource(b: source, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
+            try matmul(a, StridedSource(b: x + b * inPlane, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
                        accumulate: true, workspace: workspace)
         }
+    } else if let dWeight = dWeight {
+        try windowWeightGradient(dy, rowCount: g.outChannels, rowsBatchStride: dyStride, windowed: x, batch: batch,
+                                 geometry: g, dWeight: dWeight, workspace: workspace)
     }
     guard let dx = dx else { return }
     let kkOut = g.outChannels * g.kernel * g.kernel
@@ -183,6 +181,83 @@ func convBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = nil,
                    accumulate: false, workspace: workspace)
         if !accumulateDx { dxb.update(repeating: 0, count: inPlane) }
         col2imAdd(col, geometry: g, channels: g.inChannels, dx: dxb)
+    }
+}
+
+/// The weight gradient of a convolution as one GEMM over the whole batch:
+///     dW [M, C, k, k] += Σ_b rows_b [M, n] · im2col(windowed_b)ᵀ [n, C·k·k],
+/// rows [B, M, n] (image b at rows + b·rowsBatchStride), windowed [B, C, H, W] (image b at
+/// windowed + b·windowedBatchStride), read through `geometry`'s windows (n = Ho·Wo). For a
+/// convolution, rows = dy and windowed = x (dW [Cout, Cin, k, k]); for a transposed one,
+/// rows = x and windowed = dy on the adjoint geometry (dW [Cin, Cout, k, k]).
+///
+/// The im2col matrix is built transposed, [B·n, k·k·C], from a channel-last copy of the
+/// padded input (a window row's k taps are k·C contiguous floats there), so the GEMM reads
+/// it as a dense B operand; rows are packed as the A panels with k = (image, position). Each
+/// element is one chain of fused multiply-adds over the images and positions in order, then
+/// added to dW: the same bits on every thread count and kernel variant. Plain twin:
+/// `convBackwardNaive` / `convTransposeBackwardNaive`.
+func windowWeightGradient(_ rows: UnsafePointer<Float>, rowCount m: Int, rowsBatchStride: Int,
+                          windowed: UnsafePointer<Float>, windowedBatchStride: Int? = nil, batch: Int,
+                          geometry g: ConvGeometry, dWeight: UnsafeMutablePointer<Float>,
+                          workspace: Workspace) throws {
+    let c = g.inChannels, k = g.kernel, s = g.stride, p = g.padding
+    let ho = g.outHeight, wo = g.outWidth, n = ho * wo
+    if batch == 0 || n == 0 || m == 0 || c == 0 { return }
+    let depth = batch * n, width = k * k * c
+    let mark = workspace.mark()
+    defer { workspace.release(to: mark) }
+    // Channel-last with a zero border of `padding`, far enough for every window.
+    let planeFloats = c * g.height * g.width
+    var dense = windowed
+    if let stride = windowedBatchStride, stride != planeFloats {
+        let copy = try workspace.floats(batch * planeFloats)
+        for b in 0..<batch { (copy + b * planeFloats).update(from: windowed + b * stride, count: planeFloats) }
+        dense = UnsafePointer(copy)
+    }
+    let paddedRows = max(g.height + 2 * p, (ho - 1) * s + k), paddedColumns = max(g.width + 2 * p, (wo - 1) * s + k)
+    let last = try workspace.floats(batch * paddedRows * paddedColumns * c)
+    channelsLast(dense, batch: batch, channels: c, height: g.height, width: g.width, into: last, rows: paddedRows,
+                 columns: paddedColumns, pitch: c, border: p)
+    // colT [B·n, k·k·C]: row (b, oy, ox), column (ky·k + kx)·C + ci.
+    let colT = try workspace.floats(depth * width)
+    let pool = ThreadPool.shared
+    let rowsPerTask = 32
+    pool.parallelFor((depth + rowsPerTask - 1) / rowsPerTask) { task in
+        for row in (task * rowsPerTask)..<min(depth, task * rowsPerTask + rowsPerTask) {
+            let b = row / n, oy = (row % n) / wo, ox = row % wo
+            let dst = colT + row * width
+            for ky in 0..<k {
+                let src = last + ((b * paddedRows + oy * s + ky) * paddedColumns + ox * s) * c
+                (dst + ky * k * c).update(from: src, count: k * c)
+            }
+        }
+    }
+    // rows as A panels [M/8][B·n][8].
+    let panels = (m + gemmRowBlock - 1) / gemmRowBlock
+    let packed = try workspace.floats(PackedMatrix.floatCount(rows: m, cols: depth))
+    pool.parallelFor(panels * batch) { task in
+        let panel = task / batch, b = task % batch
+        let dst = packed + (panel * depth + b * n) * gemmRowBlock
+        for lane in 0..<gemmRowBlock {
+            let r = panel * gemmRowBlock + lane
+            if r < m {
+                let src = rows + b * rowsBatchStride + r * n
+                for q in 0..<n { dst[q * gemmRowBlock + lane] = src[q] }
+            } else {
+                for q in 0..<n { dst[q * gemmRowBlock + lane] = 0 }
+            }
+        }
+    }
+    let product = try workspace.floats(m * width)
+    try matmul(PackedMatrix(rows: m, cols: depth, packed: packed), StridedSource(b: colT, kStride: width, nStride: 1),
+               n: width, c: product, ldc: width, accumulate: false, workspace: workspace)
+    // dW[r, ci, tap] += product[r, tap·C + ci]
+    pool.parallelFor(m) { r in
+        let src = product + r * width, dst = dWeight + r * width
+        for ci in 0..<c {
+            for tap in 0..<(k * k) { dst[ci * k * k + tap] += src[tap * c + ci] }
+        }
     }
 }
 
@@ -233,16 +308,10 @@ func convTransposeBackwardTraining(_ dy: UnsafePointer<Float>, dyBatchStride: In
     defer { workspace.release(to: mark) }
     biasGradientAdd(dy, batch: batch, channels: g.outChannels, spatial: adj.height * adj.width,
                     batchStride: dyStride, db: dBias)
-    let col = try workspace.floats(kk * n)
-    let xPanel = try workspace.floats(PackedMatrix.floatCount(rows: g.inChannels, cols: n))
-    for b in 0..<batch {
-        im2col(dy + b * dyStride, geometry: adj, channels: g.outChannels, col: col)
-        let xb = x + b * g.inChannels * n
-        // dW [Cin, Cout·k·k] += x_b [Cin, n] · colᵀ [n, Cout·k·k]
-        let a = PackedMatrix(rows: g.inChannels, cols: n, source: xb, rowStride: n, colStride: 1, buffer: xPanel)
-        try matmul(a, StridedSource(b: col, kStride: 1, nStride: n), n: kk, c: dWeight, ldc: kk,
-                   accumulate: true, workspace: workspace)
-    }
+    // dW [Cin, Cout·k·k] += Σ_b x_b [Cin, n] · im2col(dy_b)ᵀ [n, Cout·k·k]
+    try windowWeightGradient(x, rowCount: g.inChannels, rowsBatchStride: g.inChannels * n, windowed: dy,
+                             windowedBatchStride: dyStride, batch: batch, geometry: adj, dWeight: dWeight,
+                             workspace: workspace)
     guard let dx = dx else { return }
     // dx = conv(dy, weight) with weight [Cin, Cout, k, k] read as a [out = Cin, in = Cout] kernel.
     var dyDense = dy
@@ -467,57 +536,67 @@ func pointwiseWeightGradient(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = n
     // Rows past the last channel of a block read zeros.
     let zeros = try workspace.floats(spatial)
     zeros.update(repeating: 0, count: spatial)
+    let whole = spatial / 16 * 16, tail = spatial - whole
     let ciBlocks = (inChannels + 3) / 4
     ThreadPool.shared.parallelFor(((outChannels + 3) / 4) * ciBlocks) { task in
         let co0 = (task / ciBlocks) * 4, ci0 = (task % ciBlocks) * 4
-        blockProductSums4x4(segments: batch, count: spatial, a: { b, r in
-            co0 + r < outChannels ? dy + b * dyStride + (co0 + r) * spatial : UnsafePointer(zeros)
-        }, b: { b, c in
-            ci0 + c < inChannels ? x + (b * inChannels + ci0 + c) * spatial : UnsafePointer(zeros)
-        }, emit: { r, c, sum in
-            if co0 + r < outChannels && ci0 + c < inChannels { dWeight[(co0 + r) * inChannels + ci0 + c] += sum }
-        })
-    }
-}
-
-/// The 16 dot products of four rows of A with four rows of B, each over `segments`
-/// segments of `count` floats: sum(r, c) = Σ_s Σ_p a(s, r)[p] · b(s, c)[p], passed to
-/// `emit(r, c, sum)`. Each sum keeps 16 lanes (element p in lane p mod 16, the last
-/// partial vector of a segment read as a prefix), segments and vectors in order, then
-/// adds its lanes as a tree (`horizontalSum`): a fixed order, the same bits on every
-/// kernel variant and whichever thread runs it. The weight gradients of the 1×1 and the
-/// Winograd routes are made of these blocks.
-@inline(__always)
-func blockProductSums4x4(segments: Int, count: Int, a: (_ segment: Int, _ row: Int) -> UnsafePointer<Float>,
-                         b: (_ segment: Int, _ row: Int) -> UnsafePointer<Float>,
-                         emit: (_ r: Int, _ c: Int, _ sum: Float) -> Void) {
-    let whole = count / 16 * 16, tail = count - whole
-    var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16()
-    var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16()
-    var a20 = Vec16(), a21 = Vec16(), a22 = Vec16(), a23 = Vec16()
-    var a30 = Vec16(), a31 = Vec16(), a32 = Vec16(), a33 = Vec16()
-    for s in 0..<segments {
-        let r0 = a(s, 0), r1 = a(s, 1), r2 = a(s, 2), r3 = a(s, 3)
-        let c0 = b(s, 0), c1 = b(s, 1), c2 = b(s, 2), c3 = b(s, 3)
-        @inline(__always) func step(_ p: Int, _ load: (UnsafePointer<Float>) -> Vec16) {
-            let d0 = load(r0 + p), d1 = load(r1 + p), d2 = load(r2 + p), d3 = load(r3 + p)
-            let x0 = load(c0 + p), x1 = load(c1 + p), x2 = load(c2 + p), x3 = load(c3 + p)
-            a00.addProduct(d0, x0); a01.addProduct(d0, x1); a02.addProduct(d0, x2); a03.addProduct(d0, x3)
-            a10.addProduct(d1, x0); a11.addProduct(d1, x1); a12.addProduct(d1, x2); a13.addProduct(d1, x3)
-            a20.addProduct(d2, x0); a21.addProduct(d2, x1); a22.addProduct(d2, x2); a23.addProduct(d2, x3)
-            a30.addProduct(d3, x0); a31.addProduct(d3, x1); a32.addProduct(d3, x2); a33.addProduct(d3, x3)
+        var a00 = Vec16(), a01 = Vec16(), a02 = Vec16(), a03 = Vec16()
+        var a10 = Vec16(), a11 = Vec16(), a12 = Vec16(), a13 = Vec16()
+        var a20 = Vec16(), a21 = Vec16(), a22 = Vec16(), a23 = Vec16()
+        var a30 = Vec16(), a31 = Vec16(), a32 = Vec16(), a33 = Vec16()
+        for b in 0..<batch {
+            let dy0 = co0 + 0 < outChannels ? dy + b * dyStride + (co0 + 0) * spatial : UnsafePointer(zeros)
+            let dy1 = co0 + 1 < outChannels ? dy + b * dyStride + (co0 + 1) * spatial : UnsafePointer(zeros)
+            let dy2 = co0 + 2 < outChannels ? dy + b * dyStride + (co0 + 2) * spatial : UnsafePointer(zeros)
+            let dy3 = co0 + 3 < outChannels ? dy + b * dyStride + (co0 + 3) * spatial : UnsafePointer(zeros)
+            let x0 = ci0 + 0 < inChannels ? x + (b * inChannels + ci0 + 0) * spatial : UnsafePointer(zeros)
+            let x1 = ci0 + 1 < inChannels ? x + (b * inChannels + ci0 + 1) * spatial : UnsafePointer(zeros)
+            let x2 = ci0 + 2 < inChannels ? x + (b * inChannels + ci0 + 2) * spatial : UnsafePointer(zeros)
+            let x3 = ci0 + 3 < inChannels ? x + (b * inChannels + ci0 + 3) * spatial : UnsafePointer(zeros)
+            @inline(__always) func step(_ p: Int, _ load: (UnsafePointer<Float>) -> Vec16) {
+                let d0 = load(dy0 + p), d1 = load(dy1 + p), d2 = load(dy2 + p), d3 = load(dy3 + p)
+                    let x0 = load(x0 + p), x1 = load(x1 + p), x2 = load(x2 + p), x3 = load(x3 + p)
+                    a00.addProduct(d0, x0); a01.addProduct(d0, x1); a02.addProduct(d0, x2); a03.addProduct(d0, x3)
+                    a10.addProduct(d1, x0); a11.addProduct(d1, x1); a12.addProduct(d1, x2); a13.addProduct(d1, x3)
+                    a20.addProduct(d2, x0); a21.addProduct(d2, x1); a22.addProduct(d2, x2); a23.addProduct(d2, x3)
+                    a30.addProduct(d3, x0); a31.addProduct(d3, x1); a32.addProduct(d3, x2); a33.addProduct(d3, x3)
+            }
+            var p = 0
+            while p < whole {
+                step(p) { load16($0) }
+                p += 16
+            }
+            if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
         }
-        var p = 0
-        while p < whole {
-            step(p) { load16($0) }
-            p += 16
+        if co0 + 0 < outChannels {
+            let row = dWeight + (co0 + 0) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a00) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a01) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a02) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a03) }
         }
-        if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
+        if co0 + 1 < outChannels {
+            let row = dWeight + (co0 + 1) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a10) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a11) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a12) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a13) }
+        }
+        if co0 + 2 < outChannels {
+            let row = dWeight + (co0 + 2) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a20) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a21) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a22) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a23) }
+        }
+        if co0 + 3 < outChannels {
+            let row = dWeight + (co0 + 3) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(a30) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(a31) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(a32) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(a33) }
+        }
     }
-    emit(0, 0, horizontalSum(a00)); emit(0, 1, horizontalSum(a01)); emit(0, 2, horizontalSum(a02)); emit(0, 3, horizontalSum(a03))
-    emit(1, 0, horizontalSum(a10)); emit(1, 1, horizontalSum(a11)); emit(1, 2, horizontalSum(a12)); emit(1, 3, horizontalSum(a13))
-    emit(2, 0, horizontalSum(a20)); emit(2, 1, horizontalSum(a21)); emit(2, 2, horizontalSum(a22)); emit(2, 3, horizontalSum(a23))
-    emit(3, 0, horizontalSum(a30)); emit(3, 1, horizontalSum(a31)); emit(3, 2, horizontalSum(a32)); emit(3, 3, horizontalSum(a33))
 }
 
 /// The plain twin of `convBackwardTraining` (direct loops over every tap): dWeight +=,
