@@ -136,6 +136,17 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testTranspose16x16MatchesItsPlainTwin() {
+        let values = randomValues(256, seed: 70)
+        let rows = (0..<16).map { Array(values[($0 * 16)..<($0 * 16 + 16)]) }
+        let block = UnsafeMutablePointer<Vec16>.allocate(capacity: 32)
+        defer { block.deallocate() }
+        for i in 0..<16 { block[i] = Vec16(rows[i]) }
+        transpose16x16(block, scratch: block + 16)
+        let expected = transpose16x16Plain(rows)
+        for i in 0..<16 { XCTAssertEqual((0..<16).map { block[i][$0] }, expected[i], "row \(i)") }
+    }
+
     func testWinogradWeightGradientMatchesNaive() throws {
         // (Cin, Cout, H, W, batch): channel counts off the vectors and panels, sizes that are
         // not multiples of the tile (tiles overhanging the image), tile counts off whole

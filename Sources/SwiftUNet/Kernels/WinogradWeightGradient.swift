@@ -239,29 +239,55 @@ func channelsLast(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height h
         // channels fell a plane apart, 4 KiB at 32×32, all in one L1 set, and missed.)
         let src = x + (b * channels * h + iy) * w, planeStride = h * w
         let end = x + batch * channels * planeStride
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
+        withUnsafeTemporaryAllocation(of: Vec16.self, capacity: 32) { buffer in
             let block = buffer.baseAddress!
             for x0 in stride(from: 0, to: w, by: 16) {
                 let n = min(16, w - x0)
                 let inside = laneIndices16 .< Int32(n)
                 for c0 in stride(from: 0, to: channels, by: 16) {
                     let count = min(16, channels - c0)
-                    for c in 0..<count {
+                    for c in 0..<16 {
                         // A short row: a whole vector with the lanes past it zeroed (lane by lane
                         // is a chain of dependent inserts), unless it would read past x.
                         let p = src + (c0 + c) * planeStride + x0
-                        let row = n == 16 ? load16(p)
+                        // The rows of later tasks: these loads stream down 16 planes at once,
+                        // further apart than the prefetchers look ahead.
+                        if c < count && iy + 2 < h { prefetchForRead(p + 2 * w) }
+                        block[c] = c >= count ? Vec16()
+                            : n == 16 ? load16(p)
                             : p + 16 <= end ? load16(p).replacing(with: 0, where: .!inside) : loadPrefix16(p, count: n)
-                        store16(row, block + c * 16)
                     }
+                    transpose16x16(block, scratch: block + 16)
                     for px in 0..<n {
                         let p = row + (x0 + px + border) * pitch + c0
-                        for c in 0..<count { p[c] = block[c * 16 + px] }
+                        if count == 16 { store16(block[px], p) } else { storePrefix16(block[px], p, count: count) }
                     }
                 }
             }
         }
     }
+}
+
+/// Transposes the 16×16 block m (row i = m[i]) in place: four rounds of a perfect shuffle,
+/// each taking the even lanes of rows 2i and 2i + 1 into row i and their odd lanes into row
+/// 8 + i. A round moves element (row r, lane c) to (c₀r₃r₂r₁, r₀c₃c₂c₁), a rotation of the
+/// eight index bits r₃r₂r₁r₀c₃c₂c₁c₀ by one; four rounds swap row and lane.
+@inline(__always)
+func transpose16x16(_ m: UnsafeMutablePointer<Vec16>, scratch: UnsafeMutablePointer<Vec16>) {
+    var from = m, to = scratch
+    for _ in 0..<4 {
+        for i in 0..<8 {
+            let a = from[2 * i], b = from[2 * i + 1]
+            to[i] = Vec16(lowHalf: a.evenHalf, highHalf: b.evenHalf)
+            to[8 + i] = Vec16(lowHalf: a.oddHalf, highHalf: b.oddHalf)
+        }
+        swap(&from, &to)
+    }
+}
+
+/// The plain twin of `transpose16x16`: out[j][i] = m[i][j].
+func transpose16x16Plain(_ m: [[Float]]) -> [[Float]] {
+    (0..<16).map { j in (0..<16).map { i in m[i][j] } }
 }
 
 /// Bᵀ d B of one α×α window, 16 channels per vector: element (i, j) at window + i·rowStep +
