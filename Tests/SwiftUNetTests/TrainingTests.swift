@@ -151,7 +151,7 @@ final class TrainingTests: XCTestCase {
         // (Cin, Cout, H, W, batch): channel counts off the vectors and panels, sizes that are
         // not multiples of the tile (tiles overhanging the image), tile counts off whole
         // chunks, 1×1 images, batch 1, non-square images; the last two have tiles enough for
-        // several groups and for the four parts (F(4×4): 4 × 64 tiles, F(2×2): 289).
+        // several groups and for the two halves (F(4×4): 4 × 64 tiles, F(2×2): 289).
         for tile in [WinogradTile.two, .four] {
             for (cin, cout, h, w, batch) in [(3, 5, 7, 9, 2), (1, 1, 1, 1, 1), (8, 3, 5, 17, 1), (4, 6, 2, 33, 3),
                                              (2, 8, 16, 16, 2), (5, 2, 1, 7, 1), (6, 5, 8, 3, 1), (4, 2, 7, 7, 3),

@@ -15,10 +15,9 @@
 /// 32-column B panels), so the products are the inference micro-kernels over k = tiles.
 ///
 /// Order of the sums, the same on every kernel variant and thread count: each M element is
-/// one chain of fused multiply-adds (the micro-kernels' contract, continued across groups
-/// of tiles) over each of four fixed parts of the tiles in batch order (one part below 256
-/// tiles), the parts then added in order; Gᵀ M G goes rows first, each sum over α in
-/// order, and is then added to dW. Its plain twin is
+/// two chains of fused multiply-adds (the micro-kernels' contract, continued across groups
+/// of tiles), one over each half of the tiles in batch order, then added; Gᵀ M G goes rows
+/// first, each sum over α in order, and is then added to dW. Its plain twin is
 /// `convBackwardNaive`.
 ///
 ///     dy [B, Cout, H, W], x [B, Cin, H, W] → dWeight [Cout, Cin, 3, 3] +=
@@ -45,34 +44,31 @@ func winogradWeightGradient3x3(_ dy: UnsafePointer<Float>, x: UnsafePointer<Floa
                  pitch: xPitch, border: 1)
     channelsLast(dy, batch: batch, channels: cout, height: h, width: w, into: dyLast, rows: dyRows, columns: dyCols,
                  pitch: dyPitch, border: 0)
-    // The tiles are split into four parts (one when there are few), each summed into its own
-    // M as one task, so that each thread keeps its work in its own core's cache; the parts'
-    // M are added at the end, in order. Four parts on two threads rather than two: a core
-    // slowed for a while by the shared machine leaves the other one part more to take,
-    // not its whole half to wait for. The split depends on the tile count only, never on the
-    // thread count. Within a part, the tiles go in groups whose U and V stay in L2 (about
-    // 512 KiB): each group is transformed, then multiplied into the part's M, continuing the
+    // The tiles are split into two halves (one when there are few), each summed into its own
+    // M as one task, so that two threads each keep their work in their own core's cache; the
+    // halves' M are added at the end. The split depends on the tile count only, never on the
+    // thread count. Within a half, the tiles go in groups whose U and V stay in L2 (about
+    // 512 KiB): each group is transformed, then multiplied into the half's M, continuing the
     // sums of the groups before it (the same chains as one pass, so the group size changes no bit).
-    let chunkTiles = 8, splitMinimumTiles = 256
-    let parts = splitTiles && tiles >= splitMinimumTiles ? 4 : 1
-    // Part i: tiles partStart(i) ..< partStart(i + 1), boundaries on whole chunks.
-    let partStart = { (i: Int) -> Int in i == parts ? tiles : (tiles * i / parts) / chunkTiles * chunkTiles }
+    let chunkTiles = 8, splitHalfTiles = 128
+    let halves = splitTiles && tiles >= 2 * splitHalfTiles ? 2 : 1
+    let firstHalf = halves == 2 ? (tiles / 2 + chunkTiles - 1) / chunkTiles * chunkTiles : tiles
     let bytesPerTile = positions * (xPitch + dyPitch) * MemoryLayout<Float>.stride
     let groupTiles = min(gemmDepthBlock, max(2 * chunkTiles, (512 * 1024 / bytesPerTile) / chunkTiles * chunkTiles))
-    // Per thread: U_ξ, Cout/8 A panels [group][8]; V_ξ, Cin/32 B panels [group][32]; positions
+    // Per half: U_ξ, Cout/8 A panels [group][8]; V_ξ, Cin/32 B panels [group][32]; positions
     // 16 floats past a multiple of 4 KiB apart (as the forward's `winogradVPlane`), so a tile's
     // α² stores do not all fall in one L1 set. Then the transforms' block [α²][8 tiles + 1].
     let uStride = dyPitch * groupTiles + 16, vStride = xPitch * groupTiles + 16
     let blockVectors = positions * (chunkTiles + 1)
-    let threadFloats = positions * (uStride + vStride) + blockVectors * 16
-    // (With one chain, only the first set's U and V are used.)
+    let halfFloats = positions * (uStride + vStride) + blockVectors * 16
+    // (One set per half; with one chain, U and V of the first set and a block per thread.)
     let threads = pool.threadsFor(Int.max)
-    let threadBuffers = try workspace.floats(threads * threadFloats)
-    // M_ξ [Cout rows (whole panels), 32] per B panel, per part.
+    let halfBuffers = try workspace.floats(max(halves, threads) * halfFloats)
+    // M_ξ [Cout rows (whole panels), 32] per B panel, per half.
     let uPanels = (cout + 7) / 8, vPanels = xPitch / 32
     let productRows = uPanels * gemmRowBlock
     let productFloats = positions * vPanels * productRows * gemmColumnBlock
-    let products = try workspace.floats(parts * productFloats)
+    let products = try workspace.floats(halves * productFloats)
     let xGroups = xPitch / 16, dyGroups = dyPitch / 16
     // One item of a group's transforms: 8 tiles (from t0 on) × 16 channels of x or of dy
     // (`group`), into the block [α²][8 tiles], then each position's run written out at once
@@ -147,22 +143,22 @@ func winogradWeightGradient3x3(_ dy: UnsafePointer<Float>, x: UnsafePointer<Floa
         }
     }
     let scratchAt = { (index: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Vec16>) in
-        let buffers = threadBuffers + index * threadFloats
+        let buffers = halfBuffers + index * halfFloats
         let v = buffers + positions * uStride
         return (buffers, v, UnsafeMutableRawPointer(v + positions * vStride).bindMemory(to: Vec16.self,
                                                                                         capacity: blockVectors))
     }
-    if parts > 1 {
-        // Each part is one task, its groups one after another, in the buffers of its thread.
-        pool.parallelFor(parts, maxThreads: min(threads, parts)) { part, thread in
-            let (u, v, scratch) = scratchAt(thread)
-            let (begin, end) = (partStart(part), partStart(part + 1))
+    if halves == 2 {
+        // Each half is one task, its groups one after another.
+        pool.parallelFor(2, maxThreads: pool.threadsFor(2)) { half, _ in
+            let (u, v, scratch) = scratchAt(half)
+            let (begin, end) = half == 0 ? (0, firstHalf) : (firstHalf, tiles)
             for g0 in stride(from: begin, to: end, by: groupTiles) {
                 let groupCount = min(groupTiles, end - g0)
                 let items = ((groupCount + chunkTiles - 1) / chunkTiles) * (xGroups + dyGroups)
                 for item in 0..<items { transformItem(g0, groupCount, item, u, v, scratch) }
                 for item in 0..<(positions * vPanels) {
-                    productItem(g0, groupCount, g0 == begin, item, u, v, products + part * productFloats)
+                    productItem(g0, groupCount, g0 == begin, item, u, v, products + half * productFloats)
                 }
             }
         }
@@ -191,14 +187,12 @@ func winogradWeightGradient3x3(_ dy: UnsafePointer<Float>, x: UnsafePointer<Floa
             .bindMemory(to: Vec16.self, capacity: scratchVectors)
         let rows = summed + positions, kernel = rows + 3 * alpha
         for c0 in stride(from: 0, to: cin, by: 16) {
-            // Position ξ of (co, c0 ..< c0 + 16) in M, the parts' added in order, each read
-            // once into `summed` (the positions lie a multiple of 4 KiB apart).
+            // Position ξ of (co, c0 ..< c0 + 16) in M, the first half's plus the second's, each
+            // read once into `summed` (the positions lie a multiple of 4 KiB apart).
             let first = UnsafePointer(products + ((c0 / 32) * productRows + co) * gemmColumnBlock + c0 % 32)
             for xi in 0..<positions {
                 let p = first + xi * positionStep
-                var sum = load16(p)
-                for part in 1..<parts { sum += load16(p + part * productFloats) }
-                summed[xi] = sum
+                summed[xi] = halves == 2 ? load16(p) + load16(p + productFloats) : load16(p)
             }
             for ky in 0..<3 {
                 for c in 0..<alpha {
