@@ -101,7 +101,7 @@ final class TrainingTests: XCTestCase {
         }
     }
 
-    /// A direct weight-gradient kernel (`run(dy, x, batch, dW)`, adding into dW) against
+    /// A weight-gradient kernel (`run(dy, x, batch, dW)`, adding into dW) against
     /// `convBackwardNaive`'s dW, at 1 and 2 threads, and the same bits at both.
     private func checkWeightGradient(_ g: ConvGeometry, batch: Int, seed: UInt64, _ name: String,
                                      _ run: ([Float], [Float], Int, inout [Float]) throws -> Void) throws {

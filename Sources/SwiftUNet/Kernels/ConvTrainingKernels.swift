@@ -208,17 +208,10 @@ func windowWeightGradient(_ rows: UnsafePointer<Float>, rowCount m: Int, rowsBat
     let mark = workspace.mark()
     defer { workspace.release(to: mark) }
     // Channel-last with a zero border of `padding`, far enough for every window.
-    let planeFloats = c * g.height * g.width
-    var dense = windowed
-    if let stride = windowedBatchStride, stride != planeFloats {
-        let copy = try workspace.floats(batch * planeFloats)
-        for b in 0..<batch { (copy + b * planeFloats).update(from: windowed + b * stride, count: planeFloats) }
-        dense = UnsafePointer(copy)
-    }
     let paddedRows = max(g.height + 2 * p, (ho - 1) * s + k), paddedColumns = max(g.width + 2 * p, (wo - 1) * s + k)
     let last = try workspace.floats(batch * paddedRows * paddedColumns * c)
-    channelsLast(dense, batch: batch, channels: c, height: g.height, width: g.width, into: last, rows: paddedRows,
-                 columns: paddedColumns, pitch: c, border: p)
+    channelsLast(windowed, imageStride: windowedBatchStride, batch: batch, channels: c, height: g.height,
+                 width: g.width, into: last, rows: paddedRows, columns: paddedColumns, pitch: c, border: p)
     // colT [B·n, k·k·C]: row (b, oy, ox), column (ky·k + kx)·C + ci.
     let colT = try workspace.floats(depth * width)
     let pool = ThreadPool.shared
@@ -568,34 +561,19 @@ func pointwiseWeightGradient(_ dy: UnsafePointer<Float>, dyBatchStride: Int? = n
             }
             if tail > 0 { step(whole) { loadPrefix16($0, count: tail) } }
         }
-        if co0 + 0 < outChannels {
-            let row = dWeight + (co0 + 0) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a00) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a01) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a02) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a03) }
+        // dW[co0 + r, ci0 + c] += the lanes of sum (r, c) added as a tree, inside the matrix only.
+        @inline(__always) func addRow(_ r: Int, _ s0: Vec16, _ s1: Vec16, _ s2: Vec16, _ s3: Vec16) {
+            if co0 + r >= outChannels { return }
+            let row = dWeight + (co0 + r) * inChannels + ci0
+            if ci0 + 0 < inChannels { row[0] += horizontalSum(s0) }
+            if ci0 + 1 < inChannels { row[1] += horizontalSum(s1) }
+            if ci0 + 2 < inChannels { row[2] += horizontalSum(s2) }
+            if ci0 + 3 < inChannels { row[3] += horizontalSum(s3) }
         }
-        if co0 + 1 < outChannels {
-            let row = dWeight + (co0 + 1) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a10) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a11) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a12) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a13) }
-        }
-        if co0 + 2 < outChannels {
-            let row = dWeight + (co0 + 2) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a20) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a21) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a22) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a23) }
-        }
-        if co0 + 3 < outChannels {
-            let row = dWeight + (co0 + 3) * inChannels + ci0
-            if ci0 + 0 < inChannels { row[0] += horizontalSum(a30) }
-            if ci0 + 1 < inChannels { row[1] += horizontalSum(a31) }
-            if ci0 + 2 < inChannels { row[2] += horizontalSum(a32) }
-            if ci0 + 3 < inChannels { row[3] += horizontalSum(a33) }
-        }
+        addRow(0, a00, a01, a02, a03)
+        addRow(1, a10, a11, a12, a13)
+        addRow(2, a20, a21, a22, a23)
+        addRow(3, a30, a31, a32, a33)
     }
 }
 

@@ -78,55 +78,54 @@ func winogradWeightGradient3x3(_ dy: UnsafePointer<Float>, x: UnsafePointer<Floa
         let staged = scratch + positions
         let t0 = (item / (xGroups + dyGroups)) * chunkTiles, group = item % (xGroups + dyGroups)
         let count = min(chunkTiles, groupCount - t0)
-            let isInput = group < xGroups
-            let c0 = (isInput ? group : group - xGroups) * 16
-            for i in 0..<count {
-                let t = g0 + t0 + i
-                let b = t / perImage, n = t % perImage, ty = n / tilesWide, tx = n % tilesWide
-                let out = staged + i
-                if isInput {
-                    // Every lane of the B panels, the padding channels' zeros included.
-                    let window = UnsafePointer(xLast + ((b * xRows + mTile * ty) * xCols + mTile * tx) * xPitch + c0)
-                    if tile == .two {
-                        inputTransform(window, rowStep: xCols * xPitch, columnStep: xPitch, alpha: 4,
-                                       block: scratch, out: out, outStep: chunkTiles, transform: winogradInput2)
-                    } else {
-                        inputTransform(window, rowStep: xCols * xPitch, columnStep: xPitch, alpha: 6,
-                                       block: scratch, out: out, outStep: chunkTiles, transform: winogradInput4)
-                    }
-                } else {
-                    let window = UnsafePointer(dyLast + ((b * dyRows + mTile * ty) * dyCols + mTile * tx) * dyPitch + c0)
-                    if tile == .two {
-                        outputGradientTransform(window, rowStep: dyCols * dyPitch, columnStep: dyPitch, m: 2,
-                                                block: scratch, out: out, outStep: chunkTiles,
-                                                transform: winogradGradientLift2)
-                    } else {
-                        outputGradientTransform(window, rowStep: dyCols * dyPitch, columnStep: dyPitch, m: 4,
-                                                block: scratch, out: out, outStep: chunkTiles,
-                                                transform: winogradGradientLift4)
-                    }
-                }
-            }
+        let isInput = group < xGroups
+        let c0 = (isInput ? group : group - xGroups) * 16
+        for i in 0..<count {
+            let t = g0 + t0 + i
+            let b = t / perImage, n = t % perImage, ty = n / tilesWide, tx = n % tilesWide
+            let out = staged + i
             if isInput {
-                // V_ξ's B panel c0 / 32, rows t0 ..< t0 + count, lanes c0 % 32 ..< + 16.
-                let dst = v + ((c0 / 32) * groupTiles + t0) * gemmColumnBlock + c0 % 32
-                for xi in 0..<positions {
-                    let run = dst + xi * vStride, from = staged + xi * chunkTiles
-                    for i in 0..<count { store16(from[i], run + i * gemmColumnBlock) }
+                // Every lane of the B panels, the padding channels' zeros included.
+                let window = UnsafePointer(xLast + ((b * xRows + mTile * ty) * xCols + mTile * tx) * xPitch + c0)
+                // (A branch per tile size, so that each call inlines its transform.)
+                if tile == .two {
+                    tileTransform(window, rowStep: xCols * xPitch, columnStep: xPitch, rows: 4, alpha: 4,
+                                  block: scratch, out: out, outStep: chunkTiles, transform: winogradInput2)
+                } else {
+                    tileTransform(window, rowStep: xCols * xPitch, columnStep: xPitch, rows: 6, alpha: 6,
+                                  block: scratch, out: out, outStep: chunkTiles, transform: winogradInput4)
                 }
             } else {
-                // Channels c0 ..< c0 + 8 and c0 + 8 ..< c0 + 16 are two A panels.
-                let low = UnsafeMutableRawPointer(u + ((c0 / 8) * groupTiles + t0) * gemmRowBlock)
-                let high = low + groupTiles * gemmRowBlock * MemoryLayout<Float>.stride
-                let rowBytes = gemmRowBlock * MemoryLayout<Float>.stride
-                for xi in 0..<positions {
-                    let offset = xi * uStride * MemoryLayout<Float>.stride, from = staged + xi * chunkTiles
-                    for i in 0..<count {
-                        (low + offset + i * rowBytes).storeBytes(of: from[i].lowHalf, as: SIMD8<Float>.self)
-                        (high + offset + i * rowBytes).storeBytes(of: from[i].highHalf, as: SIMD8<Float>.self)
-                    }
+                let window = UnsafePointer(dyLast + ((b * dyRows + mTile * ty) * dyCols + mTile * tx) * dyPitch + c0)
+                if tile == .two {
+                    tileTransform(window, rowStep: dyCols * dyPitch, columnStep: dyPitch, rows: 2, alpha: 4,
+                                  block: scratch, out: out, outStep: chunkTiles, transform: winogradGradientLift2)
+                } else {
+                    tileTransform(window, rowStep: dyCols * dyPitch, columnStep: dyPitch, rows: 4, alpha: 6,
+                                  block: scratch, out: out, outStep: chunkTiles, transform: winogradGradientLift4)
                 }
             }
+        }
+        if isInput {
+            // V_ξ's B panel c0 / 32, rows t0 ..< t0 + count, lanes c0 % 32 ..< + 16.
+            let dst = v + ((c0 / 32) * groupTiles + t0) * gemmColumnBlock + c0 % 32
+            for xi in 0..<positions {
+                let run = dst + xi * vStride, from = staged + xi * chunkTiles
+                for i in 0..<count { store16(from[i], run + i * gemmColumnBlock) }
+            }
+        } else {
+            // Channels c0 ..< c0 + 8 and c0 + 8 ..< c0 + 16 are two A panels.
+            let low = UnsafeMutableRawPointer(u + ((c0 / 8) * groupTiles + t0) * gemmRowBlock)
+            let high = low + groupTiles * gemmRowBlock * MemoryLayout<Float>.stride
+            let rowBytes = gemmRowBlock * MemoryLayout<Float>.stride
+            for xi in 0..<positions {
+                let offset = xi * uStride * MemoryLayout<Float>.stride, from = staged + xi * chunkTiles
+                for i in 0..<count {
+                    (low + offset + i * rowBytes).storeBytes(of: from[i].lowHalf, as: SIMD8<Float>.self)
+                    (high + offset + i * rowBytes).storeBytes(of: from[i].highHalf, as: SIMD8<Float>.self)
+                }
+            }
+        }
     }
     // One item of a group's products, (ξ, B panel): M_ξ += U_ξ · V_ξ over the group's tiles,
     // every A panel over the B panel (the first group of a chain starts the sums).
@@ -216,11 +215,16 @@ func winogradWeightGradient3x3(_ dy: UnsafePointer<Float>, x: UnsafePointer<Floa
     }
 }
 
-/// x [B, C, H, W] → dst [B, rows, columns, pitch] with pixel (y, x) at row y + border,
-/// column x + border, and zeros everywhere else (the border, past the image, channels
-/// C ..< pitch). Parallel over rows of the batch.
-func channelsLast(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height h: Int, width w: Int,
-                  into dst: UnsafeMutablePointer<Float>, rows: Int, columns: Int, pitch: Int, border: Int) {
+/// x [B, C, H, W] (image b at x + b·imageStride, C·H·W when not given) → dst [B, rows,
+/// columns, pitch] with pixel (y, x) at row y + border, column x + border, and zeros
+/// everywhere else (the border, past the image, channels C ..< pitch). Parallel over rows
+/// of the batch.
+func channelsLast(_ x: UnsafePointer<Float>, imageStride: Int? = nil, batch: Int, channels: Int, height h: Int,
+                  width w: Int, into dst: UnsafeMutablePointer<Float>, rows: Int, columns: Int, pitch: Int,
+                  border: Int) {
+    let planeStride = h * w, imageFloats = imageStride ?? channels * planeStride
+    // The end of the last image: a whole-vector load may not reach past it.
+    let end = x + (batch - 1) * imageFloats + channels * planeStride
     ThreadPool.shared.parallelFor(batch * rows) { task in
         let b = task / rows, r = task % rows, iy = r - border
         let row = dst + task * columns * pitch
@@ -237,8 +241,7 @@ func channelsLast(_ x: UnsafePointer<Float>, batch: Int, channels: Int, height h
         // 16 pixels × 16 channels at a time through a small block: one vector load per
         // channel, then the block read across. (Element by element, the loads of one pixel's
         // channels fell a plane apart, 4 KiB at 32×32, all in one L1 set, and missed.)
-        let src = x + (b * channels * h + iy) * w, planeStride = h * w
-        let end = x + batch * channels * planeStride
+        let src = x + b * imageFloats + iy * w
         withUnsafeTemporaryAllocation(of: Vec16.self, capacity: 32) { buffer in
             let block = buffer.baseAddress!
             for x0 in stride(from: 0, to: w, by: 16) {
@@ -290,28 +293,16 @@ func transpose16x16Plain(_ m: [[Float]]) -> [[Float]] {
     (0..<16).map { j in (0..<16).map { i in m[i][j] } }
 }
 
-/// Bᵀ d B of one α×α window, 16 channels per vector: element (i, j) at window + i·rowStep +
-/// j·columnStep; position ξ = α·row + column into out[ξ·outStep] (`block`: the intermediate).
+/// One tile's transform, 16 channels per vector: the `rows` × `rows` window (element (i, j)
+/// at window + i·rowStep + j·columnStep) goes through `transform` along each row, then
+/// along each column of the result, into the α × α positions ξ = α·row + column at
+/// out[ξ·outStep] (`block`: the intermediate). Bᵀ d B of an input tile (rows = α, `transform`
+/// Bᵀ) and A dY Aᵀ of an output-gradient tile (rows = m, `transform` A) are both this.
 @inline(__always)
-private func inputTransform(_ window: UnsafePointer<Float>, rowStep: Int, columnStep: Int, alpha: Int,
-                            block: UnsafeMutablePointer<Vec16>, out: UnsafeMutablePointer<Vec16>, outStep: Int,
-                            transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
-    for i in 0..<alpha {
-        transform({ load16(window + i * rowStep + $0 * columnStep) }, { block[i * alpha + $0] = $1 })
-    }
-    for j in 0..<alpha {
-        transform({ block[$0 * alpha + j] }, { out[($0 * alpha + j) * outStep] = $1 })
-    }
-}
-
-/// A dY Aᵀ of one m×m output-gradient tile, 16 channels per vector: element (i, j) at
-/// window + i·rowStep + j·columnStep; position ξ = α·row + column into out[ξ·outStep].
-@inline(__always)
-private func outputGradientTransform(_ window: UnsafePointer<Float>, rowStep: Int, columnStep: Int, m: Int,
-                                     block: UnsafeMutablePointer<Vec16>, out: UnsafeMutablePointer<Vec16>,
-                                     outStep: Int, transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
-    let alpha = m + 2
-    for i in 0..<m {
+private func tileTransform(_ window: UnsafePointer<Float>, rowStep: Int, columnStep: Int, rows: Int, alpha: Int,
+                           block: UnsafeMutablePointer<Vec16>, out: UnsafeMutablePointer<Vec16>, outStep: Int,
+                           transform: ((Int) -> Vec16, (Int, Vec16) -> Void) -> Void) {
+    for i in 0..<rows {
         transform({ load16(window + i * rowStep + $0 * columnStep) }, { block[i * alpha + $0] = $1 })
     }
     for j in 0..<alpha {

@@ -322,13 +322,13 @@ extension Conv2d {
         let byTransposedWinograd = usesStridedWinograd && !accumulateDx && height % 2 == 0 && width % 2 == 0
         let byDirect = kernel == 3 && stride == 1 && padding == 1
         let gemmInputGradient = !(byWinograd || byTransposedWinograd || byDirect)
-        // 3×3 and 1×1 weight gradients by the direct kernels, on every kernel variant: each
-        // lane does the same fused multiply-adds in the same order whatever the vector width,
-        // so every variant gives the same bits (on 16-register CPUs the 3×3 kernel's 18 sums
-        // do not all stay in registers, which costs speed there, not bits).
+        // 3×3 and 1×1 weight gradients by their own kernels (Winograd, direct 3×3, direct 1×1),
+        // on every kernel variant: each lane does the same operations in the same order
+        // whatever the vector width, so every variant gives the same bits. The other shapes
+        // (4×4 stride 2) get theirs from `convBackwardTraining`.
         let pointwise = kernel == 1 && stride == 1 && padding == 0
-        let directWeightGradient = byDirect || pointwise
-        if directWeightGradient {
+        let ownWeightGradient = byDirect || pointwise
+        if ownWeightGradient {
             biasGradientAdd(dy, batch: batch, channels: outChannels, spatial: height * width,
                             batchStride: outChannels * height * width, db: gradients.of(bias))
             if byDirect && inChannels >= 16 && outChannels >= 8 {
@@ -349,10 +349,10 @@ extension Conv2d {
                                             dWeight: gradients.of(weight), workspace: workspace)
             }
         }
-        if !directWeightGradient || (gemmInputGradient && dx != nil) {
+        if !ownWeightGradient || (gemmInputGradient && dx != nil) {
             try convBackwardTraining(dy, x: x, batch: batch, geometry: g, weight: weight.data,
-                                     dWeight: directWeightGradient ? nil : gradients.of(weight),
-                                     dBias: directWeightGradient ? nil : gradients.of(bias),
+                                     dWeight: ownWeightGradient ? nil : gradients.of(weight),
+                                     dBias: ownWeightGradient ? nil : gradients.of(bias),
                                      dx: gemmInputGradient ? dx : nil, accumulateDx: accumulateDx,
                                      workspace: workspace)
         }
