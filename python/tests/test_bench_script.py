@@ -269,3 +269,26 @@ def test_memory_worker_reports_at_least_the_weights_per_model(bench):
     table = bench.render_memory({"memory": [{"case": "tiny", "hidden_dims": [32, 64, 128], **res}]})
     ratio = res["per_model_bytes"] / res["parameter_bytes"]
     assert f"| {ratio:.2f} |" in table
+
+
+# --------------------------------------------------------------------------
+# benchmarks/idle_rounds.py (why 2-thread rows move, docs/benchmarks.md)
+
+IDLE_ROUNDS_PATH = BENCH_PATH.parent / "idle_rounds.py"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc/self/task (Linux only)")
+def test_idle_rounds_reports_each_thread_and_its_ticks():
+    proc = subprocess.Popen([sys.executable, str(IDLE_ROUNDS_PATH), "--config", "gray28-small", "--batch", "1",
+                             "--threads", "2", "--rounds", "2", "--steps", "2", "--pause", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    rounds = [l for l in out.splitlines() if l.startswith("round ")]
+    assert len(rounds) == 2, out
+    for line in rounds:
+        median = float(re.search(r"median ([0-9.]+) ms", line).group(1))
+        threads = re.findall(r"(\d+): cpu(\d+) \+(\d+)", line)
+        assert median > 0 and len(threads) >= 1, line
+        # The script's main thread (its thread id is the process id) ran the steps.
+        assert str(proc.pid) in [t for t, _, _ in threads], line
